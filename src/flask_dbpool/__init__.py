@@ -1,0 +1,40 @@
+"""flask-dbpool: a production database connection pool for Flask.
+
+The core (:class:`Pool`) never imports Flask; :class:`DBPool`, the Flask extension, is
+resolved lazily so that ``import flask_dbpool`` stays light for non-Flask users.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask_dbpool.config import PoolConfig
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout
+from flask_dbpool.pool import Pool
+from flask_dbpool.proxy import PooledConnection
+from flask_dbpool.stats import PoolStats
+
+if TYPE_CHECKING:
+    from flask_dbpool.flask import DBPool
+
+__all__ = [
+    "ConfigError",
+    "DBPool",
+    "Pool",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolError",
+    "PoolStats",
+    "PoolTimeout",
+    "PooledConnection",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DBPool":
+        from flask_dbpool.flask import DBPool
+
+        return DBPool
+    raise AttributeError(f"module 'flask_dbpool' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""The seam between the pool and a DB-API 2.0 driver.
+
+A :class:`Driver` subclass knows everything specific to one driver: how to connect from a URL,
+how to read the transaction status without a round trip, how to reset, ping and close a
+connection, and which errors mean the connection is gone. The pool calls these and nothing
+else, so driver differences never leak into the pool.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, ClassVar
+
+from flask_dbpool.errors import ConfigError
+from flask_dbpool.url import DatabaseURL
+
+__all__ = ["BROKEN", "IDLE", "IN_TRANSACTION", "ConnectFn", "Driver"]
+
+#: Transaction states returned by :meth:`Driver.transaction_state` (plain ints: cheap to test).
+IDLE = 0
+IN_TRANSACTION = 1
+BROKEN = 2
+
+ConnectFn = Callable[[], Any]
+
+
+class Driver:
+    """Generic behaviour for a DB-API 2.0 connection whose driver is not known.
+
+    Without a client-side transaction indicator every return costs a ``rollback()``; known
+    drivers override :meth:`transaction_state` to skip it when the connection is idle.
+    """
+
+    name: ClassVar[str] = "dbapi"
+    """The driver's import name, as shown in messages."""
+    module: ClassVar[str] = ""
+    """Module to import for URL targets (empty for the generic driver)."""
+    extra: ClassVar[str] = ""
+    """The flask-dbpool extra that installs the driver."""
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        """Whether the driver's module can be imported."""
+        return not cls.module or importlib.util.find_spec(cls.module) is not None
+
+    @classmethod
+    def import_module(cls) -> ModuleType:
+        """Import the driver's DB-API module, or raise :class:`ConfigError` naming the extra."""
+        try:
+            return importlib.import_module(cls.module)
+        except ImportError as exc:
+            hint = f"pip install 'flask-dbpool[{cls.extra}]'" if cls.extra else "install it"
+            raise ConfigError(f"the {cls.name} driver is not installed ({exc}); {hint}") from None
+
+    @classmethod
+    def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
+        """Return a zero-argument callable opening a new connection to ``url``.
+
+        Validates the URL eagerly so a bad option fails when the pool is built, not on first
+        use. Raises :class:`ConfigError` for an option the driver does not accept.
+        """
+        raise ConfigError(f"{cls.name} cannot connect from a URL")
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        """``IDLE``, ``IN_TRANSACTION`` or ``BROKEN``, read without I/O.
+
+        Unknown drivers report ``IN_TRANSACTION`` so that the pool always rolls back.
+        """
+        return IN_TRANSACTION
+
+    @staticmethod
+    def rollback(raw: Any) -> None:
+        """Roll back the current transaction (the reset done on return)."""
+        raw.rollback()
+
+    @classmethod
+    def ping(cls, raw: Any) -> None:
+        """Check the connection with a round trip; raise the driver's error if it is dead.
+
+        Leaves an idle connection idle (no transaction is left open).
+        """
+        was_idle = cls.transaction_state(raw) == IDLE
+        cur = raw.cursor()
+        try:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+        finally:
+            cur.close()
+        if was_idle and cls.transaction_state(raw) != IDLE:
+            raw.rollback()
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        """Whether ``exc``, raised while using ``raw``, means the connection is unusable."""
+        return False
+
+    @staticmethod
+    def close(raw: Any) -> None:
+        """Close the driver connection."""
+        raw.close()
+
+
+def query_options(
+    url: DatabaseURL, allowed: dict[str, Callable[[str], Any]], driver: str
+) -> dict[str, Any]:
+    """Convert ``url``'s query string into keyword arguments using ``allowed`` converters.
+
+    Raises :class:`ConfigError` naming an unknown option (with the accepted list) or a value
+    that does not convert.
+    """
+    options: dict[str, Any] = {}
+    for key, raw_value in url.query:
+        convert = allowed.get(key)
+        if convert is None:
+            raise ConfigError(
+                f"{url.scheme}:// URL option {key!r} is not supported by {driver}; "
+                f"supported: {', '.join(sorted(allowed))}"
+            )
+        try:
+            options[key] = convert(raw_value)
+        except ValueError:
+            shown = "***" if key.lower() == "password" else repr(raw_value)
+            raise ConfigError(f"{url.scheme}:// URL option {key}={shown} is invalid") from None
+    return options
+
+
+def parse_bool(value: str) -> bool:
+    """Parse a URL boolean: ``true/false``, ``1/0``, ``yes/no``, ``on/off``."""
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

@@ -1,0 +1,138 @@
+"""MySQL and MariaDB through PyMySQL (preferred) or mysqlclient (``MySQLdb``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_dbpool.drivers.base import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    ConnectFn,
+    Driver,
+    parse_bool,
+    query_options,
+)
+from flask_dbpool.url import DatabaseURL
+
+__all__ = ["MySQLdbDriver", "PyMySQLDriver"]
+
+#: Client and server error codes meaning the session is gone.
+DISCONNECT_CODES = frozenset(
+    {
+        1053,  # ER_SERVER_SHUTDOWN
+        1927,  # ER_CONNECTION_KILLED (MariaDB)
+        2006,  # CR_SERVER_GONE_ERROR
+        2013,  # CR_SERVER_LOST
+        2014,  # CR_COMMANDS_OUT_OF_SYNC
+        2045,  # CR_CONN_UNKNOW_PROTOCOL
+        2055,  # CR_SERVER_LOST_EXTENDED
+        4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+    }
+)
+_SERVER_STATUS_IN_TRANS = 0x0001
+
+_URL_OPTIONS: dict[str, Any] = {
+    "charset": str,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "write_timeout": float,
+    "unix_socket": str,
+    "init_command": str,
+    "sql_mode": str,
+    "autocommit": parse_bool,
+    "ssl_ca": str,
+    "ssl_cert": str,
+    "ssl_key": str,
+    "ssl_verify_cert": parse_bool,
+    "ssl_verify_identity": parse_bool,
+    "local_infile": parse_bool,
+}
+
+
+def _connect_kwargs(url: DatabaseURL, driver: str, database_key: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "host": url.host or "localhost",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+        "charset": "utf8mb4",
+        "autocommit": False,
+        "connect_timeout": 10,
+    }
+    if url.database is not None:
+        kwargs[database_key] = url.database
+    kwargs.update(query_options(url, _URL_OPTIONS, driver))
+    return kwargs
+
+
+def _error_code(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class PyMySQLDriver(Driver):
+    """PyMySQL: ``mysql://``, ``mysql+pymysql://``, ``mariadb://``.
+
+    The transaction status comes from the server-status flags of the last reply, so returning
+    an idle connection costs no round trip.
+    """
+
+    name = "pymysql"
+    module = "pymysql"
+    extra = "mysql"
+
+    @classmethod
+    def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
+        pymysql = cls.import_module()
+        kwargs = _connect_kwargs(url, "pymysql", "database")
+
+        def connect() -> Any:
+            return pymysql.connect(**kwargs)
+
+        return connect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        if not raw.open:
+            return BROKEN
+        return IN_TRANSACTION if raw.server_status & _SERVER_STATUS_IN_TRANS else IDLE
+
+    @staticmethod
+    def ping(raw: Any) -> None:
+        raw.ping(reconnect=False)
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        return (not raw.open) or _error_code(exc) in DISCONNECT_CODES
+
+
+class MySQLdbDriver(Driver):
+    """mysqlclient: ``mysql+mysqldb://``. It has no transaction flag: every return rolls back."""
+
+    name = "MySQLdb"
+    module = "MySQLdb"
+    extra = "mysqlclient"
+
+    @classmethod
+    def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
+        mysqldb = cls.import_module()
+        kwargs = _connect_kwargs(url, "MySQLdb", "database")
+        kwargs["connect_timeout"] = int(kwargs["connect_timeout"])
+
+        def connect() -> Any:
+            return mysqldb.connect(**kwargs)
+
+        return connect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        return IN_TRANSACTION if raw.open else BROKEN
+
+    @staticmethod
+    def ping(raw: Any) -> None:
+        raw.ping()
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        return (not raw.open) or _error_code(exc) in DISCONNECT_CODES

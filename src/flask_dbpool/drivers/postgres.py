@@ -1,0 +1,104 @@
+"""PostgreSQL through psycopg 3 (preferred) or psycopg2.
+
+Both read the libpq transaction status locally, so returning an idle connection costs no
+round trip. URL parts are passed to libpq as separate parameters, never as one string, so the
+password cannot surface in a connection-string parse error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_dbpool.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectFn, Driver
+from flask_dbpool.url import DatabaseURL
+
+__all__ = ["Psycopg2Driver", "PsycopgDriver"]
+
+# libpq PQtransactionStatus values.
+_PQTRANS_IDLE = 0
+_PQTRANS_INTRANS = 2
+_PQTRANS_INERROR = 3
+
+#: libpq waits forever for an unreachable host by default; a pool should not.
+DEFAULT_CONNECT_TIMEOUT = "10"
+
+
+def libpq_params(url: DatabaseURL) -> dict[str, Any]:
+    """libpq keyword parameters for ``url``; query options pass through to libpq unchanged."""
+    params: dict[str, Any] = {}
+    if url.host is not None:
+        params["host"] = url.host
+    if url.port is not None:
+        params["port"] = url.port
+    if url.username is not None:
+        params["user"] = url.username
+    if url.password is not None:
+        params["password"] = url.password
+    if url.database is not None:
+        params["dbname"] = url.database
+    params.update(url.query)
+    params.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    return params
+
+
+def _state_from_libpq(status: int) -> int:
+    if status == _PQTRANS_IDLE:
+        return IDLE
+    if status in (_PQTRANS_INTRANS, _PQTRANS_INERROR):
+        return IN_TRANSACTION
+    # ACTIVE (a command still running, e.g. an unfinished COPY) or UNKNOWN (connection bad).
+    return BROKEN
+
+
+class PsycopgDriver(Driver):
+    """psycopg 3: ``postgresql://``, ``postgres://``, ``postgresql+psycopg://``."""
+
+    name = "psycopg"
+    module = "psycopg"
+    extra = "postgres"
+
+    @classmethod
+    def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
+        psycopg = cls.import_module()
+        params = libpq_params(url)
+
+        def connect() -> Any:
+            return psycopg.connect(**params)
+
+        return connect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        return _state_from_libpq(raw.pgconn.transaction_status)
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        return bool(raw.closed or raw.broken)
+
+
+class Psycopg2Driver(Driver):
+    """psycopg2: ``postgresql+psycopg2://`` (or ``postgresql://`` when psycopg 3 is absent)."""
+
+    name = "psycopg2"
+    module = "psycopg2"
+    extra = "postgres2"
+
+    @classmethod
+    def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
+        psycopg2 = cls.import_module()
+        params = libpq_params(url)
+
+        def connect() -> Any:
+            return psycopg2.connect(**params)
+
+        return connect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        if raw.closed:
+            return BROKEN
+        return _state_from_libpq(raw.info.transaction_status)
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        return bool(raw.closed)

@@ -1,0 +1,42 @@
+"""The exception hierarchy of flask-dbpool.
+
+Every error the pool itself raises derives from :class:`PoolError`. Errors raised by the
+database driver while a caller uses a connection pass through unchanged: the pool classifies
+them (to discard a broken connection) but never wraps them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "PoolClosed", "PoolError", "PoolTimeout"]
+
+
+class PoolError(Exception):
+    """Base class of every error raised by the pool itself.
+
+    Also raised for misuse: using a connection after it was returned, returning a connection
+    twice, or returning a connection to a pool it does not belong to.
+    """
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No connection became available within the caller's timeout.
+
+    The message names the pool and says what it was doing: its size and overflow, how many
+    connections were in use, how many callers were waiting and how long this one waited.
+    """
+
+
+class PoolClosed(PoolError):
+    """The pool was closed: it lends no more connections, and waiters are woken with this."""
+
+
+class ConfigError(PoolError, ValueError):
+    """A configuration value is invalid, or a URL cannot be used.
+
+    The message names the offending parameter (or config key) and what is allowed.
+    """
+
+
+for _cls in (PoolError, PoolTimeout, PoolClosed, ConfigError):
+    _cls.__module__ = "flask_dbpool"
+del _cls

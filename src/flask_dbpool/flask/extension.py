@@ -1,0 +1,119 @@
+"""``DBPool``: the Flask extension.
+
+One :class:`~flask_dbpool.Pool` per application, built from the app's ``DBPOOL_*`` config and
+stored in ``app.extensions["dbpool"]``. ``db.connection`` lends each app context (each request,
+CLI command or ``with app.app_context():`` block) one connection, checked out on first use and
+returned at teardown.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g
+
+from flask_dbpool.config import PoolConfig, suggest_key
+from flask_dbpool.errors import ConfigError
+from flask_dbpool.pool import Pool
+from flask_dbpool.proxy import PooledConnection
+
+__all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "DBPool"]
+
+CONFIG_PREFIX = "DBPOOL_"
+EXTENSION_KEY = "dbpool"
+_G_KEY = "_flask_dbpool_connection"
+_EXTENSION_KEYS = frozenset({"url"})
+
+
+def _config_key(option: str) -> str:
+    return CONFIG_PREFIX + option.upper()
+
+
+class DBPool:
+    """Connection pooling for one or more Flask applications.
+
+    ``db = DBPool(app)``, or ``db = DBPool()`` then ``db.init_app(app)`` in an app factory.
+    Several apps may share one ``DBPool``; each gets its own pool.
+
+    Config keys (``DBPOOL_URL`` is required; the others default as in :class:`Pool`):
+    ``DBPOOL_URL``, ``DBPOOL_POOL_SIZE``, ``DBPOOL_MAX_OVERFLOW``, ``DBPOOL_TIMEOUT``,
+    ``DBPOOL_NAME`` (default: the app's name), ``DBPOOL_RESET_ON_RETURN``, ``DBPOOL_LIFO``.
+    An unknown ``DBPOOL_*`` key is an error, with a did-you-mean suggestion.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Build ``app``'s pool from its config and register the teardown.
+
+        Raises :class:`~flask_dbpool.ConfigError` naming the config key for a missing
+        ``DBPOOL_URL``, an unknown ``DBPOOL_*`` key or an invalid value, and if ``app`` was
+        already initialised.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise ConfigError(f"flask-dbpool is already initialised on app {app.name!r}")
+        settings = app.config.get_namespace(CONFIG_PREFIX)
+        known = PoolConfig.option_names() | _EXTENSION_KEYS
+        for key in settings:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown config key {_config_key(key)}" + suggest_key(key, known, _config_key)
+                )
+        url = settings.pop("url", None)
+        if not url:
+            raise ConfigError(
+                f"{CONFIG_PREFIX}URL is required: set app.config['{CONFIG_PREFIX}URL'] to a "
+                "database URL such as 'sqlite:///app.db' or 'postgresql://user@host/db'"
+            )
+        settings.setdefault("name", app.name)
+        config = PoolConfig.from_options(settings, label=_config_key)
+        pool = Pool(
+            url,
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            timeout=config.timeout,
+            name=config.name,
+            reset_on_return=config.reset_on_return,
+            lifo=config.lifo,
+        )
+        app.extensions[EXTENSION_KEY] = pool
+        app.teardown_appcontext(_return_connection)
+
+    @staticmethod
+    def get_pool(app: Flask) -> Pool:
+        """``app``'s pool. Raises ``RuntimeError`` if ``init_app(app)`` was not called."""
+        try:
+            pool: Pool = app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError(
+                f"flask-dbpool is not initialised on app {app.name!r}: call DBPool(app) or "
+                "db.init_app(app)"
+            ) from None
+        return pool
+
+    @property
+    def pool(self) -> Pool:
+        """The current application's :class:`~flask_dbpool.Pool` (needs an app context)."""
+        return self.get_pool(current_app._get_current_object())  # type: ignore[attr-defined]
+
+    @property
+    def connection(self) -> PooledConnection:
+        """The current app context's connection, checked out on first use.
+
+        The same object for the whole request (or app context); returned at teardown, rolled
+        back first if the request raised or left a transaction open. Waits and raises like
+        :meth:`Pool.acquire`. Needs an app context.
+        """
+        conn: PooledConnection | None = g.get(_G_KEY)
+        if conn is None or conn.returned:
+            conn = self.pool.acquire()
+            setattr(g, _G_KEY, conn)
+        return conn
+
+
+def _return_connection(exc: BaseException | None) -> None:
+    conn: PooledConnection | None = g.pop(_G_KEY, None)
+    if conn is not None and not conn.returned:
+        conn.__exit__(None if exc is None else type(exc), exc, None)
+
+

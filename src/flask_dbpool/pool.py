@@ -1,0 +1,519 @@
+"""The connection pool.
+
+One lock guards all state. The hot path (an idle connection available, an idle connection
+returned) is a single short critical section with no I/O, logging or clock reads. Everything
+slow (connecting, rolling back, closing) happens outside the lock, with the slot it concerns
+accounted for under the lock before and after, so an exception at any point (including
+``KeyboardInterrupt`` or a gevent ``Timeout`` while waiting) never loses a slot.
+
+Waiters queue in FIFO order. A returned connection, or a freed slot, is handed directly to
+the oldest waiter under the lock, so a newcomer can never barge past a waiting thread, and a
+waiter that has already given up is never handed anything (see :meth:`Pool._wait`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
+
+from flask_dbpool.config import PoolConfig
+from flask_dbpool.drivers import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    Connector,
+    driver_for_connection,
+    resolve_target,
+)
+from flask_dbpool.entry import Entry
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout
+from flask_dbpool.proxy import PooledConnection, set_entry, set_pool
+from flask_dbpool.stats import PoolStats
+
+__all__ = ["Pool"]
+
+logger = logging.getLogger("flask_dbpool.pool")
+
+_new_proxy = object.__new__
+
+
+class _Token:
+    """A marker handed to a waiter instead of a connection."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: Handed to a waiter: "a slot is yours, open a new connection in it".
+_NEW_SLOT: Final = _Token("NEW_SLOT")
+#: Handed to a waiter: "the pool was closed".
+_CLOSED: Final = _Token("CLOSED")
+
+
+class _Waiter:
+    """One caller waiting for a connection. Created only when a caller must wait."""
+
+    __slots__ = ("item", "wake")
+
+    def __init__(self) -> None:
+        self.item: Entry | _Token | None = None
+        # A lock created held works as a one-shot event, cheaper than threading.Event.
+        # Looked up at call time so gevent's monkey-patching applies.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
+class Pool:
+    """A thread-safe pool of DB-API 2.0 connections.
+
+    ``target`` is a database URL (``sqlite:///app.db``, ``postgresql://user:pw@host/db``,
+    ``mysql://user:pw@host/db`` …) or a zero-argument callable returning a new DB-API
+    connection. Keyword options are described in :class:`~flask_dbpool.config.PoolConfig`;
+    invalid values raise :class:`~flask_dbpool.ConfigError` naming the parameter.
+
+    Connections are opened lazily (see :meth:`warm_up`). Use :meth:`connection` in a ``with``
+    block, or :meth:`acquire` / :meth:`release`. ``with Pool(...) as pool:`` closes the pool
+    on exit.
+    """
+
+    def __init__(
+        self,
+        target: str | Callable[[], Any],
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout: float = 30.0,
+        name: str = "default",
+        reset_on_return: bool = True,
+        lifo: bool = True,
+    ) -> None:
+        self.config: Final = PoolConfig.from_options(
+            {
+                "pool_size": pool_size,
+                "max_overflow": max_overflow,
+                "timeout": timeout,
+                "name": name,
+                "reset_on_return": reset_on_return,
+                "lifo": lifo,
+            }
+        )
+        self._connector: Connector = resolve_target(target)
+        self.name: Final = self.config.name
+        self._timeout = self.config.timeout
+        self._max_open = self.config.max_open
+        self._reset_on_return = self.config.reset_on_return
+
+        self._lock = threading.Lock()
+        self._idle: deque[Entry] = deque()
+        self._take_idle = self._idle.pop if self.config.lifo else self._idle.popleft
+        self._waiters: deque[_Waiter] = deque()
+        self._open = 0  # slots taken: open connections plus those being opened
+        self._connecting = 0
+        self._keep = self.config.pool_size  # idle connections kept; 0 once closed
+        self._closed = False
+
+        self._acquired = 0
+        self._created = 0
+        self._closed_count = 0
+        self._timeouts = 0
+        self._waits = 0
+        self._wait_total = 0.0
+        self._wait_max = 0.0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def target(self) -> str:
+        """The redacted URL (or the callable's name) connections are opened from."""
+        return self._connector.description
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def acquire(self, timeout: float | None = None) -> PooledConnection:
+        """Check a connection out of the pool.
+
+        Waits up to ``timeout`` seconds (default: the pool's ``timeout``; ``0`` means do not
+        wait) for a connection, served first come, first served. Raises
+        :class:`~flask_dbpool.PoolTimeout` when none became available,
+        :class:`~flask_dbpool.PoolClosed` if the pool is closed, and the driver's own error if
+        opening a new connection failed. Return the connection with :meth:`release` or its
+        ``close()``.
+        """
+        with self._lock:
+            # Waiters exist only while nothing is idle, so an idle connection is fair to take.
+            if self._idle:
+                entry = self._take_idle()
+                self._acquired += 1
+                conn = _new_proxy(PooledConnection)
+                set_entry(conn, entry)
+                set_pool(conn, self)
+                return conn
+        return self._acquire_slow(timeout)
+
+    def connection(self, timeout: float | None = None) -> PooledConnection:
+        """Check out a connection for a ``with`` block: ``with pool.connection() as conn:``.
+
+        The connection is returned when the block exits; if the block raised, its transaction
+        is rolled back first, and a connection the error shows to be broken is discarded.
+        Waits and raises like :meth:`acquire`.
+        """
+        return self.acquire(timeout)
+
+    def release(self, conn: PooledConnection) -> None:
+        """Return ``conn`` to the pool.
+
+        An open transaction is rolled back (if ``reset_on_return``); a broken connection, or
+        one whose rollback fails, is closed and its slot freed. Raises
+        :class:`~flask_dbpool.PoolError` if ``conn`` was already returned or belongs to
+        another pool.
+        """
+        if conn.__class__ is not PooledConnection or conn._pool is not self:
+            raise self._foreign(conn)
+        entry = conn._entry
+        if entry is not None and entry.driver.transaction_state(entry.raw) == IDLE:
+            with self._lock:
+                if conn._entry is entry:  # claimed under the lock: a racing release loses
+                    set_entry(conn, None)
+                    if self._waiters:
+                        self._hand_off(entry)
+                        return
+                    if self._open <= self._keep:
+                        self._idle.append(entry)
+                        return
+                    # Overflow beyond pool_size (or the pool is closed): close it.
+                    self._open -= 1
+                    self._closed_count += 1
+                    surplus = entry
+                else:
+                    surplus = None
+            if surplus is not None:
+                self._close_raw(surplus)
+                return
+        self._release_slow(conn, None)
+
+    def warm_up(self) -> int:
+        """Open connections now until ``pool_size`` are open; return how many were opened.
+
+        Raises the driver's error if a connection cannot be opened (those opened before it
+        stay in the pool).
+        """
+        opened = 0
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                if self._open >= self.config.pool_size:
+                    return opened
+                self._open += 1
+                self._connecting += 1
+            entry = self._connect_in_slot()
+            with self._lock:
+                self._connecting -= 1
+                self._created += 1
+            self._check_in(entry)
+            opened += 1
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of the pool's gauges and totals."""
+        with self._lock:
+            idle = len(self._idle)
+            return PoolStats(
+                name=self.name,
+                pool_size=self.config.pool_size,
+                max_overflow=self.config.max_overflow,
+                open=self._open,
+                idle=idle,
+                in_use=self._open - idle - self._connecting,
+                connecting=self._connecting,
+                waiting=len(self._waiters),
+                acquired=self._acquired,
+                created=self._created,
+                closed=self._closed_count,
+                timeouts=self._timeouts,
+                waits=self._waits,
+                wait_seconds_total=self._wait_total,
+                wait_seconds_max=self._wait_max,
+            )
+
+    def close(self) -> None:
+        """Close the pool.
+
+        Idle connections are closed now; waiters are woken with
+        :class:`~flask_dbpool.PoolClosed`; later ``acquire()`` calls raise it. Connections
+        still checked out are closed when they are returned. Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._keep = 0
+            idle = list(self._idle)
+            self._idle.clear()
+            self._open -= len(idle)
+            self._closed_count += len(idle)
+            while self._waiters:
+                self._hand_off(_CLOSED)
+        for entry in idle:
+            self._close_raw(entry)
+        logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        state = " closed" if self._closed else ""
+        return (
+            f"<Pool {self.name!r} {self.target}{state} open={s.open} idle={s.idle} "
+            f"in_use={s.in_use} waiting={s.waiting} pool_size={s.pool_size} "
+            f"max_overflow={s.max_overflow}>"
+        )
+
+    # ------------------------------------------------------------------ acquiring
+
+    def _acquire_slow(self, timeout: float | None) -> PooledConnection:
+        if timeout is None:
+            timeout = self._timeout
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        with self._lock:
+            if self._closed:
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            if not self._waiters:
+                if self._idle:
+                    entry = self._take_idle()
+                    self._acquired += 1
+                    return self._lend(entry)
+                if self._open < self._max_open:
+                    self._open += 1
+                    self._connecting += 1
+                    waiter = None
+                else:
+                    waiter = _Waiter()
+            else:
+                waiter = _Waiter()
+            if waiter is not None:
+                self._waiters.append(waiter)
+                if timeout == 0:
+                    message = self._timeout_message_locked(0.0)
+                    self._waiters.pop()
+                    self._timeouts += 1
+                    raise PoolTimeout(message)
+        if waiter is None:
+            return self._open_in_slot()
+        return self._wait(waiter, timeout)
+
+    def _wait(self, waiter: _Waiter, timeout: float) -> PooledConnection:
+        # The handshake: whoever holds the pool lock decides. A releaser hands an item only
+        # to a waiter still queued (and dequeues it at once); a waiter giving up dequeues
+        # itself only if nothing was handed yet, and otherwise takes (or gives back) the item.
+        start = time.monotonic()
+        try:
+            waiter.wake.acquire(True, min(timeout, threading.TIMEOUT_MAX))
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        waited = time.monotonic() - start
+        with self._lock:
+            self._waits += 1
+            self._wait_total += waited
+            if waited > self._wait_max:
+                self._wait_max = waited
+            item = waiter.item
+            if item is None:
+                # Timed out with nothing handed over: leave the queue.
+                message = self._timeout_message_locked(waited)
+                self._waiters.remove(waiter)
+                self._timeouts += 1
+                raise PoolTimeout(message)
+            if item is not _NEW_SLOT and item is not _CLOSED:
+                self._acquired += 1
+        if item is _CLOSED:
+            raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
+        if item is _NEW_SLOT:
+            return self._open_in_slot()
+        assert isinstance(item, Entry)
+        return self._lend(item)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter was interrupted: leave the queue, or pass on what it was just handed."""
+        with self._lock:
+            item = waiter.item
+            if item is None:
+                self._waiters.remove(waiter)
+                return
+        if item is _NEW_SLOT:
+            self._free_slot(connecting=True)
+        elif isinstance(item, Entry):
+            self._check_in(item)
+
+    def _lend(self, entry: Entry) -> PooledConnection:
+        conn = _new_proxy(PooledConnection)
+        set_entry(conn, entry)
+        set_pool(conn, self)
+        return conn
+
+    def _open_in_slot(self) -> PooledConnection:
+        """Open a connection in a slot already reserved (counted in open and connecting)."""
+        entry = self._connect_in_slot()
+        with self._lock:
+            self._connecting -= 1
+            self._created += 1
+            if not self._closed:
+                self._acquired += 1
+                return self._lend(entry)
+            self._open -= 1
+            self._closed_count += 1
+        self._close_raw(entry)
+        raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
+
+    def _connect_in_slot(self) -> Entry:
+        """Connect; on any failure give the reserved slot back (to a waiter, if one exists)."""
+        ok = False
+        try:
+            raw = self._connector.connect()
+            driver = self._connector.driver or driver_for_connection(raw)
+            entry = Entry(raw, driver, time.monotonic())
+            ok = True
+        finally:
+            if not ok:
+                self._free_slot(connecting=True)
+        return entry
+
+    # ------------------------------------------------------------------ returning
+
+    def _hand_off(self, item: Entry | _Token) -> None:
+        """Give ``item`` to the oldest waiter. Caller holds the lock; waiters exist."""
+        waiter = self._waiters.popleft()
+        waiter.item = item
+        if item is _NEW_SLOT:
+            self._connecting += 1
+        waiter.wake.release()
+
+    def _check_in(self, entry: Entry) -> None:
+        """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it."""
+        with self._lock:
+            if self._waiters:
+                self._hand_off(entry)
+                return
+            if self._open <= self._keep:
+                self._idle.append(entry)
+                return
+            self._open -= 1
+            self._closed_count += 1
+        self._close_raw(entry)
+
+    def _free_slot(self, *, connecting: bool = False) -> None:
+        """A slot's connection is gone: hand the slot to the oldest waiter, or release it."""
+        with self._lock:
+            if connecting:
+                self._connecting -= 1
+            if self._waiters and not self._closed:
+                self._hand_off(_NEW_SLOT)
+            else:
+                self._open -= 1
+
+    def _claim(self, conn: PooledConnection) -> Entry:
+        """Take the entry out of ``conn`` under the lock, so that only one release wins."""
+        if conn.__class__ is not PooledConnection or conn._pool is not self:
+            raise self._foreign(conn)
+        with self._lock:
+            entry = conn._entry
+            if entry is None:
+                raise PoolError(f"connection was already returned to pool {self.name!r}")
+            set_entry(conn, None)
+            return entry
+
+    def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
+        entry = self._claim(conn)
+        if exc is not None and entry.driver.is_disconnect(exc, entry.raw):
+            self._discard(entry, "a disconnect error was raised while it was in use")
+            return
+        state = entry.driver.transaction_state(entry.raw)
+        if state == BROKEN:
+            self._discard(entry, "the driver reports it broken")
+            return
+        if state == IN_TRANSACTION and (self._reset_on_return or exc is not None):
+            try:
+                entry.driver.rollback(entry.raw)
+            except BaseException as error:
+                # Its session state is unknown now: never lend it again.
+                self._discard(entry, f"the rollback on return failed ({error!r})")
+                if not isinstance(error, Exception):
+                    raise
+                return
+        self._check_in(entry)
+
+    def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
+        """``close()`` / ``__exit__``: return ``conn``; a handle already returned is fine."""
+        try:
+            if exc is None:
+                self.release(conn)
+            else:
+                self._release_slow(conn, exc)
+        except PoolError:
+            if conn._entry is not None:
+                raise
+
+    def _invalidate(self, conn: PooledConnection) -> None:
+        entry = self._claim(conn)
+        self._discard(entry, "invalidate() was called")
+
+    def _discard(self, entry: Entry, why: str) -> None:
+        logger.info("pool %r: discarding a connection because %s", self.name, why)
+        with self._lock:
+            self._closed_count += 1
+        try:
+            self._close_raw(entry)
+        finally:
+            self._free_slot()
+
+    def _close_raw(self, entry: Entry) -> None:
+        try:
+            entry.driver.close(entry.raw)
+        except Exception as error:  # already broken: nothing more to do
+            logger.debug("pool %r: error closing a connection: %r", self.name, error)
+
+    # ------------------------------------------------------------------ messages
+
+    def _timeout_message_locked(self, waited: float) -> str:
+        idle = len(self._idle)
+        in_use = self._open - idle - self._connecting
+        return (
+            f"pool {self.name!r} ({self.target}) timed out after {waited:.3f} s waiting for a "
+            f"connection: pool_size={self.config.pool_size}, "
+            f"max_overflow={self.config.max_overflow}, open={self._open}, in_use={in_use}, "
+            f"idle={idle}, connecting={self._connecting}, "
+            f"waiting={len(self._waiters)} (this caller included)"
+        )
+
+    def _foreign(self, conn: object) -> PoolError:
+        if isinstance(conn, PooledConnection):
+            return PoolError(
+                f"connection belongs to pool {conn._pool.name!r}, not to pool {self.name!r}"
+            )
+        return PoolError(
+            f"pool {self.name!r} can only take back connections it lent, got "
+            f"{type(conn).__name__}"
+        )

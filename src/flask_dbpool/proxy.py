@@ -1,0 +1,102 @@
+"""The handle given to callers for one checkout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from flask_dbpool.errors import PoolError
+
+if TYPE_CHECKING:
+    from flask_dbpool.entry import Entry
+    from flask_dbpool.pool import Pool
+
+__all__ = ["PooledConnection"]
+
+_RETURNED = "connection was returned to the pool; acquire a new one"
+
+
+class PooledConnection:
+    """A checked-out connection: a thin proxy to the driver connection.
+
+    Every attribute of the driver connection works through it (``cursor()``, ``execute()``,
+    ``commit()``, ``autocommit = True`` …). ``close()`` returns it to the pool (idempotent),
+    ``invalidate()`` discards it, and ``with`` returns it on exit, rolling back first if the
+    block raised. Once returned, any use raises :class:`~flask_dbpool.PoolError`: a handle is
+    good for one checkout only. Cursors obtained from it are the driver's own objects and must
+    not be used after the connection is returned.
+    """
+
+    __slots__ = ("_entry", "_pool")
+    if TYPE_CHECKING:
+        _entry: Entry | None
+        _pool: Pool
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names the proxy itself lacks: forward to the driver connection.
+        entry = self._entry
+        if entry is None:
+            raise PoolError(_RETURNED)
+        return getattr(entry.raw, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        entry = self._entry
+        if entry is None:
+            raise PoolError(_RETURNED)
+        setattr(entry.raw, name, value)
+
+    @property
+    def driver_connection(self) -> Any:
+        """The underlying driver connection (for ``isinstance`` checks and driver-only APIs).
+
+        Do not close it or keep it beyond the checkout. Raises ``PoolError`` once returned.
+        """
+        entry = self._entry
+        if entry is None:
+            raise PoolError(_RETURNED)
+        return entry.raw
+
+    @property
+    def returned(self) -> bool:
+        """Whether this handle was returned to the pool (and is now unusable)."""
+        return self._entry is None
+
+    def close(self) -> None:
+        """Return the connection to the pool; does nothing if it was already returned."""
+        if self._entry is not None:
+            self._pool._release_quietly(self, None)
+
+    def invalidate(self) -> None:
+        """Close the driver connection and free its slot instead of returning it for reuse.
+
+        Use it when you know the session is unusable or carries state nobody else should see.
+        Does nothing if the handle was already returned.
+        """
+        if self._entry is not None:
+            self._pool._invalidate(self)
+
+    def __enter__(self) -> PooledConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._entry is not None:
+            self._pool._release_quietly(self, exc)
+
+    def __repr__(self) -> str:
+        entry = self._entry
+        if entry is None:
+            return f"<PooledConnection (returned) pool={self._pool.name!r}>"
+        return f"<PooledConnection {type(entry.raw).__qualname__} pool={self._pool.name!r}>"
+
+
+# The pool fills slots through the descriptors, bypassing the forwarding __setattr__.
+set_entry: Callable[[PooledConnection, Entry | None], None] = vars(PooledConnection)[
+    "_entry"
+].__set__
+set_pool: Callable[[PooledConnection, Pool], None] = vars(PooledConnection)["_pool"].__set__
