@@ -10,7 +10,6 @@ from flask_dbpool.errors import PoolError
 
 if TYPE_CHECKING:
     from flask_dbpool.entry import Entry
-    from flask_dbpool.pool import Pool
 
 __all__ = ["PooledConnection"]
 
@@ -28,10 +27,9 @@ class PooledConnection:
     not be used after the connection is returned.
     """
 
-    __slots__ = ("_entry", "_pool")
+    __slots__ = ("_entry",)
     if TYPE_CHECKING:
         _entry: Entry | None
-        _pool: Pool
 
     def __getattr__(self, name: str) -> Any:
         # Called only for names the proxy itself lacks: forward to the driver connection.
@@ -64,8 +62,9 @@ class PooledConnection:
 
     def close(self) -> None:
         """Return the connection to the pool; does nothing if it was already returned."""
-        if self._entry is not None:
-            self._pool._release_quietly(self, None)
+        entry = self._entry
+        if entry is not None:
+            entry.pool._release_quietly(self, None)
 
     def invalidate(self) -> None:
         """Close the driver connection and free its slot instead of returning it for reuse.
@@ -73,8 +72,9 @@ class PooledConnection:
         Use it when you know the session is unusable or carries state nobody else should see.
         Does nothing if the handle was already returned.
         """
-        if self._entry is not None:
-            self._pool._invalidate(self)
+        entry = self._entry
+        if entry is not None:
+            entry.pool._invalidate(self)
 
     def __enter__(self) -> PooledConnection:
         return self
@@ -85,18 +85,18 @@ class PooledConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._entry is not None:
-            self._pool._release_quietly(self, exc)
+        entry = self._entry
+        if entry is not None:
+            entry.pool._release_quietly(self, exc)
 
     def __repr__(self) -> str:
         entry = self._entry
         if entry is None:
-            return f"<PooledConnection (returned) pool={self._pool.name!r}>"
-        return f"<PooledConnection {type(entry.raw).__qualname__} pool={self._pool.name!r}>"
+            return "<PooledConnection (returned)>"
+        return f"<PooledConnection {type(entry.raw).__qualname__} pool={entry.pool.name!r}>"
 
 
-# The pool fills slots through the descriptors, bypassing the forwarding __setattr__.
+# The pool fills the slot through its descriptor, bypassing the forwarding __setattr__.
 set_entry: Callable[[PooledConnection, Entry | None], None] = vars(PooledConnection)[
     "_entry"
 ].__set__
-set_pool: Callable[[PooledConnection, Pool], None] = vars(PooledConnection)["_pool"].__set__
