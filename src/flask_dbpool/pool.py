@@ -60,6 +60,15 @@ _NEW_SLOT: Final = _Token("NEW_SLOT")
 _CLOSED: Final = _Token("CLOSED")
 
 
+def _check_timeout(timeout: object) -> None:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not timeout >= 0  # rejects NaN too
+    ):
+        raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+
+
 class _Waiter:
     """One caller waiting for a connection. Created only when a caller must wait."""
 
@@ -152,6 +161,8 @@ class Pool:
         opening a new connection failed. Return the connection with :meth:`release` or its
         ``close()``.
         """
+        if timeout is not None:
+            _check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
         # The hot path. lock.acquire()/try/finally is measurably cheaper than ``with``.
         lock = self._lock
         lock.acquire()
@@ -303,8 +314,6 @@ class Pool:
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
             timeout = self._timeout
-        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
