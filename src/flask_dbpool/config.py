@@ -69,8 +69,9 @@ class PoolConfig:
     ``pool_size``
         Connections kept open once created (integer >= 1, default 5).
     ``max_overflow``
-        Extra connections opened under bursts and closed when returned while more than
-        ``pool_size`` are open (integer >= 0, default 10).
+        Extra connections opened under bursts (integer >= 0, default 10). A returned
+        connection is closed when ``pool_size`` connections are already idle, so the pool
+        shrinks back to ``pool_size`` after a burst without churning while demand stays high.
     ``timeout``
         How long ``acquire()`` waits for a connection before raising ``PoolTimeout``
         (seconds > 0, default 30).

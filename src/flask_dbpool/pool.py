@@ -128,7 +128,7 @@ class Pool:
         self._waiters: deque[_Waiter] = deque()
         self._open = 0  # slots taken: open connections plus those being opened
         self._connecting = 0
-        self._keep = self.config.pool_size  # idle connections kept; 0 once closed
+        self._keep = self.config.pool_size  # most idle connections kept; 0 once closed
         self._closed = False
 
         self._acquired = 0
@@ -207,10 +207,12 @@ class Pool:
                     if self._waiters:
                         self._hand_off(entry)
                         return
-                    if self._open <= self._keep:
+                    if len(self._idle) < self._keep:
                         self._idle.append(entry)
                         return
-                    # Overflow beyond pool_size (or the pool is closed): close it.
+                    # pool_size connections are idle already (or the pool is closed): this
+                    # one is surplus. Closing only then avoids reopening overflow connections
+                    # over and over while demand stays between pool_size and the maximum.
                     self._open -= 1
                     self._closed_count += 1
                     surplus = entry
@@ -433,7 +435,7 @@ class Pool:
             if self._waiters:
                 self._hand_off(entry)
                 return
-            if self._open <= self._keep:
+            if len(self._idle) < self._keep:
                 self._idle.append(entry)
                 return
             self._open -= 1

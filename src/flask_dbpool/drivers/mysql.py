@@ -71,7 +71,19 @@ def _error_code(exc: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
-class PyMySQLDriver(Driver):
+class _MySQLDriver(Driver):
+    """What PyMySQL and mysqlclient share: error codes and the ``open`` flag."""
+
+    @classmethod
+    def is_disconnect(cls, exc: BaseException, raw: Any) -> bool:
+        if not raw.open:
+            return True
+        return isinstance(exc, cls.import_module().MySQLError) and (
+            _error_code(exc) in DISCONNECT_CODES
+        )
+
+
+class PyMySQLDriver(_MySQLDriver):
     """PyMySQL: ``mysql://``, ``mysql+pymysql://``, ``mariadb://``.
 
     The transaction status comes from the server-status flags of the last reply, so returning
@@ -102,12 +114,8 @@ class PyMySQLDriver(Driver):
     def ping(raw: Any) -> None:
         raw.ping(reconnect=False)
 
-    @staticmethod
-    def is_disconnect(exc: BaseException, raw: Any) -> bool:
-        return (not raw.open) or _error_code(exc) in DISCONNECT_CODES
 
-
-class MySQLdbDriver(Driver):
+class MySQLdbDriver(_MySQLDriver):
     """mysqlclient: ``mysql+mysqldb://``. It has no transaction flag: every return rolls back."""
 
     name = "MySQLdb"
@@ -132,7 +140,3 @@ class MySQLdbDriver(Driver):
     @staticmethod
     def ping(raw: Any) -> None:
         raw.ping()
-
-    @staticmethod
-    def is_disconnect(exc: BaseException, raw: Any) -> bool:
-        return (not raw.open) or _error_code(exc) in DISCONNECT_CODES

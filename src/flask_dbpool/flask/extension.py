@@ -101,8 +101,9 @@ class DBPool:
         """The current app context's connection, checked out on first use.
 
         The same object for the whole request (or app context); returned at teardown, rolled
-        back first if the request raised or left a transaction open. Waits and raises like
-        :meth:`Pool.acquire`. Needs an app context.
+        back first if the request raised, or if it left a transaction open (unless
+        ``DBPOOL_RESET_ON_RETURN`` is false). Commit what you want to keep. Waits and raises
+        like :meth:`Pool.acquire`. Needs an app context.
         """
         conn: PooledConnection | None = g.get(_G_KEY)
         if conn is None or conn.returned:
