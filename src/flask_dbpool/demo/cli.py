@@ -1,0 +1,274 @@
+"""``python -m flask_dbpool.demo``: serve the notes API and compare pooled vs per-request.
+
+Starts one werkzeug threaded server with both apps mounted (pooled at ``/``, one connection per
+request at ``/direct``), seeds a few notes, drives the same burst of HTTP requests through
+each, prints a table, and keeps serving until Ctrl-C (unless ``--no-serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TextIO
+
+from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from flask_dbpool.demo.app import (
+    DEFAULT_TABLE,
+    close_app,
+    connections_opened,
+    create_app,
+    default_url,
+    demo_state,
+)
+from flask_dbpool.demo.load import BurstResult, drive, format_table, http_json
+from flask_dbpool.demo.server import DemoServer
+from flask_dbpool.errors import ConfigError
+from flask_dbpool.url import redact
+
+__all__ = ["build_parser", "main", "run_demo"]
+
+DIRECT_PREFIX = "/direct"
+SEED_NOTES = (
+    "Welcome to the flask-dbpool demo.",
+    "Requests to /notes borrow a pooled connection for the length of the request.",
+    "Requests to /direct/notes open a new database connection each time, as without a pool.",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flask_dbpool.demo",
+        description=(
+            "Serve a small notes JSON API with flask-dbpool and compare it, under the same "
+            "burst of requests, with opening a new database connection per request."
+        ),
+    )
+    parser.add_argument(
+        "--url",
+        help="database URL (default: $DBPOOL_URL, else SQLite in ./demo-data/notes.db), e.g. "
+        "postgresql://postgres@127.0.0.1:5432/test or mysql://root@127.0.0.1:3306/test",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=int, default=5000, help="port (a free one is used if it is busy)"
+    )
+    parser.add_argument(
+        "--requests", type=_positive, default=600, metavar="N", help="requests per mode"
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive, default=16, metavar="C", help="client threads"
+    )
+    parser.add_argument("--pool-size", type=_positive, default=4, help="DBPOOL_POOL_SIZE")
+    parser.add_argument(
+        "--max-overflow", type=_non_negative, default=0, help="DBPOOL_MAX_OVERFLOW"
+    )
+    parser.add_argument("--table", default=DEFAULT_TABLE, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-serve", action="store_true", help="exit after the comparison instead of serving"
+    )
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _burst(
+    app: Flask, base_url: str, requests: int, concurrency: int
+) -> tuple[BurstResult, list[int]]:
+    traffic = drive(base_url, requests, concurrency)
+    # The app's total: both apps are new, and the pooled one opened its connections for the
+    # schema, the seeding and this burst.
+    opened = connections_opened(app)
+    return BurstResult.from_traffic(demo_state(app).mode, traffic, opened), traffic.created_ids
+
+
+def _seed(base_url: str) -> int:
+    status, body = http_json("GET", f"{base_url}/notes?limit=1")
+    if status != 200 or not isinstance(body, dict):
+        raise RuntimeError(f"GET /notes answered {status}: {body!r}")
+    if body.get("count"):
+        return 0
+    for text in SEED_NOTES:
+        status, body = http_json("POST", f"{base_url}/notes", {"text": text})
+        if status != 201:
+            raise RuntimeError(f"POST /notes answered {status}: {body!r}")
+    return len(SEED_NOTES)
+
+
+def _cleanup(app: Flask, note_ids: list[int]) -> int:
+    """Delete the burst's notes, so that repeated runs do not pile them up."""
+    state = demo_state(app)
+    with app.app_context():
+        return state.store.delete(state.connection(), note_ids)
+
+
+def _examples(url: str) -> list[str]:
+    body = shlex.quote('{"text": "hello from curl"}')
+    return [
+        f"curl -s {url}/notes?limit=5",
+        f"curl -s -X POST -H 'Content-Type: application/json' -d {body} {url}/notes",
+        f"curl -s {url}/notes/1",
+        f"curl -s -X DELETE {url}/notes/1",
+        f"curl -s {url}/health",
+        f"curl -s {url}/stats",
+        f"curl -s {url}{DIRECT_PREFIX}/notes   # same API, a new connection per request",
+    ]
+
+
+def run_demo(
+    url: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    requests: int = 600,
+    concurrency: int = 16,
+    pool_size: int = 4,
+    max_overflow: int = 0,
+    table: str = DEFAULT_TABLE,
+    serve: bool = False,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> list[BurstResult]:
+    """Run the comparison; return its rows (pooled first). Prints progress to ``out``.
+
+    With ``serve=True``, keeps serving afterwards until Ctrl-C (or until ``stop`` is set).
+    Raises :class:`~flask_dbpool.ConfigError` for a bad URL or setting and the driver's error
+    when the database cannot be reached.
+    """
+    stream = out if out is not None else sys.stdout
+
+    def say(text: str = "") -> None:
+        print(text, file=stream, flush=True)
+
+    url = url or default_url()
+    pooled = create_app(
+        url, pooled=True, pool_size=pool_size, max_overflow=max_overflow, table=table
+    )
+    try:
+        direct = create_app(url, pooled=False, table=table)
+    except BaseException:
+        close_app(pooled)
+        raise
+    wsgi = DispatcherMiddleware(pooled, {DIRECT_PREFIX: direct})
+    try:
+        with DemoServer(wsgi, host, port) as server:
+            base = server.url
+            say("flask-dbpool demo: a notes JSON API served by werkzeug's threaded server")
+            say(f"  database : {demo_state(pooled).database}")
+            if server.port != server.requested_port and server.requested_port:
+                say(f"  note     : port {server.requested_port} is busy, using {server.port}")
+            say(f"  pooled   : {base}/notes  (DBPool, pool_size={pool_size}, "
+                f"max_overflow={max_overflow})")
+            say(f"  direct   : {base}{DIRECT_PREFIX}/notes  (a new connection per request)")
+            seeded = _seed(base)
+            if seeded:
+                say(f"  seeded {seeded} notes")
+            writes = (requests + 3) // 4
+            say()
+            say(f"Burst: {requests} requests per mode ({requests - writes} GET /notes?limit=20, "
+                f"{writes} POST /notes)")
+            say(f"       from {min(concurrency, requests)} client threads, a new HTTP connection "
+                "per request")
+            say()
+            pooled_result, pooled_ids = _burst(pooled, base, requests, concurrency)
+            direct_result, direct_ids = _burst(direct, base + DIRECT_PREFIX, requests, concurrency)
+            results = [pooled_result, direct_result]
+            _cleanup(pooled, pooled_ids + direct_ids)
+            say(format_table(results))
+            say()
+            say(_summary(pooled_result, direct_result, pool_size, pool_size + max_overflow))
+            for result in results:
+                for sample in result.error_samples:
+                    say(f"  {result.mode} error: {sample}")
+            if serve:
+                say()
+                say(f"Serving on {base}  (Ctrl-C to stop). Try:")
+                for example in _examples(base):
+                    say(f"  {example}")
+                server.log_requests = True
+                try:
+                    (stop or threading.Event()).wait()
+                except KeyboardInterrupt:
+                    say()
+                    say("Stopping.")
+            return results
+    finally:
+        close_app(pooled)
+        close_app(direct)
+
+
+def _summary(pooled: BurstResult, direct: BurstResult, pool_size: int, max_open: int) -> str:
+    lines = [
+        f"pooled: {pooled.connections_opened} database connection(s) opened in all "
+        f"(never more than {max_open} open at once);",
+        f"direct: {direct.connections_opened} connections opened, one per request.",
+    ]
+    if pooled.connections_opened > max_open:
+        lines.append(
+            f"(Connections beyond pool_size={pool_size} are closed when returned once "
+            f"{pool_size} are idle, and reopened by the next burst.)"
+        )
+    if pooled.requests_per_second and direct.requests_per_second:
+        ratio = pooled.requests_per_second / direct.requests_per_second
+        lines.append(f"Throughput, pooled vs direct: {ratio:.1f}x.")
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m flask_dbpool.demo``; returns the exit status.
+
+    SIGTERM stops it like Ctrl-C (closing the pool) when it runs in the main thread.
+    """
+    args = build_parser().parse_args(argv)
+    url = args.url or os.environ.get("DBPOOL_URL") or None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        results = run_demo(
+            url,
+            host=args.host,
+            port=args.port,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            pool_size=args.pool_size,
+            max_overflow=args.max_overflow,
+            table=args.table,
+            serve=not args.no_serve,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # most likely the database is unreachable: no traceback
+        where = redact(url) if url else "the demo database"
+        print(f"error: {type(exc).__name__}: {exc}".rstrip(), file=sys.stderr)
+        print(f"(is {where} reachable? see --help for --url)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 1 if any(result.errors for result in results) else 0
