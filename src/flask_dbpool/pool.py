@@ -170,9 +170,13 @@ class Pool:
             # Waiters exist only while nothing is idle, so an idle connection is fair to take.
             if self._idle:
                 entry = self._take_idle()
+                try:
+                    conn = _new_proxy(PooledConnection)
+                    set_entry(conn, entry)
+                except BaseException:  # interrupted: the connection must not be lost
+                    self._idle.append(entry)
+                    raise
                 self._acquired += 1
-                conn = _new_proxy(PooledConnection)
-                set_entry(conn, entry)
                 return conn
         finally:
             lock.release()
@@ -347,41 +351,48 @@ class Pool:
         # The handshake: whoever holds the pool lock decides. A releaser hands an item only
         # to a waiter still queued (and dequeues it at once); a waiter giving up dequeues
         # itself only if nothing was handed yet, and otherwise takes (or gives back) the item.
+        # Everything from the wait to the hand-back of the handle is covered: an interrupt
+        # (KeyboardInterrupt, gevent Timeout) at any point gives back whatever was handed over.
         start = time.monotonic()
         try:
             waiter.wake.acquire(True, min(timeout, threading.TIMEOUT_MAX))
+            waited = time.monotonic() - start
+            with self._lock:
+                self._waits += 1
+                self._wait_total += waited
+                if waited > self._wait_max:
+                    self._wait_max = waited
+                item = waiter.item
+                if item is None:
+                    # Timed out with nothing handed over: leave the queue.
+                    message = self._timeout_message_locked(waited)
+                    self._waiters.remove(waiter)
+                    self._timeouts += 1
+                    raise PoolTimeout(message)
+            if item is _CLOSED:
+                raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
+            if item is _NEW_SLOT:
+                waiter.item = None  # from here on _open_in_slot owns the slot
+                return self._open_in_slot()
+            assert isinstance(item, Entry)
+            conn = self._lend(item)
+            waiter.item = None
+            return conn
         except BaseException:
             self._abandon(waiter)
             raise
-        waited = time.monotonic() - start
-        with self._lock:
-            self._waits += 1
-            self._wait_total += waited
-            if waited > self._wait_max:
-                self._wait_max = waited
-            item = waiter.item
-            if item is None:
-                # Timed out with nothing handed over: leave the queue.
-                message = self._timeout_message_locked(waited)
-                self._waiters.remove(waiter)
-                self._timeouts += 1
-                raise PoolTimeout(message)
-            if item is not _NEW_SLOT and item is not _CLOSED:
-                self._acquired += 1
-        if item is _CLOSED:
-            raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
-        if item is _NEW_SLOT:
-            return self._open_in_slot()
-        assert isinstance(item, Entry)
-        return self._lend(item)
 
     def _abandon(self, waiter: _Waiter) -> None:
-        """A waiter was interrupted: leave the queue, or pass on what it was just handed."""
+        """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
         with self._lock:
             item = waiter.item
+            waiter.item = None
             if item is None:
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
                 return
+            if isinstance(item, Entry):
+                self._acquired -= 1  # counted at the hand-off; it was never used
         if item is _NEW_SLOT:
             self._free_slot(connecting=True)
         elif isinstance(item, Entry):
@@ -427,6 +438,8 @@ class Pool:
         waiter.item = item
         if item is _NEW_SLOT:
             self._connecting += 1
+        elif item is not _CLOSED:
+            self._acquired += 1
         waiter.wake.release()
 
     def _check_in(self, entry: Entry) -> None:

@@ -87,7 +87,14 @@ class PooledConnection:
     ) -> None:
         entry = self._entry
         if entry is not None:
-            entry.pool._release_quietly(self, exc)
+            if exc is None:
+                try:
+                    entry.pool.release(self)  # the common case, one frame less
+                except PoolError:
+                    if self._entry is not None:  # not a racing return: a real error
+                        raise
+            else:
+                entry.pool._release_quietly(self, exc)
 
     def __repr__(self) -> str:
         entry = self._entry

@@ -14,11 +14,6 @@ from flask_dbpool.url import DatabaseURL
 
 __all__ = ["Psycopg2Driver", "PsycopgDriver"]
 
-# libpq PQtransactionStatus values.
-_PQTRANS_IDLE = 0
-_PQTRANS_INTRANS = 2
-_PQTRANS_INERROR = 3
-
 #: libpq waits forever for an unreachable host by default; a pool should not.
 DEFAULT_CONNECT_TIMEOUT = "10"
 
@@ -41,13 +36,10 @@ def libpq_params(url: DatabaseURL) -> dict[str, Any]:
     return params
 
 
-def _state_from_libpq(status: int) -> int:
-    if status == _PQTRANS_IDLE:
-        return IDLE
-    if status in (_PQTRANS_INTRANS, _PQTRANS_INERROR):
-        return IN_TRANSACTION
-    # ACTIVE (a command still running, e.g. an unfinished COPY) or UNKNOWN (connection bad).
-    return BROKEN
+# Indexed by PQtransactionStatus: IDLE, ACTIVE, INTRANS, INERROR, UNKNOWN. ACTIVE (a command
+# still running, e.g. an unfinished COPY) and UNKNOWN (connection bad) cannot be reused. A tuple
+# lookup keeps this read, done on every return, to one step.
+_STATE_BY_LIBPQ = (IDLE, BROKEN, IN_TRANSACTION, IN_TRANSACTION, BROKEN)
 
 
 class PsycopgDriver(Driver):
@@ -69,7 +61,7 @@ class PsycopgDriver(Driver):
 
     @staticmethod
     def transaction_state(raw: Any) -> int:
-        return _state_from_libpq(raw.pgconn.transaction_status)
+        return _STATE_BY_LIBPQ[raw.pgconn.transaction_status]
 
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
@@ -97,7 +89,7 @@ class Psycopg2Driver(Driver):
     def transaction_state(raw: Any) -> int:
         if raw.closed:
             return BROKEN
-        return _state_from_libpq(raw.info.transaction_status)
+        return _STATE_BY_LIBPQ[raw.info.transaction_status]
 
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
