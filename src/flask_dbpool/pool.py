@@ -24,6 +24,7 @@ from typing import Any, Final
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
     BROKEN,
+    FAILED,
     IDLE,
     IN_TRANSACTION,
     Connector,
@@ -480,22 +481,29 @@ class Pool:
 
     def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
         entry = self._claim(conn)
-        if exc is not None and entry.driver.is_disconnect(exc, entry.raw):
-            self._discard(entry, "a disconnect error was raised while it was in use")
-            return
-        state = entry.driver.transaction_state(entry.raw)
-        if state == BROKEN:
-            self._discard(entry, "the driver reports it broken")
-            return
-        if state == IN_TRANSACTION and (self._reset_on_return or exc is not None):
-            try:
-                entry.driver.rollback(entry.raw)
-            except BaseException as error:
-                # Its session state is unknown now: never lend it again.
-                self._discard(entry, f"the rollback on return failed ({error!r})")
-                if not isinstance(error, Exception):
-                    raise
+        try:
+            driver = entry.driver
+            if exc is not None and driver.is_disconnect(exc, entry.raw):
+                self._discard(entry, "a disconnect error was raised while it was in use")
                 return
+            state = entry.tx_state(entry.raw)
+            if state == BROKEN:
+                self._discard(entry, "the driver reports it broken")
+                return
+            # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
+            # only refresh it from successful replies.
+            if (
+                state == FAILED
+                or exc is not None
+                or (state == IN_TRANSACTION and self._reset_on_return)
+            ):
+                driver.rollback(entry.raw)
+        except BaseException as error:
+            # Its session state is unknown now: never lend it again.
+            self._discard(entry, f"resetting it on return failed ({error!r})")
+            if not isinstance(error, Exception):
+                raise
+            return
         self._check_in(entry)
 
     def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
@@ -514,10 +522,11 @@ class Pool:
         self._discard(entry, "invalidate() was called")
 
     def _discard(self, entry: Entry, why: str) -> None:
-        logger.info("pool %r: discarding a connection because %s", self.name, why)
-        with self._lock:
-            self._closed_count += 1
+        """Close ``entry`` for good and free its slot, whatever happens on the way."""
         try:
+            with self._lock:
+                self._closed_count += 1
+            logger.info("pool %r: discarding a connection because %s", self.name, why)
             self._close_raw(entry)
         finally:
             self._free_slot()

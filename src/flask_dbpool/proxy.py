@@ -31,8 +31,15 @@ class PooledConnection:
     if TYPE_CHECKING:
         _entry: Entry | None
 
+    def __init__(self) -> None:
+        # The pool builds handles without __init__; one made by hand is born returned.
+        set_entry(self, None)
+
     def __getattr__(self, name: str) -> Any:
         # Called only for names the proxy itself lacks: forward to the driver connection.
+        # Special names are never forwarded (copy, pickle and friends probe for them).
+        if name[:2] == "__" or name == "_entry":
+            raise AttributeError(name)
         entry = self._entry
         if entry is None:
             raise PoolError(_RETURNED)
@@ -75,6 +82,10 @@ class PooledConnection:
         entry = self._entry
         if entry is not None:
             entry.pool._invalidate(self)
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        # A copy would be a second handle to one checkout: refuse copy, deepcopy and pickle.
+        raise TypeError("a pooled connection cannot be copied or pickled")
 
     def __enter__(self) -> PooledConnection:
         return self

@@ -50,7 +50,7 @@ class DatabaseURL:
             text += "/" + self.database
         if self.query:
             text += "?" + "&".join(
-                f"{k}={_REDACTED if k.lower() == 'password' else v}" for k, v in self.query
+                f"{k}={_REDACTED if _is_secret(k) else v}" for k, v in self.query
             )
         return text
 
@@ -59,6 +59,11 @@ class DatabaseURL:
 
 
 _DIALECT_ALIASES = {"postgres": "postgresql", "mariadb": "mysql"}
+
+
+def _is_secret(key: str) -> bool:
+    """Query options whose value is a secret (``password``, ``sslpassword`` …)."""
+    return "password" in key.lower()
 
 
 def parse_url(url: str) -> DatabaseURL:
@@ -91,6 +96,12 @@ def parse_url(url: str) -> DatabaseURL:
             query=tuple(parse_qsl(query, keep_blank_values=True)),
         )
     parts = urlsplit(f"x://{rest}")
+    if "@" in parts.path or parts.fragment or "@" in parts.query.partition("=")[0]:
+        # An unescaped '/', '?' or '#' in the password cut the URL in the wrong place.
+        raise ConfigError(
+            f"database URL {redact(url)!r} cannot be parsed: percent-encode special characters "
+            "('/', '?', '#', '@', ':') in the user name and password"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -128,10 +139,14 @@ def redact(url: str) -> str:
     if at:
         user, colon, _password = userinfo.partition(":")
         netloc = f"{user}:{_REDACTED}@{hostport}" if colon else f"{user}@{hostport}"
+    elif "@" in tail and ":" in netloc:
+        # A password holding '/', '?' or '#' unescaped: hide everything up to the last '@'.
+        user = netloc.partition(":")[0]
+        return f"{scheme}://{user}:{_REDACTED}@{tail.rpartition('@')[2]}"
     if "password" in tail.lower():
         head, _, query = tail.partition("?")
         pairs = [
-            f"{k}={_REDACTED}" if k.lower() == "password" else f"{k}={v}"
+            f"{k}={_REDACTED}" if _is_secret(k) else f"{k}={v}"
             for k, v in parse_qsl(query, keep_blank_values=True)
         ]
         tail = head + "?" + "&".join(pairs)

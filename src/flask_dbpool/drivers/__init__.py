@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask_dbpool.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectFn, Driver
+from flask_dbpool.drivers.base import BROKEN, FAILED, IDLE, IN_TRANSACTION, ConnectFn, Driver
 from flask_dbpool.drivers.mysql import MySQLdbDriver, PyMySQLDriver
 from flask_dbpool.drivers.postgres import Psycopg2Driver, PsycopgDriver
 from flask_dbpool.drivers.sqlite import SQLiteDriver
@@ -15,6 +15,7 @@ from flask_dbpool.url import parse_url, redact
 
 __all__ = [
     "BROKEN",
+    "FAILED",
     "IDLE",
     "IN_TRANSACTION",
     "Connector",

@@ -17,12 +17,15 @@ from typing import Any, ClassVar
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.url import DatabaseURL
 
-__all__ = ["BROKEN", "IDLE", "IN_TRANSACTION", "ConnectFn", "Driver"]
+__all__ = ["BROKEN", "FAILED", "IDLE", "IN_TRANSACTION", "ConnectFn", "Driver"]
 
 #: Transaction states returned by :meth:`Driver.transaction_state` (plain ints: cheap to test).
 IDLE = 0
 IN_TRANSACTION = 1
 BROKEN = 2
+#: A transaction aborted by an error: always rolled back, whatever ``reset_on_return`` says,
+#: since the next holder could not use the connection otherwise.
+FAILED = 3
 
 ConnectFn = Callable[[], Any]
 
@@ -66,7 +69,7 @@ class Driver:
 
     @staticmethod
     def transaction_state(raw: Any) -> int:
-        """``IDLE``, ``IN_TRANSACTION`` or ``BROKEN``, read without I/O.
+        """``IDLE``, ``IN_TRANSACTION``, ``FAILED`` or ``BROKEN``, read without I/O.
 
         Unknown drivers report ``IN_TRANSACTION`` so that the pool always rolls back.
         """
@@ -125,6 +128,12 @@ def query_options(
         except ValueError:
             shown = "***" if key.lower() == "password" else repr(raw_value)
             raise ConfigError(f"{url.scheme}:// URL option {key}={shown} is invalid") from None
+        value = options[key]
+        if key.endswith("timeout") and not (0 < value < float("inf")):
+            raise ConfigError(
+                f"{url.scheme}:// URL option {key} must be a positive number of seconds, "
+                f"got {raw_value!r}"
+            )
     return options
 
 

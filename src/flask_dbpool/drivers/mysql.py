@@ -50,7 +50,17 @@ _URL_OPTIONS: dict[str, Any] = {
 }
 
 
-def _connect_kwargs(url: DatabaseURL, driver: str, database_key: str) -> dict[str, Any]:
+# mysqlclient takes SSL settings as one dict and timeouts as whole seconds.
+_MYSQLDB_URL_OPTIONS: dict[str, Any] = {
+    key: (int if key.endswith("timeout") else convert)
+    for key, convert in _URL_OPTIONS.items()
+    if not key.startswith("ssl_")
+}
+
+
+def _connect_kwargs(
+    url: DatabaseURL, driver: str, database_key: str, allowed: dict[str, Any]
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "host": url.host or "localhost",
         "port": url.port or 3306,
@@ -62,13 +72,37 @@ def _connect_kwargs(url: DatabaseURL, driver: str, database_key: str) -> dict[st
     }
     if url.database is not None:
         kwargs[database_key] = url.database
-    kwargs.update(query_options(url, _URL_OPTIONS, driver))
+    kwargs.update(query_options(url, allowed, driver))
     return kwargs
 
 
 def _error_code(exc: BaseException) -> int | None:
     args = getattr(exc, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+_tracking_classes: dict[int, type] = {}
+
+
+def _tracking_class(pymysql: Any) -> type:
+    """A PyMySQL connection class that remembers whether its last statement failed."""
+    base = pymysql.connections.Connection
+    cached = _tracking_classes.get(id(base))
+    if cached is not None:
+        return cached
+
+    class TrackedConnection(base):  # type: ignore[misc,valid-type]
+        dbpool_statement_failed = False
+
+        def query(self, sql: Any, unbuffered: bool = False) -> Any:
+            self.dbpool_statement_failed = True
+            result = super().query(sql, unbuffered)
+            self.dbpool_statement_failed = False
+            return result
+
+    TrackedConnection.__module__ = base.__module__  # still recognised as a PyMySQL connection
+    _tracking_classes[id(base)] = TrackedConnection
+    return TrackedConnection
 
 
 class _MySQLDriver(Driver):
@@ -96,11 +130,11 @@ class PyMySQLDriver(_MySQLDriver):
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
-        pymysql = cls.import_module()
-        kwargs = _connect_kwargs(url, "pymysql", "database")
+        connection_class = _tracking_class(cls.import_module())
+        kwargs = _connect_kwargs(url, "pymysql", "database", _URL_OPTIONS)
 
         def connect() -> Any:
-            return pymysql.connect(**kwargs)
+            return connection_class(**kwargs)
 
         return connect
 
@@ -108,6 +142,11 @@ class PyMySQLDriver(_MySQLDriver):
     def transaction_state(raw: Any) -> int:
         if not raw.open:
             return BROKEN
+        # PyMySQL refreshes server_status only from successful replies, so after a failed
+        # statement (which may have opened a transaction and taken locks) the flag is stale.
+        # Connections the pool opens record failures (see _tracking_class); assume the worst.
+        if getattr(raw, "dbpool_statement_failed", False):
+            return IN_TRANSACTION
         return IN_TRANSACTION if raw.server_status & _SERVER_STATUS_IN_TRANS else IDLE
 
     @staticmethod
@@ -125,8 +164,7 @@ class MySQLdbDriver(_MySQLDriver):
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         mysqldb = cls.import_module()
-        kwargs = _connect_kwargs(url, "MySQLdb", "database")
-        kwargs["connect_timeout"] = int(kwargs["connect_timeout"])
+        kwargs = _connect_kwargs(url, "MySQLdb", "database", _MYSQLDB_URL_OPTIONS)
 
         def connect() -> Any:
             return mysqldb.connect(**kwargs)

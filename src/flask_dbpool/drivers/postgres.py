@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_dbpool.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectFn, Driver
+from flask_dbpool.drivers.base import BROKEN, FAILED, IDLE, IN_TRANSACTION, ConnectFn, Driver
+from flask_dbpool.errors import ConfigError
 from flask_dbpool.url import DatabaseURL
 
 __all__ = ["Psycopg2Driver", "PsycopgDriver"]
@@ -39,7 +40,7 @@ def libpq_params(url: DatabaseURL) -> dict[str, Any]:
 # Indexed by PQtransactionStatus: IDLE, ACTIVE, INTRANS, INERROR, UNKNOWN. ACTIVE (a command
 # still running, e.g. an unfinished COPY) and UNKNOWN (connection bad) cannot be reused. A tuple
 # lookup keeps this read, done on every return, to one step.
-_STATE_BY_LIBPQ = (IDLE, BROKEN, IN_TRANSACTION, IN_TRANSACTION, BROKEN)
+_STATE_BY_LIBPQ = (IDLE, BROKEN, IN_TRANSACTION, FAILED, BROKEN)
 
 
 class PsycopgDriver(Driver):
@@ -53,6 +54,10 @@ class PsycopgDriver(Driver):
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         psycopg = cls.import_module()
         params = libpq_params(url)
+        try:  # libpq checks option names now, so a typo fails when the pool is built
+            psycopg.conninfo.make_conninfo(**params)
+        except psycopg.ProgrammingError as error:
+            raise ConfigError(f"{url.redacted()}: {error}") from None
 
         def connect() -> Any:
             return psycopg.connect(**params)
@@ -79,6 +84,10 @@ class Psycopg2Driver(Driver):
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         psycopg2 = cls.import_module()
         params = libpq_params(url)
+        try:  # libpq checks option names now, so a typo fails when the pool is built
+            psycopg2.extensions.parse_dsn(psycopg2.extensions.make_dsn(**params))
+        except psycopg2.ProgrammingError as error:
+            raise ConfigError(f"{url.redacted()}: {error}".strip()) from None
 
         def connect() -> Any:
             return psycopg2.connect(**params)
