@@ -66,16 +66,9 @@ class DBPool:
                 "database URL such as 'sqlite:///app.db' or 'postgresql://user@host/db'"
             )
         settings.setdefault("name", app.name)
-        config = PoolConfig.from_options(settings, label=_config_key)
-        pool = Pool(
-            url,
-            pool_size=config.pool_size,
-            max_overflow=config.max_overflow,
-            timeout=config.timeout,
-            name=config.name,
-            reset_on_return=config.reset_on_return,
-            lifo=config.lifo,
-        )
+        # Validate first so that errors name the DBPOOL_* key, then build from the same values.
+        PoolConfig.from_options(settings, label=_config_key)
+        pool = Pool(url, **settings)
         app.extensions[EXTENSION_KEY] = pool
         app.teardown_appcontext(_return_connection)
 
