@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flask_dbpool.config import PoolConfig
-from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
 from flask_dbpool.stats import PoolStats
@@ -27,6 +27,7 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PooledConnection",
+    "TooManyWaiters",
 ]
 
 __version__ = "0.1.0"

@@ -80,6 +80,9 @@ class PoolConfig:
         ``"default"``).
     ``reset_on_return``
         Roll back an open transaction when a connection is returned (bool, default True).
+    ``max_waiting``
+        How many callers may wait at once; one more gets ``TooManyWaiters`` immediately
+        instead of queueing (integer >= 0, default 0 = unlimited).
     ``lifo``
         Hand out the most recently returned idle connection first (bool, default True), so a
         small working set stays warm; ``False`` rotates through all idle connections.
@@ -91,6 +94,7 @@ class PoolConfig:
     name: str = "default"
     reset_on_return: bool = True
     lifo: bool = True
+    max_waiting: int = 0
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, label: Label = _same) -> PoolConfig:
@@ -114,6 +118,7 @@ class PoolConfig:
             name=_check_name(label("name"), get("name")),
             reset_on_return=_check_bool(label("reset_on_return"), get("reset_on_return")),
             lifo=_check_bool(label("lifo"), get("lifo")),
+            max_waiting=_check_int(label("max_waiting"), get("max_waiting"), 0),
         )
 
     @classmethod

@@ -7,7 +7,7 @@ them (to discard a broken connection) but never wraps them.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "PoolClosed", "PoolError", "PoolTimeout"]
+__all__ = ["ConfigError", "PoolClosed", "PoolError", "PoolTimeout", "TooManyWaiters"]
 
 
 class PoolError(Exception):
@@ -26,6 +26,14 @@ class PoolTimeout(PoolError, TimeoutError):
     """
 
 
+class TooManyWaiters(PoolError):
+    """``max_waiting`` callers already wait: this one is refused at once (load shedding).
+
+    Failing fast beats queueing a request that would only time out; the message names the
+    pool and its state.
+    """
+
+
 class PoolClosed(PoolError):
     """The pool was closed: it lends no more connections, and waiters are woken with this."""
 
@@ -37,6 +45,6 @@ class ConfigError(PoolError, ValueError):
     """
 
 
-for _cls in (PoolError, PoolTimeout, PoolClosed, ConfigError):
+for _cls in (PoolError, PoolTimeout, TooManyWaiters, PoolClosed, ConfigError):
     _cls.__module__ = "flask_dbpool"
 del _cls

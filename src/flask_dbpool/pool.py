@@ -32,7 +32,7 @@ from flask_dbpool.drivers import (
     resolve_target,
 )
 from flask_dbpool.entry import Entry
-from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from flask_dbpool.proxy import PooledConnection, set_entry
 from flask_dbpool.stats import PoolStats
 
@@ -106,6 +106,7 @@ class Pool:
         name: str = "default",
         reset_on_return: bool = True,
         lifo: bool = True,
+        max_waiting: int = 0,
     ) -> None:
         self.config: Final = PoolConfig.from_options(
             {
@@ -115,6 +116,7 @@ class Pool:
                 "name": name,
                 "reset_on_return": reset_on_return,
                 "lifo": lifo,
+                "max_waiting": max_waiting,
             }
         )
         self._connector: Connector = resolve_target(target)
@@ -136,6 +138,7 @@ class Pool:
         self._created = 0
         self._closed_count = 0
         self._timeouts = 0
+        self._rejected = 0
         self._waits = 0
         self._wait_total = 0.0
         self._wait_max = 0.0
@@ -269,6 +272,7 @@ class Pool:
                 created=self._created,
                 closed=self._closed_count,
                 timeouts=self._timeouts,
+                rejected=self._rejected,
                 waits=self._waits,
                 wait_seconds_total=self._wait_total,
                 wait_seconds_max=self._wait_max,
@@ -338,6 +342,14 @@ class Pool:
             else:
                 waiter = _Waiter()
             if waiter is not None:
+                max_waiting = self.config.max_waiting
+                if max_waiting and len(self._waiters) >= max_waiting:
+                    self._rejected += 1
+                    raise TooManyWaiters(
+                        f"pool {self.name!r} ({self.target}) refused a caller: "
+                        f"max_waiting={max_waiting} callers already wait; "
+                        + self._state_locked()
+                    )
                 self._waiters.append(waiter)
                 if timeout == 0:
                     message = self._timeout_message_locked(0.0)
@@ -539,15 +551,18 @@ class Pool:
 
     # ------------------------------------------------------------------ messages
 
-    def _timeout_message_locked(self, waited: float) -> str:
+    def _state_locked(self) -> str:
         idle = len(self._idle)
-        in_use = self._open - idle - self._connecting
+        return (
+            f"pool_size={self.config.pool_size}, max_overflow={self.config.max_overflow}, "
+            f"open={self._open}, in_use={self._open - idle - self._connecting}, idle={idle}, "
+            f"connecting={self._connecting}, waiting={len(self._waiters)}"
+        )
+
+    def _timeout_message_locked(self, waited: float) -> str:
         return (
             f"pool {self.name!r} ({self.target}) timed out after {waited:.3f} s waiting for a "
-            f"connection: pool_size={self.config.pool_size}, "
-            f"max_overflow={self.config.max_overflow}, open={self._open}, in_use={in_use}, "
-            f"idle={idle}, connecting={self._connecting}, "
-            f"waiting={len(self._waiters)} (this caller included)"
+            f"connection: {self._state_locked()} (this caller included)"
         )
 
     def _foreign(self, conn: object) -> PoolError:

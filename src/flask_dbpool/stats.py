@@ -40,6 +40,8 @@ class PoolStats:
     """Total connections closed (overflow, broken, invalidated, pool closed)."""
     timeouts: int
     """Total ``acquire()`` calls that failed with ``PoolTimeout``."""
+    rejected: int
+    """Total ``acquire()`` calls refused with ``TooManyWaiters`` (``max_waiting``)."""
     waits: int
     """Total checkouts that had to wait (successful or not)."""
     wait_seconds_total: float
