@@ -19,8 +19,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from flask_dbpool._fork import detach_fd, track
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
     BROKEN,
@@ -68,6 +69,22 @@ def _check_timeout(timeout: object) -> None:
         or not timeout >= 0  # rejects NaN too
     ):
         raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+
+
+class _Inherited:
+    """Stands in as the pool of connections inherited across ``fork()`` (closed in the child):
+    returning such a handle just empties it."""
+
+    name = "<inherited across fork>"
+
+    def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
+        set_entry(conn, None)
+
+    def _invalidate(self, conn: PooledConnection) -> None:
+        set_entry(conn, None)
+
+
+_INHERITED = cast("Pool", _Inherited())
 
 
 class _Waiter:
@@ -126,6 +143,7 @@ class Pool:
         self._reset_on_return = self.config.reset_on_return
 
         self._lock = threading.Lock()
+        self._entries: set[Entry] = set()  # every open connection, idle or lent (for fork)
         self._idle: deque[Entry] = deque()
         self._take_idle = self._idle.pop if self.config.lifo else self._idle.popleft
         self._waiters: deque[_Waiter] = deque()
@@ -142,6 +160,7 @@ class Pool:
         self._waits = 0
         self._wait_total = 0.0
         self._wait_max = 0.0
+        track(self)
 
     # ------------------------------------------------------------------ public API
 
@@ -320,6 +339,26 @@ class Pool:
             f"max_overflow={s.max_overflow}>"
         )
 
+    # ------------------------------------------------------------------ fork
+
+    def _after_fork_in_child(self) -> None:
+        """Called in a forked child: forget the parent's connections without touching them."""
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        inherited = list(self._entries)
+        self._entries.clear()
+        self._idle.clear()
+        self._waiters.clear()  # their threads do not exist here
+        self._open = self._connecting = 0
+        self._acquired = self._created = self._closed_count = 0
+        self._timeouts = self._rejected = self._waits = 0
+        self._wait_total = self._wait_max = 0.0
+        for entry in inherited:
+            entry.pool = _INHERITED  # handles lent before the fork become inert
+            fd = entry.driver.socket_fd(entry.raw)
+            if fd is not None:
+                detach_fd(fd)
+            self._close_raw(entry)
+
     # ------------------------------------------------------------------ acquiring
 
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
@@ -437,6 +476,7 @@ class Pool:
             raw = self._connector.connect()
             driver = self._connector.driver or driver_for_connection(raw)
             entry = Entry(self, raw, driver, time.monotonic())
+            self._entries.add(entry)
             ok = True
         finally:
             if not ok:
@@ -544,6 +584,7 @@ class Pool:
             self._free_slot()
 
     def _close_raw(self, entry: Entry) -> None:
+        self._entries.discard(entry)
         try:
             entry.driver.close(entry.raw)
         except Exception as error:  # already broken: nothing more to do
@@ -570,6 +611,11 @@ class Pool:
             entry = conn._entry
             if entry is None:
                 return PoolError("connection was already returned to its pool")
+            if entry.pool is _INHERITED:
+                return PoolError(
+                    "connection was checked out before os.fork(); it belongs to the parent "
+                    "process and was closed in this one"
+                )
             return PoolError(
                 f"connection belongs to pool {entry.pool.name!r}, not to pool {self.name!r}"
             )

@@ -106,6 +106,18 @@ class Driver:
         """Close the driver connection."""
         raw.close()
 
+    @staticmethod
+    def socket_fd(raw: Any) -> int | None:
+        """The connection's socket file descriptor, if it has one (used after ``fork()``)."""
+        fileno = getattr(raw, "fileno", None)
+        if fileno is None:
+            return None
+        try:
+            fd = fileno()
+        except Exception:
+            return None
+        return fd if isinstance(fd, int) and fd >= 0 else None
+
 
 def query_options(
     url: DatabaseURL, allowed: dict[str, Callable[[str], Any]], driver: str

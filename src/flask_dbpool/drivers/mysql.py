@@ -153,6 +153,11 @@ class PyMySQLDriver(_MySQLDriver):
     def ping(raw: Any) -> None:
         raw.ping(reconnect=False)
 
+    @staticmethod
+    def socket_fd(raw: Any) -> int | None:
+        sock = raw._sock
+        return sock.fileno() if sock is not None else None
+
 
 class MySQLdbDriver(_MySQLDriver):
     """mysqlclient: ``mysql+mysqldb://``. It has no transaction flag: every return rolls back."""

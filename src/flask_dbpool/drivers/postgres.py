@@ -72,6 +72,13 @@ class PsycopgDriver(Driver):
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed or raw.broken)
 
+    @staticmethod
+    def socket_fd(raw: Any) -> int | None:
+        try:
+            return int(raw.pgconn.socket)
+        except Exception:  # closed or bad connection: nothing to protect
+            return None
+
 
 class Psycopg2Driver(Driver):
     """psycopg2: ``postgresql+psycopg2://`` (or ``postgresql://`` when psycopg 3 is absent)."""

@@ -1,0 +1,85 @@
+"""Fork safety: a forked child never uses or terminates the parent's sessions."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import pytest
+
+from backends import Backend, MakePool, query
+from flask_dbpool import Pool, PoolError
+
+
+def _in_child(work: Callable[[], str]) -> str:
+    """Run ``work`` in a forked child; return what it printed (or raise its error text)."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 0
+        try:
+            out = work()
+        except BaseException as exc:
+            out, code = f"ERROR {type(exc).__name__}: {exc}", 1
+        os.write(write_end, out.encode())
+        os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode()
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    return text
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_child_gets_fresh_sessions_and_parent_sessions_survive(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    pool = make_pool(backend.url, pool_size=2, max_overflow=0)
+    pool.warm_up()
+    held = pool.acquire()  # lent at fork time: must become inert in the child
+    parent_ids = {backend.session_id(held)}
+    with pool.connection() as conn:
+        parent_ids.add(backend.session_id(conn))
+    assert len(parent_ids) == 2
+
+    def child() -> str:
+        stats = pool.stats()
+        assert (stats.open, stats.idle, stats.in_use) == (0, 0, 0), stats
+        with pool.connection() as conn:
+            child_id = backend.session_id(conn)
+        with pytest.raises(PoolError, match="fork"):
+            pool.release(held)
+        held.close()  # harmless no-op in the child
+        pool.close()
+        return str(child_id)
+
+    child_id = _in_child(child)
+    assert child_id not in {str(i) for i in parent_ids}
+    # Both parent sessions are alive: neither used nor terminated by the child.
+    assert backend.session_id(held) in parent_ids
+    with pool.connection() as conn:
+        assert backend.session_id(conn) in parent_ids
+        assert query(conn, "SELECT 1") == [(1,)]
+    held.close()
+    stats = pool.stats()
+    assert (stats.open, stats.created, stats.closed) == (2, 2, 0), stats
+
+
+def test_sqlite_pool_starts_empty_in_child(sqlite_url: str) -> None:
+    with Pool(sqlite_url, pool_size=2) as pool:
+        pool.warm_up()
+
+        def child() -> str:
+            assert pool.stats().open == 0
+            with pool.connection() as conn:
+                return str(query(conn, "SELECT 41 + 1")[0][0])
+
+        assert _in_child(child) == "42"
+        assert pool.stats().open == 2
