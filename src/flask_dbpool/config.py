@@ -62,6 +62,15 @@ def _check_name(label: str, value: object) -> str:
     return value
 
 
+def _check_hook(label: str, value: object) -> Callable[[Any], object] | None:
+    if value is not None and not callable(value):
+        raise ConfigError(
+            f"{label} must be None or a callable taking the driver connection, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """The settings of one :class:`~flask_dbpool.Pool`. All durations are in seconds.
@@ -83,6 +92,11 @@ class PoolConfig:
     ``max_waiting``
         How many callers may wait at once; one more gets ``TooManyWaiters`` immediately
         instead of queueing (integer >= 0, default 0 = unlimited).
+    ``on_connect``
+        ``None`` or a callable run once on each new driver connection before it is first
+        lent (``SET search_path``, ``PRAGMA`` …). A transaction it leaves open is committed,
+        so session settings stick; if it raises, the connection is closed and the error
+        reaches the caller.
     ``lifo``
         Hand out the most recently returned idle connection first (bool, default True), so a
         small working set stays warm; ``False`` rotates through all idle connections.
@@ -95,6 +109,7 @@ class PoolConfig:
     reset_on_return: bool = True
     lifo: bool = True
     max_waiting: int = 0
+    on_connect: Callable[[Any], object] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, label: Label = _same) -> PoolConfig:
@@ -119,6 +134,7 @@ class PoolConfig:
             reset_on_return=_check_bool(label("reset_on_return"), get("reset_on_return")),
             lifo=_check_bool(label("lifo"), get("lifo")),
             max_waiting=_check_int(label("max_waiting"), get("max_waiting"), 0),
+            on_connect=_check_hook(label("on_connect"), get("on_connect")),
         )
 
     @classmethod

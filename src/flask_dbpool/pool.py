@@ -29,6 +29,7 @@ from flask_dbpool.drivers import (
     IDLE,
     IN_TRANSACTION,
     Connector,
+    Driver,
     driver_for_connection,
     resolve_target,
 )
@@ -124,6 +125,7 @@ class Pool:
         reset_on_return: bool = True,
         lifo: bool = True,
         max_waiting: int = 0,
+        on_connect: Callable[[Any], object] | None = None,
     ) -> None:
         self.config: Final = PoolConfig.from_options(
             {
@@ -134,6 +136,7 @@ class Pool:
                 "reset_on_return": reset_on_return,
                 "lifo": lifo,
                 "max_waiting": max_waiting,
+                "on_connect": on_connect,
             }
         )
         self._connector: Connector = resolve_target(target)
@@ -475,6 +478,8 @@ class Pool:
         try:
             raw = self._connector.connect()
             driver = self._connector.driver or driver_for_connection(raw)
+            if self.config.on_connect is not None:
+                self._run_on_connect(raw, driver)
             entry = Entry(self, raw, driver, time.monotonic())
             self._entries.add(entry)
             ok = True
@@ -482,6 +487,23 @@ class Pool:
             if not ok:
                 self._free_slot(connecting=True)
         return entry
+
+    def _run_on_connect(self, raw: Any, driver: type[Driver]) -> None:
+        """Run the ``on_connect`` hook; commit what it left open; close ``raw`` if it fails."""
+        assert self.config.on_connect is not None
+        try:
+            self.config.on_connect(raw)
+            state = driver.transaction_state(raw)
+            if state == BROKEN:
+                raise PoolError(f"pool {self.name!r}: on_connect left the connection broken")
+            if state != IDLE:
+                raw.commit()  # so that SET / PRAGMA statements outlive the first reset
+        except BaseException:
+            try:
+                driver.close(raw)
+            except Exception:
+                pass
+            raise
 
     # ------------------------------------------------------------------ returning
 
