@@ -154,6 +154,7 @@ class Pool:
         self._connecting = 0
         self._keep = self.config.pool_size  # most idle connections kept; 0 once closed
         self._closed = False
+        self._drained = threading.Event()  # set once closed and every slot is free
 
         self._acquired = 0
         self._created = 0
@@ -245,6 +246,7 @@ class Pool:
                     # over and over while demand stays between pool_size and the maximum.
                     self._open -= 1
                     self._closed_count += 1
+                    self._signal_if_drained_locked()
                     surplus = entry
                 else:
                     surplus = None
@@ -300,27 +302,51 @@ class Pool:
                 wait_seconds_max=self._wait_max,
             )
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Close the pool.
 
-        Idle connections are closed now; waiters are woken with
-        :class:`~flask_dbpool.PoolClosed`; later ``acquire()`` calls raise it. Connections
-        still checked out are closed when they are returned. Idempotent.
+        Lending stops at once: waiters are woken with :class:`~flask_dbpool.PoolClosed`,
+        later ``acquire()`` calls raise it, and idle connections are closed now. Without
+        ``timeout``, connections still checked out are closed when they are returned. With
+        ``timeout`` (seconds), waits that long for them to come back, then closes those still
+        out (their holders' next use fails) so that no server session is left behind.
+        Idempotent; a later call with a timeout still waits and closes what is left.
         """
+        if timeout is not None:
+            _check_timeout(timeout)
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._keep = 0
             idle = list(self._idle)
             self._idle.clear()
             self._open -= len(idle)
             self._closed_count += len(idle)
+            first = not self._closed
+            self._closed = True
+            self._keep = 0
             while self._waiters:
                 self._hand_off(_CLOSED)
+            self._signal_if_drained_locked()
         for entry in idle:
             self._close_raw(entry)
-        logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
+        if first:
+            logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
+        if timeout is None or self._drained.wait(timeout):
+            return
+        # Borrowers did not return in time: close their connections under them.
+        with self._lock:
+            leftovers = list(self._entries)
+        if leftovers:
+            logger.warning(
+                "pool %r: %d connection(s) still checked out after %.1f s; closing them",
+                self.name,
+                len(leftovers),
+                timeout,
+            )
+        for entry in leftovers:
+            self._close_raw(entry)
+
+    def _signal_if_drained_locked(self) -> None:
+        if self._closed and self._open == 0:
+            self._drained.set()
 
     def __enter__(self) -> Pool:
         return self
@@ -347,6 +373,7 @@ class Pool:
     def _after_fork_in_child(self) -> None:
         """Called in a forked child: forget the parent's connections without touching them."""
         self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._drained = threading.Event()
         inherited = list(self._entries)
         self._entries.clear()
         self._idle.clear()
@@ -469,6 +496,7 @@ class Pool:
                 return self._lend(entry)
             self._open -= 1
             self._closed_count += 1
+            self._signal_if_drained_locked()
         self._close_raw(entry)
         raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
 
@@ -528,6 +556,7 @@ class Pool:
                 return
             self._open -= 1
             self._closed_count += 1
+            self._signal_if_drained_locked()
         self._close_raw(entry)
 
     def _free_slot(self, *, connecting: bool = False) -> None:
@@ -539,6 +568,7 @@ class Pool:
                 self._hand_off(_NEW_SLOT)
             else:
                 self._open -= 1
+                self._signal_if_drained_locked()
 
     def _claim(self, conn: PooledConnection) -> Entry:
         """Take the entry out of ``conn`` under the lock, so that only one release wins."""

@@ -1,0 +1,57 @@
+"""``close(timeout=…)``: stop lending, wait for borrowers, then leave no server session."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backends import Backend, MakePool, Worker, query, wait_until
+from flask_dbpool import PoolClosed
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_close_waits_for_borrowed_connections(backend: Backend, make_pool: MakePool) -> None:
+    url, count_sessions = backend.tagged()
+    pool = make_pool(url, pool_size=2, max_overflow=0)
+    pool.warm_up()
+    borrowed = pool.acquire()
+
+    def give_back_later() -> None:
+        time.sleep(0.3)
+        query(borrowed, "SELECT 1")  # still usable while the pool drains
+        borrowed.close()
+
+    worker = Worker(give_back_later)
+    worker.start()
+    pool.close(timeout=20)
+    assert borrowed.returned  # close() returned only once the borrower had given it back
+    worker.finish()
+    assert pool.stats().open == 0
+    with pytest.raises(PoolClosed):
+        pool.acquire()
+    wait_until(lambda: count_sessions() == 0, what="no server session left")
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_close_timeout_closes_connections_still_out(backend: Backend, make_pool: MakePool) -> None:
+    url, count_sessions = backend.tagged()
+    pool = make_pool(url, pool_size=2, max_overflow=0)
+    kept = pool.acquire()
+    query(kept, "SELECT 1")
+    wait_until(lambda: count_sessions() == 1, what="one session")
+    pool.close(timeout=0.2)  # the holder never gives it back in time
+    wait_until(lambda: count_sessions() == 0, what="no server session left")
+    with pytest.raises(Exception):  # noqa: B017 -- the driver's "closed" error
+        query(kept, "SELECT 1")
+    kept.close()  # a late return is accepted and frees the slot
+    assert pool.stats().open == 0
+
+
+def test_close_without_timeout_does_not_wait(sqlite_url: str, make_pool: MakePool) -> None:
+    pool = make_pool(sqlite_url, pool_size=1)
+    conn = pool.acquire()
+    pool.close()  # returns at once; the connection is closed when it comes back
+    assert pool.stats().in_use == 1
+    conn.close()
+    assert pool.stats().open == 0
