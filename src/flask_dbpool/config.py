@@ -62,6 +62,19 @@ def _check_name(label: str, value: object) -> str:
     return value
 
 
+def _check_reset(label: str, value: object) -> bool | str | Callable[[Any], object]:
+    if isinstance(value, bool):
+        return value
+    if value == "rollback":
+        return True
+    if value == "discard" or (callable(value) and not isinstance(value, str)):
+        return value
+    raise ConfigError(
+        f"{label} must be true, false, 'rollback', 'discard' or a callable taking the driver "
+        f"connection, got {value!r} ({type(value).__name__})"
+    )
+
+
 def _check_hook(label: str, value: object) -> Callable[[Any], object] | None:
     if value is not None and not callable(value):
         raise ConfigError(
@@ -88,7 +101,14 @@ class PoolConfig:
         The pool's name in messages, ``repr`` and metrics (non-empty string, default
         ``"default"``).
     ``reset_on_return``
-        Roll back an open transaction when a connection is returned (bool, default True).
+        What to do when a connection is returned (default ``True``). ``True`` or
+        ``"rollback"``: roll back an open transaction (skipped when the driver's flag says
+        idle). ``False``: leave it to the caller (an aborted transaction is still rolled
+        back). ``"discard"``: roll back, then reset the whole session (PostgreSQL
+        ``DISCARD ALL``: settings, ``SET ROLE``, temp tables, prepared statements) at the cost
+        of one round trip per return. A callable: roll back, then call it with the driver
+        connection for a custom reset (what it leaves in a transaction is committed); if it
+        raises, the connection is discarded.
     ``max_waiting``
         How many callers may wait at once; one more gets ``TooManyWaiters`` immediately
         instead of queueing (integer >= 0, default 0 = unlimited).
@@ -106,7 +126,7 @@ class PoolConfig:
     max_overflow: int = 10
     timeout: float = 30.0
     name: str = "default"
-    reset_on_return: bool = True
+    reset_on_return: bool | str | Callable[[Any], object] = True
     lifo: bool = True
     max_waiting: int = 0
     on_connect: Callable[[Any], object] | None = None
@@ -131,7 +151,7 @@ class PoolConfig:
             max_overflow=_check_int(label("max_overflow"), get("max_overflow"), 0),
             timeout=_check_seconds(label("timeout"), get("timeout")),
             name=_check_name(label("name"), get("name")),
-            reset_on_return=_check_bool(label("reset_on_return"), get("reset_on_return")),
+            reset_on_return=_check_reset(label("reset_on_return"), get("reset_on_return")),
             lifo=_check_bool(label("lifo"), get("lifo")),
             max_waiting=_check_int(label("max_waiting"), get("max_waiting"), 0),
             on_connect=_check_hook(label("on_connect"), get("on_connect")),

@@ -72,6 +72,11 @@ def _check_timeout(timeout: object) -> None:
         raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
 
 
+def _needs_reset(raw: Any) -> int:
+    """Transaction reader of entries that need a session reset on every return."""
+    return IN_TRANSACTION
+
+
 class _Inherited:
     """Stands in as the pool of connections inherited across ``fork()`` (closed in the child):
     returning such a handle just empties it."""
@@ -122,7 +127,7 @@ class Pool:
         max_overflow: int = 10,
         timeout: float = 30.0,
         name: str = "default",
-        reset_on_return: bool = True,
+        reset_on_return: bool | str | Callable[[Any], object] = True,
         lifo: bool = True,
         max_waiting: int = 0,
         on_connect: Callable[[Any], object] | None = None,
@@ -143,7 +148,18 @@ class Pool:
         self.name: Final = self.config.name
         self._timeout = self.config.timeout
         self._max_open = self.config.max_open
-        self._reset_on_return = self.config.reset_on_return
+        reset = self.config.reset_on_return
+        self._rollback_on_return = reset is not False
+        # A session reset on every return ("discard" or a callable) runs on the slow path.
+        self._session_reset: str | Callable[[Any], object] | None = (
+            None if isinstance(reset, bool) else reset
+        )
+        driver = self._connector.driver
+        if reset == "discard" and driver is not None and not driver.supports_session_reset:
+            raise ConfigError(
+                f"reset_on_return='discard' is not supported by the {driver.name} driver "
+                "(PostgreSQL only); pass a callable that resets the session instead"
+            )
 
         self._lock = threading.Lock()
         self._entries: set[Entry] = set()  # every open connection, idle or lent (for fork)
@@ -509,12 +525,26 @@ class Pool:
             if self.config.on_connect is not None:
                 self._run_on_connect(raw, driver)
             entry = Entry(self, raw, driver, time.monotonic())
+            if self._session_reset is not None:
+                entry.tx_state = _needs_reset  # every return takes the resetting slow path
             self._entries.add(entry)
             ok = True
         finally:
             if not ok:
                 self._free_slot(connecting=True)
         return entry
+
+    def _reset_session(self, entry: Entry) -> None:
+        """The full reset of ``reset_on_return="discard"`` or a callable; raises on failure."""
+        driver, raw = entry.driver, entry.raw
+        if self._session_reset == "discard":
+            if not driver.supports_session_reset:
+                raise PoolError(f"reset_on_return='discard' is not supported by {driver.name}")
+            driver.reset_session(raw)
+        elif callable(self._session_reset):
+            self._session_reset(raw)
+            if driver.transaction_state(raw) != IDLE:
+                raw.commit()  # e.g. SET ROLE NONE issued inside an implicit transaction
 
     def _run_on_connect(self, raw: Any, driver: type[Driver]) -> None:
         """Run the ``on_connect`` hook; commit what it left open; close ``raw`` if it fails."""
@@ -590,7 +620,7 @@ class Pool:
             if exc is not None and driver.is_disconnect(exc, entry.raw):
                 self._discard(entry, "a disconnect error was raised while it was in use")
                 return
-            state = entry.tx_state(entry.raw)
+            state = driver.transaction_state(entry.raw)
             if state == BROKEN:
                 self._discard(entry, "the driver reports it broken")
                 return
@@ -599,9 +629,11 @@ class Pool:
             if (
                 state == FAILED
                 or exc is not None
-                or (state == IN_TRANSACTION and self._reset_on_return)
+                or (state == IN_TRANSACTION and self._rollback_on_return)
             ):
                 driver.rollback(entry.raw)
+            if self._session_reset is not None:
+                self._reset_session(entry)
         except BaseException as error:
             # Its session state is unknown now: never lend it again.
             self._discard(entry, f"resetting it on return failed ({error!r})")

@@ -101,6 +101,14 @@ class Driver:
         """Whether ``exc``, raised while using ``raw``, means the connection is unusable."""
         return False
 
+    supports_session_reset: ClassVar[bool] = False
+    """Whether :meth:`reset_session` is implemented (``reset_on_return="discard"``)."""
+
+    @staticmethod
+    def reset_session(raw: Any) -> None:
+        """Reset all session state of an idle connection (``reset_on_return="discard"``)."""
+        raise NotImplementedError
+
     @staticmethod
     def close(raw: Any) -> None:
         """Close the driver connection."""

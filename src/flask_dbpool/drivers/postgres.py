@@ -43,12 +43,29 @@ def libpq_params(url: DatabaseURL) -> dict[str, Any]:
 _STATE_BY_LIBPQ = (IDLE, BROKEN, IN_TRANSACTION, FAILED, BROKEN)
 
 
+def _discard_all(raw: Any) -> None:
+    # DISCARD ALL refuses to run in a transaction block: run it in autocommit. It goes through
+    # the driver (not libpq directly) so that psycopg forgets its prepared statements too.
+    was_autocommit = raw.autocommit
+    raw.autocommit = True
+    try:
+        cur = raw.cursor()
+        try:
+            cur.execute("DISCARD ALL")
+        finally:
+            cur.close()
+    finally:
+        raw.autocommit = was_autocommit
+
+
 class PsycopgDriver(Driver):
     """psycopg 3: ``postgresql://``, ``postgres://``, ``postgresql+psycopg://``."""
 
     name = "psycopg"
     module = "psycopg"
     extra = "postgres"
+    supports_session_reset = True
+    reset_session = staticmethod(_discard_all)
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
@@ -86,6 +103,8 @@ class Psycopg2Driver(Driver):
     name = "psycopg2"
     module = "psycopg2"
     extra = "postgres2"
+    supports_session_reset = True
+    reset_session = staticmethod(_discard_all)
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
