@@ -132,7 +132,7 @@ class Pool:
         max_waiting: int = 0,
         on_connect: Callable[[Any], object] | None = None,
     ) -> None:
-        self.config: Final = PoolConfig.from_options(
+        self.config: PoolConfig = PoolConfig.from_options(
             {
                 "pool_size": pool_size,
                 "max_overflow": max_overflow,
@@ -251,7 +251,7 @@ class Pool:
             try:
                 if conn._entry is entry:  # claimed under the lock: a racing release loses
                     set_entry(conn, None)
-                    if self._waiters:
+                    if self._waiters and self._open <= self._max_open:
                         self._hand_off(entry)
                         return
                     if len(self._idle) < self._keep:
@@ -262,7 +262,7 @@ class Pool:
                     # over and over while demand stays between pool_size and the maximum.
                     self._open -= 1
                     self._closed_count += 1
-                    self._signal_if_drained_locked()
+                    self._after_shrink_locked()
                     surplus = entry
                 else:
                     surplus = None
@@ -294,6 +294,48 @@ class Pool:
                 self._created += 1
             self._check_in(entry)
             opened += 1
+
+    def resize(self, pool_size: int | None = None, max_overflow: int | None = None) -> None:
+        """Change ``pool_size`` and/or ``max_overflow`` at runtime, safely under load.
+
+        Growing hands the new slots to waiting callers at once. Shrinking closes surplus idle
+        connections now; connections in use above the new limits are closed as they come
+        back, and waiters are served only once the pool is under its new maximum. Invalid
+        values raise :class:`~flask_dbpool.ConfigError` and change nothing.
+        """
+        changes: dict[str, Any] = {}
+        if pool_size is not None:
+            changes["pool_size"] = pool_size
+        if max_overflow is not None:
+            changes["max_overflow"] = max_overflow
+        with self._lock:
+            current = {f: getattr(self.config, f) for f in PoolConfig.option_names()}
+            config = PoolConfig.from_options({**current, **changes})
+            if self._closed:
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            self.config = config
+            self._max_open = config.max_open
+            # While more are open than the new maximum, returned connections are closed
+            # (keep 0) until _after_shrink_locked sees the pool back under it.
+            self._keep = config.pool_size if self._open <= self._max_open else 0
+            while self._waiters and self._open < self._max_open:
+                self._open += 1
+                self._hand_off(_NEW_SLOT)
+            surplus = []
+            while len(self._idle) > self._keep:
+                surplus.append(self._idle.popleft())  # the least recently used go first
+            self._open -= len(surplus)
+            self._closed_count += len(surplus)
+            self._after_shrink_locked()
+        for entry in surplus:
+            self._close_raw(entry)
+        logger.info(
+            "pool %r resized to pool_size=%d, max_overflow=%d (%d idle closed)",
+            self.name,
+            config.pool_size,
+            config.max_overflow,
+            len(surplus),
+        )
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and totals."""
@@ -340,7 +382,7 @@ class Pool:
             self._keep = 0
             while self._waiters:
                 self._hand_off(_CLOSED)
-            self._signal_if_drained_locked()
+            self._after_shrink_locked()
         for entry in idle:
             self._close_raw(entry)
         if first:
@@ -360,9 +402,17 @@ class Pool:
         for entry in leftovers:
             self._close_raw(entry)
 
-    def _signal_if_drained_locked(self) -> None:
-        if self._closed and self._open == 0:
-            self._drained.set()
+    def _after_shrink_locked(self) -> None:
+        """A slot was released: signal a draining close(), or finish a shrinking resize()."""
+        if self._closed:
+            if self._open == 0:
+                self._drained.set()
+        elif self._keep != self.config.pool_size and self._open <= self._max_open:
+            # Back under the new maximum: keep idle connections again, fill free slots.
+            self._keep = self.config.pool_size
+            while self._waiters and self._open < self._max_open:
+                self._open += 1
+                self._hand_off(_NEW_SLOT)
 
     def __enter__(self) -> Pool:
         return self
@@ -512,7 +562,7 @@ class Pool:
                 return self._lend(entry)
             self._open -= 1
             self._closed_count += 1
-            self._signal_if_drained_locked()
+            self._after_shrink_locked()
         self._close_raw(entry)
         raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
 
@@ -578,7 +628,7 @@ class Pool:
     def _check_in(self, entry: Entry) -> None:
         """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it."""
         with self._lock:
-            if self._waiters:
+            if self._waiters and self._open <= self._max_open:
                 self._hand_off(entry)
                 return
             if len(self._idle) < self._keep:
@@ -586,7 +636,7 @@ class Pool:
                 return
             self._open -= 1
             self._closed_count += 1
-            self._signal_if_drained_locked()
+            self._after_shrink_locked()
         self._close_raw(entry)
 
     def _free_slot(self, *, connecting: bool = False) -> None:
@@ -594,11 +644,11 @@ class Pool:
         with self._lock:
             if connecting:
                 self._connecting -= 1
-            if self._waiters and not self._closed:
+            if self._waiters and not self._closed and self._open <= self._max_open:
                 self._hand_off(_NEW_SLOT)
             else:
                 self._open -= 1
-                self._signal_if_drained_locked()
+                self._after_shrink_locked()
 
     def _claim(self, conn: PooledConnection) -> Entry:
         """Take the entry out of ``conn`` under the lock, so that only one release wins."""
