@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
+import time
 import warnings
 from collections.abc import Callable
 
@@ -10,6 +13,8 @@ import pytest
 
 from backends import Backend, MakePool, query
 from flask_dbpool import Pool, PoolError
+
+CHILD_TIMEOUT = 30.0
 
 
 def _in_child(work: Callable[[], str]) -> str:
@@ -28,9 +33,20 @@ def _in_child(work: Callable[[], str]) -> str:
         os._exit(code)
     os.close(write_end)
     chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
+                os.kill(pid, signal.SIGKILL)  # never leave a hung child behind
+                os.waitpid(pid, 0)
+                pytest.fail(f"forked child still running after {CHILD_TIMEOUT} s (hung)")
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
     _, status = os.waitpid(pid, 0)
     text = b"".join(chunks).decode()
     assert os.waitstatus_to_exitcode(status) == 0, text
@@ -83,3 +99,48 @@ def test_sqlite_pool_starts_empty_in_child(sqlite_url: str) -> None:
 
         assert _in_child(child) == "42"
         assert pool.stats().open == 2
+
+
+def test_with_block_spanning_fork_exits_cleanly_in_child(sqlite_url: str) -> None:
+    with Pool(sqlite_url, pool_size=1) as pool:
+        with pool.connection() as conn:
+
+            def child() -> str:
+                conn.__exit__(None, None, None)  # what leaving the `with` does in the child
+                assert conn.returned
+                with pool.connection() as fresh:
+                    return str(query(fresh, "SELECT 7")[0][0])
+
+            assert _in_child(child) == "7"
+        assert pool.stats().idle == 1
+
+
+def test_fork_while_another_thread_queries_does_not_hang_the_child(sqlite_url: str) -> None:
+    """The busy connection's driver lock is held by a thread that does not exist in the
+    child: the child must not try to close that connection."""
+    import threading
+
+    with Pool(sqlite_url, pool_size=2) as pool:
+        busy = pool.acquire()
+        started = threading.Event()
+
+        def long_query() -> None:
+            started.set()
+            query(
+                busy,
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                "WHERE x < 3000000) SELECT count(*) FROM c",
+            )
+
+        worker = threading.Thread(target=long_query, daemon=True)
+        worker.start()
+        started.wait(5)
+        time.sleep(0.05)  # let it get inside sqlite3
+
+        def child() -> str:
+            with pool.connection() as conn:
+                return str(query(conn, "SELECT 5")[0][0])
+
+        assert _in_child(child) == "5"  # a hang here would trip the test timeout
+        worker.join(60)
+        busy.close()

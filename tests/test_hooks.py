@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from backends import Backend, MakePool, query
-from flask_dbpool import ConfigError, Pool
+from flask_dbpool import ConfigError, Pool, PoolError
 
 # Per backend: a session setting applied without committing, and how to read it back.
 SETTINGS = {
@@ -66,3 +66,36 @@ def test_failing_on_connect_closes_the_connection_and_frees_the_slot(
 def test_on_connect_must_be_callable() -> None:
     with pytest.raises(ConfigError, match="on_connect"):
         Pool("sqlite:///:memory:", on_connect="PRAGMA foreign_keys = ON")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_on_connect_settings_survive_discard_resets(backend: Backend, make_pool: MakePool) -> None:
+    def on_connect(raw: Any) -> None:
+        cur = raw.cursor()
+        cur.execute("SET application_name = 'from_hook'")
+        cur.close()
+
+    pool = make_pool(
+        backend.url, pool_size=1, max_overflow=0, on_connect=on_connect, reset_on_return="discard"
+    )
+    for _ in range(3):
+        with pool.connection() as conn:
+            assert query(conn, "SHOW application_name")[0][0] == "from_hook"
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_on_connect_leaving_an_aborted_transaction_is_an_error(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    def on_connect(raw: Any) -> None:
+        cur = raw.cursor()
+        try:
+            cur.execute("SELECT 1/0")
+        except Exception:
+            pass  # swallowed: the transaction is now aborted
+        cur.close()
+
+    pool = make_pool(backend.url, pool_size=1, max_overflow=0, on_connect=on_connect)
+    with pytest.raises(PoolError, match="aborted transaction"):
+        pool.acquire(timeout=1)
+    assert pool.stats().open == 0

@@ -14,7 +14,7 @@ import os
 import weakref
 from typing import Protocol
 
-__all__ = ["detach_fd", "track"]
+__all__ = ["detach_fd", "keep_forever", "track"]
 
 
 class _ForkAware(Protocol):
@@ -27,6 +27,14 @@ _pools: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
 def track(pool: _ForkAware) -> None:
     """Reset ``pool`` in every child process forked from now on (held weakly)."""
     _pools.add(pool)
+
+
+_kept: list[object] = []
+
+
+def keep_forever(obj: object) -> None:
+    """Hold ``obj`` until the process ends, so that neither close() nor GC ever runs on it."""
+    _kept.append(obj)
 
 
 def detach_fd(fd: int) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, cast
 
-from flask_dbpool._fork import detach_fd, track
+from flask_dbpool._fork import detach_fd, keep_forever, track
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
     BROKEN,
@@ -82,6 +82,9 @@ class _Inherited:
     returning such a handle just empties it."""
 
     name = "<inherited across fork>"
+
+    def release(self, conn: PooledConnection) -> None:
+        set_entry(conn, None)
 
     def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
         set_entry(conn, None)
@@ -440,6 +443,7 @@ class Pool:
         """Called in a forked child: forget the parent's connections without touching them."""
         self._lock = threading.Lock()  # the parent's may have been held by another thread
         self._drained = threading.Event()
+        idle = set(self._idle)
         inherited = list(self._entries)
         self._entries.clear()
         self._idle.clear()
@@ -448,12 +452,19 @@ class Pool:
         self._acquired = self._created = self._closed_count = 0
         self._timeouts = self._rejected = self._waits = 0
         self._wait_total = self._wait_max = 0.0
+        self._keep = 0 if self._closed else self.config.pool_size
         for entry in inherited:
             entry.pool = _INHERITED  # handles lent before the fork become inert
             fd = entry.driver.socket_fd(entry.raw)
             if fd is not None:
                 detach_fd(fd)
-            self._close_raw(entry)
+            if entry in idle:
+                self._close_raw(entry)
+            else:
+                # Lent at fork time: another parent thread may have been inside the driver,
+                # holding a lock no thread here will release, so close() could hang (and
+                # SQLite could roll back the parent's journal). Keep it, untouched, forever.
+                keep_forever(entry.raw)
 
     # ------------------------------------------------------------------ acquiring
 
@@ -591,6 +602,8 @@ class Pool:
             if not driver.supports_session_reset:
                 raise PoolError(f"reset_on_return='discard' is not supported by {driver.name}")
             driver.reset_session(raw)
+            if self.config.on_connect is not None:
+                self._run_on_connect(raw, driver)  # DISCARD ALL wiped what it had set
         elif callable(self._session_reset):
             self._session_reset(raw)
             if driver.transaction_state(raw) != IDLE:
@@ -602,8 +615,12 @@ class Pool:
         try:
             self.config.on_connect(raw)
             state = driver.transaction_state(raw)
-            if state == BROKEN:
-                raise PoolError(f"pool {self.name!r}: on_connect left the connection broken")
+            if state in (BROKEN, FAILED):
+                # Committing an aborted transaction would silently roll the hook's work back.
+                raise PoolError(
+                    f"pool {self.name!r}: on_connect left the connection "
+                    + ("broken" if state == BROKEN else "in an aborted transaction")
+                )
             if state != IDLE:
                 raw.commit()  # so that SET / PRAGMA statements outlive the first reset
         except BaseException:
