@@ -905,14 +905,11 @@ def test_keyboard_interrupt_racing_a_release_loses_no_slot(
 def test_keyboard_interrupt_just_after_wakeup_loses_no_slot(
     sqlite_url: str, make_pool: MakePool
 ) -> None:
-    """SRC BUG (expected to fail until fixed in pool.py; not xfailed on purpose).
-
-    ``Pool._wait`` only guards the blocking ``wake.acquire()`` call. An asynchronous exception
-    (KeyboardInterrupt from a signal handler, which runs at any bytecode boundary of the main
-    thread) raised after the waiter was woken with a connection, but before that connection
-    is wrapped and returned, propagates without giving the connection back: the slot is
-    counted as in use forever. The exception is injected deterministically here, at the first
-    line after the wake-up, with a trace function (no mocks: the database is real).
+    """An asynchronous exception (KeyboardInterrupt from a signal handler, which runs at any
+    bytecode boundary of the main thread) raised after the waiter was woken with a
+    connection, but before that connection is wrapped and returned, must give the connection
+    back. The exception is injected deterministically here, at the first line after the
+    wake-up, with a trace function (no mocks: the database is real).
     """
     pool = make_pool(sqlite_url, pool_size=1, max_overflow=0, timeout=30)
     held = pool.acquire()
@@ -923,7 +920,7 @@ def test_keyboard_interrupt_just_after_wakeup_loses_no_slot(
 
     helper = Worker(release_when_queued, "releaser")
     code = Pool._wait.__code__
-    line = _wait_line("waited = time.monotonic() - start")
+    line = _wait_line("waited = _now() - start")
     fired: list[bool] = []
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:

@@ -49,6 +49,26 @@ def _check_seconds(label: str, value: object) -> float:
     return seconds
 
 
+def _check_optional_seconds(label: str, value: object) -> float | None:
+    """A duration that may be turned off with ``None``."""
+    if value is None:
+        return None
+    try:
+        return _check_seconds(label, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or None to turn it off)") from None
+
+
+def _check_interval(label: str, value: object) -> float:
+    """A duration where 0 is allowed (``ping_interval=0``: ping on every checkout)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    try:
+        return _check_seconds(label, value)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("> 0", ">= 0", 1)) from None
+
+
 def _check_bool(label: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{label} must be true or false, got {value!r} ({type(value).__name__})")
@@ -79,6 +99,15 @@ def _check_hook(label: str, value: object) -> Callable[[Any], object] | None:
     if value is not None and not callable(value):
         raise ConfigError(
             f"{label} must be None or a callable taking the driver connection, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _check_caller(label: str, value: object) -> Callable[[], str | None] | None:
+    if value is not None and not callable(value):
+        raise ConfigError(
+            f"{label} must be None or a zero-argument callable returning a string, "
             f"got {value!r} ({type(value).__name__})"
         )
     return value
@@ -117,6 +146,43 @@ class PoolConfig:
         lent (``SET search_path``, ``PRAGMA`` …). A transaction it leaves open is committed,
         so session settings stick; if it raises, the connection is closed and the error
         reaches the caller.
+    ``on_checkout`` / ``on_checkin``
+        ``None`` or a callable run with the driver connection each time it is lent / each
+        time it comes back (before the reset). If ``on_checkout`` raises, the connection is
+        returned (rolled back) and the error reaches the caller; if ``on_checkin`` raises, the
+        connection is discarded. Either one moves returns off the fastest path.
+    ``pre_ping``
+        Check a connection with a round trip before lending it (bool, default False), unless
+        it was checked out less than ``ping_interval`` ago. A dead one is discarded and another
+        one tried, within the caller's ``timeout``.
+    ``ping_interval``
+        See ``pre_ping`` (seconds >= 0, default 1; 0 pings on every checkout).
+    ``max_lifetime``
+        Retire connections after this age, minus a random jitter of up to 5 % per connection
+        so that connections opened together are not all replaced together (seconds > 0 or
+        None for unlimited, default 1800). Never closed while lent: retired on return or by
+        maintenance while idle.
+    ``idle_timeout``
+        Close connections idle this long, keeping ``min_idle`` (seconds > 0 or None, default
+        600).
+    ``min_idle``
+        Connections the maintenance thread keeps open and idle (integer, 0 to ``pool_size``,
+        default 0).
+    ``keepalive_interval``
+        Ping idle connections this often so that firewalls and NATs do not drop them silently
+        (seconds > 0 or None, default None = off).
+    ``leak_threshold``
+        Log a warning, once per checkout, for a connection held longer than this, with the
+        thread, the stack where it was checked out and (in Flask) the request (seconds > 0 or
+        None, default None = off; capturing the stack costs some microseconds per checkout).
+    ``open_timeout``
+        If set, the constructor waits up to this long for a first connection (see
+        ``Pool.wait_ready``) and raises ``PoolTimeout`` with the cause when the database
+        cannot be reached (seconds > 0 or None, default None: connect lazily).
+    ``describe_caller``
+        ``None`` or a zero-argument callable returning a short description of the current
+        caller (such as ``"GET /orders"``), recorded with each checkout when
+        ``leak_threshold`` is set. The Flask extension installs one naming the request.
     ``lifo``
         Hand out the most recently returned idle connection first (bool, default True), so a
         small working set stays warm; ``False`` rotates through all idle connections.
@@ -130,6 +196,17 @@ class PoolConfig:
     lifo: bool = True
     max_waiting: int = 0
     on_connect: Callable[[Any], object] | None = None
+    on_checkout: Callable[[Any], object] | None = None
+    on_checkin: Callable[[Any], object] | None = None
+    pre_ping: bool = False
+    ping_interval: float = 1.0
+    max_lifetime: float | None = 1800.0
+    idle_timeout: float | None = 600.0
+    min_idle: int = 0
+    keepalive_interval: float | None = None
+    leak_threshold: float | None = None
+    open_timeout: float | None = None
+    describe_caller: Callable[[], str | None] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, label: Label = _same) -> PoolConfig:
@@ -146,8 +223,15 @@ class PoolConfig:
         defaults = cls()
         def get(name: str) -> Any:
             return options.get(name, getattr(defaults, name))
+        pool_size = _check_int(label("pool_size"), get("pool_size"), 1)
+        min_idle = _check_int(label("min_idle"), get("min_idle"), 0)
+        if min_idle > pool_size:
+            raise ConfigError(
+                f"{label('min_idle')} must be an integer from 0 to {label('pool_size')} "
+                f"({pool_size}), got {min_idle}"
+            )
         return cls(
-            pool_size=_check_int(label("pool_size"), get("pool_size"), 1),
+            pool_size=pool_size,
             max_overflow=_check_int(label("max_overflow"), get("max_overflow"), 0),
             timeout=_check_seconds(label("timeout"), get("timeout")),
             name=_check_name(label("name"), get("name")),
@@ -155,6 +239,21 @@ class PoolConfig:
             lifo=_check_bool(label("lifo"), get("lifo")),
             max_waiting=_check_int(label("max_waiting"), get("max_waiting"), 0),
             on_connect=_check_hook(label("on_connect"), get("on_connect")),
+            on_checkout=_check_hook(label("on_checkout"), get("on_checkout")),
+            on_checkin=_check_hook(label("on_checkin"), get("on_checkin")),
+            pre_ping=_check_bool(label("pre_ping"), get("pre_ping")),
+            ping_interval=_check_interval(label("ping_interval"), get("ping_interval")),
+            max_lifetime=_check_optional_seconds(label("max_lifetime"), get("max_lifetime")),
+            idle_timeout=_check_optional_seconds(label("idle_timeout"), get("idle_timeout")),
+            min_idle=min_idle,
+            keepalive_interval=_check_optional_seconds(
+                label("keepalive_interval"), get("keepalive_interval")
+            ),
+            leak_threshold=_check_optional_seconds(
+                label("leak_threshold"), get("leak_threshold")
+            ),
+            open_timeout=_check_optional_seconds(label("open_timeout"), get("open_timeout")),
+            describe_caller=_check_caller(label("describe_caller"), get("describe_caller")),
         )
 
     @classmethod

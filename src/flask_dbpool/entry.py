@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from traceback import StackSummary
 from typing import TYPE_CHECKING, Any
 
 from flask_dbpool.drivers import Driver
@@ -18,11 +19,32 @@ class Entry:
 
     An entry outlives its checkouts: each checkout wraps it in a fresh
     :class:`~flask_dbpool.proxy.PooledConnection`, so a stale handle can never reach it.
+    All times are ``time.monotonic()`` readings.
     """
 
-    __slots__ = ("created", "driver", "pool", "raw", "tx_state")
+    __slots__ = (
+        "caller",
+        "checked_at",
+        "created",
+        "driver",
+        "expires_at",
+        "holder",
+        "idle_since",
+        "lent_at",
+        "pool",
+        "raw",
+        "retire",
+        "seen_lent_at",
+        "site",
+        "thread_name",
+        "tx_state",
+        "used_at",
+        "warned_for",
+    )
 
-    def __init__(self, pool: Pool, raw: Any, driver: type[Driver], created: float) -> None:
+    def __init__(
+        self, pool: Pool, raw: Any, driver: type[Driver], created: float, expires_at: float
+    ) -> None:
         self.pool = pool
         """The pool the connection belongs to (for ever)."""
         self.raw = raw
@@ -30,6 +52,25 @@ class Entry:
         self.driver = driver
         """The :class:`Driver` that knows how to reset, ping and classify errors for ``raw``."""
         self.created = created
-        """``time.monotonic()`` when the connection was opened."""
+        """When the connection was opened."""
+        self.expires_at = expires_at
+        """When ``max_lifetime`` (with this connection's jitter) retires it."""
         self.tx_state: Callable[[Any], int] = driver.transaction_state
-        """The driver's transaction-state reader, bound once: it runs on every return."""
+        """The transaction-state reader run on every return; replaced by one reporting a
+        transaction to send the return down the slow path (session reset, hooks, retiring)."""
+        # Stamped on every checkout (the hot path): who holds it and since when.
+        self.lent_at = created
+        self.holder = 0
+        # Health: last successful round trip (opening counts) and last checkout seen by a
+        # pre-pinging acquire.
+        self.checked_at = created
+        self.used_at = created
+        # Maintenance bookkeeping: idle since when (as first observed), for which checkout.
+        self.idle_since = created
+        self.seen_lent_at = -1.0
+        self.retire = False
+        # Leak tracking (only filled when leak_threshold is set).
+        self.site: StackSummary | None = None
+        self.caller: str | None = None
+        self.thread_name: str | None = None
+        self.warned_for = -1.0

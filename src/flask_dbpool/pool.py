@@ -1,14 +1,23 @@
 """The connection pool.
 
 One lock guards all state. The hot path (an idle connection available, an idle connection
-returned) is a single short critical section with no I/O, logging or clock reads. Everything
-slow (connecting, rolling back, closing) happens outside the lock, with the slot it concerns
-accounted for under the lock before and after, so an exception at any point (including
-``KeyboardInterrupt`` or a gevent ``Timeout`` while waiting) never loses a slot.
+returned) is a single short critical section with no I/O, logging or allocation beyond the
+handle; a checkout stamps its time and thread so that "who holds the connections" can always
+be answered. Everything slow (connecting, rolling back, pinging, closing) happens outside the
+lock, with the slot it concerns accounted for under the lock before and after, so an exception
+at any point (including ``KeyboardInterrupt`` or a gevent ``Timeout`` while waiting) never
+loses a slot.
 
 Waiters queue in FIFO order. A returned connection, or a freed slot, is handed directly to
 the oldest waiter under the lock, so a newcomer can never barge past a waiting thread, and a
 waiter that has already given up is never handed anything (see :meth:`Pool._wait`).
+
+Health work (lifetimes, idle timeouts, keepalive, reconnecting, leaks) runs in a background
+thread (:mod:`flask_dbpool.maintenance`) calling :meth:`Pool._housekeep`. Features that need
+work at checkout (``pre_ping``, ``on_checkout``, ``leak_threshold``, and checking connections
+suspected dead after a disconnect) switch the pool to a checked ``acquire``; features that
+need work on return route that entry's returns to the slow path. The default hot path never
+tests for any of them.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from types import TracebackType
 from typing import Any, Final, cast
 
 from flask_dbpool._fork import detach_fd, keep_forever, track
+from flask_dbpool._handoff import CLOSED, NEW_SLOT, Token, Waiter
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
     BROKEN,
@@ -35,6 +45,8 @@ from flask_dbpool.drivers import (
 )
 from flask_dbpool.entry import Entry
 from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from flask_dbpool.leaks import capture_site, describe_holders, find_orphans, format_site
+from flask_dbpool.maintenance import Maintenance, backoff_delay, lifetime_jitter
 from flask_dbpool.proxy import PooledConnection, set_entry
 from flask_dbpool.stats import PoolStats
 
@@ -43,24 +55,11 @@ __all__ = ["Pool"]
 logger = logging.getLogger("flask_dbpool.pool")
 
 _new_proxy = object.__new__
-
-
-class _Token:
-    """A marker handed to a waiter instead of a connection."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: Handed to a waiter: "a slot is yours, open a new connection in it".
-_NEW_SLOT: Final = _Token("NEW_SLOT")
-#: Handed to a waiter: "the pool was closed".
-_CLOSED: Final = _Token("CLOSED")
+_now = time.monotonic
+_get_ident = threading.get_ident
+_FOREVER: Final = float("inf")
+#: Run maintenance at least this often while it has nothing scheduled.
+_IDLE_RUN: Final = 60.0
 
 
 def _check_timeout(timeout: object) -> None:
@@ -72,9 +71,14 @@ def _check_timeout(timeout: object) -> None:
         raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
 
 
-def _needs_reset(raw: Any) -> int:
-    """Transaction reader of entries that need a session reset on every return."""
+def _slow_return(raw: Any) -> int:
+    """Transaction reader of entries whose every return needs work (reset, hook, retiring)."""
     return IN_TRANSACTION
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _Inherited:
@@ -96,19 +100,6 @@ class _Inherited:
 _INHERITED = cast("Pool", _Inherited())
 
 
-class _Waiter:
-    """One caller waiting for a connection. Created only when a caller must wait."""
-
-    __slots__ = ("item", "wake")
-
-    def __init__(self) -> None:
-        self.item: Entry | _Token | None = None
-        # A lock created held works as a one-shot event, cheaper than threading.Event.
-        # Looked up at call time so gevent's monkey-patching applies.
-        self.wake = threading.Lock()
-        self.wake.acquire()
-
-
 class Pool:
     """A thread-safe pool of DB-API 2.0 connections.
 
@@ -117,9 +108,9 @@ class Pool:
     connection. Keyword options are described in :class:`~flask_dbpool.config.PoolConfig`;
     invalid values raise :class:`~flask_dbpool.ConfigError` naming the parameter.
 
-    Connections are opened lazily (see :meth:`warm_up`). Use :meth:`connection` in a ``with``
-    block, or :meth:`acquire` / :meth:`release`. ``with Pool(...) as pool:`` closes the pool
-    on exit.
+    Connections are opened lazily (see :meth:`warm_up`, :meth:`wait_ready` and
+    ``open_timeout``). Use :meth:`connection` in a ``with`` block, or :meth:`acquire` /
+    :meth:`release`. ``with Pool(...) as pool:`` closes the pool on exit.
     """
 
     def __init__(
@@ -134,6 +125,17 @@ class Pool:
         lifo: bool = True,
         max_waiting: int = 0,
         on_connect: Callable[[Any], object] | None = None,
+        on_checkout: Callable[[Any], object] | None = None,
+        on_checkin: Callable[[Any], object] | None = None,
+        pre_ping: bool = False,
+        ping_interval: float = 1.0,
+        max_lifetime: float | None = 1800.0,
+        idle_timeout: float | None = 600.0,
+        min_idle: int = 0,
+        keepalive_interval: float | None = None,
+        leak_threshold: float | None = None,
+        open_timeout: float | None = None,
+        describe_caller: Callable[[], str | None] | None = None,
     ) -> None:
         self.config: PoolConfig = PoolConfig.from_options(
             {
@@ -145,13 +147,25 @@ class Pool:
                 "lifo": lifo,
                 "max_waiting": max_waiting,
                 "on_connect": on_connect,
+                "on_checkout": on_checkout,
+                "on_checkin": on_checkin,
+                "pre_ping": pre_ping,
+                "ping_interval": ping_interval,
+                "max_lifetime": max_lifetime,
+                "idle_timeout": idle_timeout,
+                "min_idle": min_idle,
+                "keepalive_interval": keepalive_interval,
+                "leak_threshold": leak_threshold,
+                "open_timeout": open_timeout,
+                "describe_caller": describe_caller,
             }
         )
+        config = self.config
         self._connector: Connector = resolve_target(target)
-        self.name: Final = self.config.name
-        self._timeout = self.config.timeout
-        self._max_open = self.config.max_open
-        reset = self.config.reset_on_return
+        self.name: Final = config.name
+        self._timeout = config.timeout
+        self._max_open = config.max_open
+        reset = config.reset_on_return
         self._rollback_on_return = reset is not False
         # A session reset on every return ("discard" or a callable) runs on the slow path.
         self._session_reset: str | Callable[[Any], object] | None = (
@@ -163,17 +177,30 @@ class Pool:
                 f"reset_on_return='discard' is not supported by the {driver.name} driver "
                 "(PostgreSQL only); pass a callable that resets the session instead"
             )
+        self._slow_returns = self._session_reset is not None or config.on_checkin is not None
+        self._checked_checkouts = (
+            config.pre_ping or config.on_checkout is not None or config.leak_threshold is not None
+        )
 
         self._lock = threading.Lock()
-        self._entries: set[Entry] = set()  # every open connection, idle or lent (for fork)
+        self._entries: set[Entry] = set()  # every open connection; changed under the lock only
         self._idle: deque[Entry] = deque()
-        self._take_idle = self._idle.pop if self.config.lifo else self._idle.popleft
-        self._waiters: deque[_Waiter] = deque()
+        self._take_idle = self._idle.pop if config.lifo else self._idle.popleft
+        self._waiters: deque[Waiter] = deque()
         self._open = 0  # slots taken: open connections plus those being opened
         self._connecting = 0
-        self._keep = self.config.pool_size  # most idle connections kept; 0 once closed
+        self._checking: set[Entry] = set()  # out of circulation while maintenance pings them
+        self._to_check: list[Entry] = []  # ...of which not picked up yet
+        self._keep = config.pool_size  # most idle connections kept; 0 once closed
         self._closed = False
         self._drained = threading.Event()  # set once closed and every slot is free
+        self._disconnect_at = -_FOREVER  # connections last checked before this are suspect
+        self._suspects = False  # whether some may still be lent or idle unchecked
+        self._connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
+        self._connect_error: BaseException | None = None
+        self._retry_at = 0.0
+        self._maintenance: Maintenance | None = None
+        self._next_dry_check = 0.0
 
         self._acquired = 0
         self._created = 0
@@ -183,7 +210,18 @@ class Pool:
         self._waits = 0
         self._wait_total = 0.0
         self._wait_max = 0.0
+        self._connect_errors = 0
+        self._pings_failed = 0
+        self._leaks_detected = 0
+        self._reclaimed = 0
+        self._select_acquire()
         track(self)
+        if config.open_timeout is not None:
+            try:
+                self.wait_ready(config.open_timeout)
+            except BaseException:
+                self.close()
+                raise
 
     # ------------------------------------------------------------------ public API
 
@@ -202,10 +240,11 @@ class Pool:
 
         Waits up to ``timeout`` seconds (default: the pool's ``timeout``; ``0`` means do not
         wait) for a connection, served first come, first served. Raises
-        :class:`~flask_dbpool.PoolTimeout` when none became available,
-        :class:`~flask_dbpool.PoolClosed` if the pool is closed, and the driver's own error if
-        opening a new connection failed. Return the connection with :meth:`release` or its
-        ``close()``.
+        :class:`~flask_dbpool.PoolTimeout` when none became available (its message says what
+        the pool was doing, who holds the connections and, while the database cannot be
+        reached, the last connection error, also set as ``__cause__``),
+        :class:`~flask_dbpool.PoolClosed` if the pool is closed, and what ``on_connect`` or
+        ``on_checkout`` raised. Return the connection with :meth:`release` or its ``close()``.
         """
         if timeout is not None:
             _check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
@@ -222,6 +261,8 @@ class Pool:
                 except BaseException:  # interrupted: the connection must not be lost
                     self._idle.append(entry)
                     raise
+                entry.lent_at = _now()
+                entry.holder = _get_ident()
                 self._acquired += 1
                 return conn
         finally:
@@ -263,9 +304,7 @@ class Pool:
                     # pool_size connections are idle already (or the pool is closed): this
                     # one is surplus. Closing only then avoids reopening overflow connections
                     # over and over while demand stays between pool_size and the maximum.
-                    self._open -= 1
-                    self._closed_count += 1
-                    self._after_shrink_locked()
+                    self._forget_locked(entry)
                     surplus = entry
                 else:
                     surplus = None
@@ -292,11 +331,33 @@ class Pool:
                 self._open += 1
                 self._connecting += 1
             entry = self._connect_in_slot()
-            with self._lock:
-                self._connecting -= 1
-                self._created += 1
+            if entry is None:
+                assert self._connect_error is not None
+                raise self._connect_error
             self._check_in(entry)
             opened += 1
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the pool holds ``max(1, min_idle)`` open connections.
+
+        Opens them if needed, retrying with back-off while the database cannot be reached.
+        Raises :class:`~flask_dbpool.PoolTimeout` after ``timeout`` seconds (default: the
+        pool's ``timeout``) with the last connection error in its message and as its
+        ``__cause__``. Returns at once if enough connections are open already.
+        """
+        if timeout is None:
+            timeout = self._timeout
+        _check_timeout(timeout)
+        deadline = _now() + timeout
+        held: list[PooledConnection] = []
+        try:
+            for _ in range(max(1, self.config.min_idle)):
+                held.append(Pool.acquire(self, max(0.0, deadline - _now())))
+        except PoolTimeout as error:
+            raise PoolTimeout(f"not ready after {timeout:.1f} s: {error}") from error.__cause__
+        finally:
+            for conn in held:
+                self.release(conn)
 
     def resize(self, pool_size: int | None = None, max_overflow: int | None = None) -> None:
         """Change ``pool_size`` and/or ``max_overflow`` at runtime, safely under load.
@@ -304,7 +365,8 @@ class Pool:
         Growing hands the new slots to waiting callers at once. Shrinking closes surplus idle
         connections now; connections in use above the new limits are closed as they come
         back, and waiters are served only once the pool is under its new maximum. Invalid
-        values raise :class:`~flask_dbpool.ConfigError` and change nothing.
+        values (including a ``pool_size`` below ``min_idle``) raise
+        :class:`~flask_dbpool.ConfigError` and change nothing.
         """
         changes: dict[str, Any] = {}
         if pool_size is not None:
@@ -321,15 +383,12 @@ class Pool:
             # While more are open than the new maximum, returned connections are closed
             # (keep 0) until _after_shrink_locked sees the pool back under it.
             self._keep = config.pool_size if self._open <= self._max_open else 0
-            while self._waiters and self._open < self._max_open:
-                self._open += 1
-                self._hand_off(_NEW_SLOT)
+            self._fill_waiters_locked()
             surplus = []
             while len(self._idle) > self._keep:
-                surplus.append(self._idle.popleft())  # the least recently used go first
-            self._open -= len(surplus)
-            self._closed_count += len(surplus)
-            self._after_shrink_locked()
+                entry = self._idle.popleft()  # the least recently used go first
+                self._forget_locked(entry)
+                surplus.append(entry)
         for entry in surplus:
             self._close_raw(entry)
         logger.info(
@@ -344,14 +403,16 @@ class Pool:
         """A consistent snapshot of the pool's gauges and totals."""
         with self._lock:
             idle = len(self._idle)
+            checking = len(self._checking)
             return PoolStats(
                 name=self.name,
                 pool_size=self.config.pool_size,
                 max_overflow=self.config.max_overflow,
                 open=self._open,
                 idle=idle,
-                in_use=self._open - idle - self._connecting,
+                in_use=self._open - idle - self._connecting - checking,
                 connecting=self._connecting,
+                checking=checking,
                 waiting=len(self._waiters),
                 acquired=self._acquired,
                 created=self._created,
@@ -361,31 +422,39 @@ class Pool:
                 waits=self._waits,
                 wait_seconds_total=self._wait_total,
                 wait_seconds_max=self._wait_max,
+                connect_errors=self._connect_errors,
+                pings_failed=self._pings_failed,
+                leaks_detected=self._leaks_detected,
+                reclaimed=self._reclaimed,
             )
 
     def close(self, timeout: float | None = None) -> None:
         """Close the pool.
 
         Lending stops at once: waiters are woken with :class:`~flask_dbpool.PoolClosed`,
-        later ``acquire()`` calls raise it, and idle connections are closed now. Without
-        ``timeout``, connections still checked out are closed when they are returned. With
-        ``timeout`` (seconds), waits that long for them to come back, then closes those still
-        out (their holders' next use fails) so that no server session is left behind.
-        Idempotent; a later call with a timeout still waits and closes what is left.
+        later ``acquire()`` calls raise it, the maintenance thread stops and idle connections
+        are closed now. Without ``timeout``, connections still checked out are closed when
+        they are returned. With ``timeout`` (seconds), waits that long for them to come back,
+        then closes those still out (their holders' next use fails) so that no server session
+        is left behind. Idempotent; a later call with a timeout still waits and closes what
+        is left.
         """
         if timeout is not None:
             _check_timeout(timeout)
         with self._lock:
-            idle = list(self._idle)
-            self._idle.clear()
-            self._open -= len(idle)
-            self._closed_count += len(idle)
             first = not self._closed
             self._closed = True
             self._keep = 0
             while self._waiters:
-                self._hand_off(_CLOSED)
+                self._hand_off(CLOSED)
+            idle = list(self._idle)
+            self._idle.clear()
+            for entry in idle:
+                self._forget_locked(entry)
             self._after_shrink_locked()
+            maintenance, self._maintenance = self._maintenance, None
+        if maintenance is not None:
+            maintenance.stop(timeout=1.0)
         for entry in idle:
             self._close_raw(entry)
         if first:
@@ -404,18 +473,6 @@ class Pool:
             )
         for entry in leftovers:
             self._close_raw(entry)
-
-    def _after_shrink_locked(self) -> None:
-        """A slot was released: signal a draining close(), or finish a shrinking resize()."""
-        if self._closed:
-            if self._open == 0:
-                self._drained.set()
-        elif self._keep != self.config.pool_size and self._open <= self._max_open:
-            # Back under the new maximum: keep idle connections again, fill free slots.
-            self._keep = self.config.pool_size
-            while self._waiters and self._open < self._max_open:
-                self._open += 1
-                self._hand_off(_NEW_SLOT)
 
     def __enter__(self) -> Pool:
         return self
@@ -443,15 +500,24 @@ class Pool:
         """Called in a forked child: forget the parent's connections without touching them."""
         self._lock = threading.Lock()  # the parent's may have been held by another thread
         self._drained = threading.Event()
+        self._maintenance = None  # its thread does not exist here; restarted lazily
         idle = set(self._idle)
         inherited = list(self._entries)
         self._entries.clear()
         self._idle.clear()
         self._waiters.clear()  # their threads do not exist here
+        self._checking.clear()
+        self._to_check.clear()
         self._open = self._connecting = 0
         self._acquired = self._created = self._closed_count = 0
         self._timeouts = self._rejected = self._waits = 0
         self._wait_total = self._wait_max = 0.0
+        self._connect_errors = self._pings_failed = self._leaks_detected = self._reclaimed = 0
+        self._connect_failures = 0
+        self._connect_error = None
+        self._disconnect_at = -_FOREVER
+        self._suspects = False
+        self._select_acquire()
         self._keep = 0 if self._closed else self.config.pool_size
         for entry in inherited:
             entry.pool = _INHERITED  # handles lent before the fork become inert
@@ -468,54 +534,130 @@ class Pool:
 
     # ------------------------------------------------------------------ acquiring
 
+    def _select_acquire(self) -> None:
+        """Use the checked ``acquire`` only while something needs work at checkout."""
+        if self._checked_checkouts or self._suspects:
+            # An instance attribute shadows the method: the default pool keeps the plain one.
+            self.acquire = self._acquire_checked  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("acquire", None)
+
+    def _acquire_checked(self, timeout: float | None = None) -> PooledConnection:
+        """``acquire`` with pre-ping, suspect checks, leak tracking and ``on_checkout``."""
+        if timeout is None:
+            timeout = self._timeout
+        _check_timeout(timeout)
+        deadline = _now() + timeout
+        config = self.config
+        while True:
+            conn = Pool.acquire(self, max(0.0, deadline - _now()))
+            entry = conn._entry
+            assert entry is not None
+            now = entry.lent_at
+            try:
+                if entry.checked_at < self._disconnect_at or (
+                    config.pre_ping and now - entry.used_at >= config.ping_interval
+                ):
+                    try:
+                        entry.driver.ping(entry.raw)
+                    except Exception as error:
+                        self._ping_failed(conn, error)
+                        continue  # another one, within the caller's deadline
+                    entry.checked_at = now
+                    self._restore_tx_state(entry)
+                entry.used_at = now
+                if config.leak_threshold is not None:
+                    entry.site = capture_site()
+                    entry.thread_name = threading.current_thread().name
+                    entry.caller = self._describe_caller()
+                if config.on_checkout is not None:
+                    config.on_checkout(entry.raw)
+            except BaseException as error:
+                self._release_quietly(conn, error)
+                raise
+            return conn
+
+    def _describe_caller(self) -> str | None:
+        describe = self.config.describe_caller
+        if describe is None:
+            return None
+        try:
+            return describe()
+        except Exception as error:  # a diagnostic must never fail a checkout
+            return f"<describe_caller failed: {error!r}>"
+
+    def _ping_failed(self, conn: PooledConnection, error: Exception) -> None:
+        entry = self._claim(conn)
+        with self._lock:
+            self._pings_failed += 1
+        self._discard(entry, f"its ping failed ({_one_line(error)})", disconnect=True)
+
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
             timeout = self._timeout
-        with self._lock:
-            if self._closed:
-                raise PoolClosed(f"pool {self.name!r} is closed")
-            if not self._waiters:
-                if self._idle:
+        deadline = _now() + timeout
+        while True:
+            now = _now()
+            remaining = deadline - now
+            nudge = False
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                waiter = None
+                if not self._waiters and self._idle:
                     entry = self._take_idle()
                     self._acquired += 1
                     return self._lend(entry)
-                if self._open < self._max_open:
+                if (
+                    not self._waiters
+                    and self._open < self._max_open
+                    and not self._connect_failures
+                ):
                     self._open += 1
                     self._connecting += 1
-                    waiter = None
                 else:
-                    waiter = _Waiter()
+                    waiter = Waiter()
+                    max_waiting = self.config.max_waiting
+                    if max_waiting and len(self._waiters) >= max_waiting:
+                        self._rejected += 1
+                        raise TooManyWaiters(
+                            f"pool {self.name!r} ({self.target}) refused a caller: "
+                            f"max_waiting={max_waiting} callers already wait; "
+                            + self._state_locked()
+                        )
+                    self._waiters.append(waiter)
+                    if remaining <= 0:
+                        error = self._timeout_error_locked(timeout - remaining)
+                        self._waiters.pop()
+                        raise error
+                    # The database is down (a reconnection is due), or the pool just ran
+                    # dry (a dropped handle may be the cause; checked at most once a second).
+                    if self._connect_failures:
+                        nudge = True
+                    elif len(self._waiters) == 1 and now >= self._next_dry_check:
+                        self._next_dry_check = now + 1.0
+                        nudge = True
+            if waiter is None:
+                conn = self._open_in_slot()
             else:
-                waiter = _Waiter()
-            if waiter is not None:
-                max_waiting = self.config.max_waiting
-                if max_waiting and len(self._waiters) >= max_waiting:
-                    self._rejected += 1
-                    raise TooManyWaiters(
-                        f"pool {self.name!r} ({self.target}) refused a caller: "
-                        f"max_waiting={max_waiting} callers already wait; "
-                        + self._state_locked()
-                    )
-                self._waiters.append(waiter)
-                if timeout == 0:
-                    message = self._timeout_message_locked(0.0)
-                    self._waiters.pop()
-                    self._timeouts += 1
-                    raise PoolTimeout(message)
-        if waiter is None:
-            return self._open_in_slot()
-        return self._wait(waiter, timeout)
+                if nudge:
+                    self._nudge()
+                conn = self._wait(waiter, remaining, timeout)
+            if conn is not None:
+                return conn
+            # Opening a connection failed: the pool now retries in the background, with
+            # back-off, and this caller waits for the result (or its deadline).
 
-    def _wait(self, waiter: _Waiter, timeout: float) -> PooledConnection:
+    def _wait(self, waiter: Waiter, remaining: float, timeout: float) -> PooledConnection | None:
         # The handshake: whoever holds the pool lock decides. A releaser hands an item only
         # to a waiter still queued (and dequeues it at once); a waiter giving up dequeues
         # itself only if nothing was handed yet, and otherwise takes (or gives back) the item.
         # Everything from the wait to the hand-back of the handle is covered: an interrupt
         # (KeyboardInterrupt, gevent Timeout) at any point gives back whatever was handed over.
-        start = time.monotonic()
+        start = _now()
         try:
-            waiter.wake.acquire(True, min(timeout, threading.TIMEOUT_MAX))
-            waited = time.monotonic() - start
+            waiter.wake.acquire(True, min(remaining, threading.TIMEOUT_MAX))
+            waited = _now() - start
             with self._lock:
                 self._waits += 1
                 self._wait_total += waited
@@ -524,13 +666,12 @@ class Pool:
                 item = waiter.item
                 if item is None:
                     # Timed out with nothing handed over: leave the queue.
-                    message = self._timeout_message_locked(waited)
+                    error = self._timeout_error_locked(timeout - remaining + waited)
                     self._waiters.remove(waiter)
-                    self._timeouts += 1
-                    raise PoolTimeout(message)
-            if item is _CLOSED:
+                    raise error
+            if item is CLOSED:
                 raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
-            if item is _NEW_SLOT:
+            if item is NEW_SLOT:
                 waiter.item = None  # from here on _open_in_slot owns the slot
                 return self._open_in_slot()
             assert isinstance(item, Entry)
@@ -541,7 +682,7 @@ class Pool:
             self._abandon(waiter)
             raise
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
         with self._lock:
             item = waiter.item
@@ -552,7 +693,7 @@ class Pool:
                 return
             if isinstance(item, Entry):
                 self._acquired -= 1  # counted at the hand-off; it was never used
-        if item is _NEW_SLOT:
+        if item is NEW_SLOT:
             self._free_slot(connecting=True)
         elif isinstance(item, Entry):
             self._check_in(item)
@@ -560,40 +701,93 @@ class Pool:
     def _lend(self, entry: Entry) -> PooledConnection:
         conn = _new_proxy(PooledConnection)
         set_entry(conn, entry)
+        entry.lent_at = _now()
+        entry.holder = _get_ident()
         return conn
 
-    def _open_in_slot(self) -> PooledConnection:
-        """Open a connection in a slot already reserved (counted in open and connecting)."""
+    def _open_in_slot(self) -> PooledConnection | None:
+        """Open a connection in a slot already reserved and lend it; ``None`` if the database
+        could not be reached (the slot is released and the failure recorded)."""
         entry = self._connect_in_slot()
+        if entry is None:
+            return None
         with self._lock:
-            self._connecting -= 1
-            self._created += 1
             if not self._closed:
                 self._acquired += 1
                 return self._lend(entry)
-            self._open -= 1
-            self._closed_count += 1
-            self._after_shrink_locked()
+            self._forget_locked(entry)
         self._close_raw(entry)
         raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
 
-    def _connect_in_slot(self) -> Entry:
-        """Connect; on any failure give the reserved slot back (to a waiter, if one exists)."""
-        ok = False
+    def _connect_in_slot(self) -> Entry | None:
+        """Connect in a reserved slot (counted in open and connecting).
+
+        Returns the new entry, accounted for but not lent; ``None`` if connecting failed (the
+        slot is released and back-off starts); raises what ``on_connect`` raised (the slot is
+        released, to a waiter if one exists).
+        """
         try:
             raw = self._connector.connect()
+        except Exception as error:
+            self._connect_failed(error)
+            return None
+        except BaseException:
+            self._free_slot(connecting=True)
+            raise
+        try:
             driver = self._connector.driver or driver_for_connection(raw)
             if self.config.on_connect is not None:
                 self._run_on_connect(raw, driver)
-            entry = Entry(self, raw, driver, time.monotonic())
-            if self._session_reset is not None:
-                entry.tx_state = _needs_reset  # every return takes the resetting slow path
+        except BaseException:
+            self._free_slot(connecting=True)
+            raise
+        now = _now()
+        lifetime = self.config.max_lifetime
+        expires = _FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
+        entry = Entry(self, raw, driver, now, expires)
+        if self._slow_returns:
+            entry.tx_state = _slow_return  # every return takes the slow path
+        with self._lock:
             self._entries.add(entry)
-            ok = True
-        finally:
-            if not ok:
-                self._free_slot(connecting=True)
+            self._connecting -= 1
+            self._created += 1
+            recovered = self._connect_failures
+            if recovered:
+                self._connect_failures = 0
+                self._fill_waiters_locked()  # the database is back: let waiters connect too
+        if recovered:
+            logger.warning(
+                "pool %r: connected to %s again after %d failed attempt(s)",
+                self.name,
+                self.target,
+                recovered,
+            )
+        if self._maintenance is None:
+            self._nudge()  # starts the maintenance thread with the first connection
         return entry
+
+    def _connect_failed(self, error: Exception) -> None:
+        """Release the slot of a failed connection attempt and schedule a retry."""
+        with self._lock:
+            self._connect_errors += 1
+            self._connect_failures += 1
+            failures = self._connect_failures
+            self._connect_error = error
+            delay = backoff_delay(failures)
+            self._retry_at = _now() + delay
+            self._connecting -= 1
+            self._open -= 1
+            self._after_shrink_locked()
+        log = logger.warning if failures == 1 else logger.debug
+        log(
+            "pool %r: cannot connect to %s (%s); attempt %d, retrying in %.2f s",
+            self.name,
+            self.target,
+            _one_line(error),
+            failures,
+            delay,
+        )
+        self._nudge()
 
     def _reset_session(self, entry: Entry) -> None:
         """The full reset of ``reset_on_return="discard"`` or a callable; raises on failure."""
@@ -632,28 +826,40 @@ class Pool:
 
     # ------------------------------------------------------------------ returning
 
-    def _hand_off(self, item: Entry | _Token) -> None:
+    def _hand_off(self, item: Entry | Token) -> None:
         """Give ``item`` to the oldest waiter. Caller holds the lock; waiters exist."""
         waiter = self._waiters.popleft()
         waiter.item = item
-        if item is _NEW_SLOT:
+        if item is NEW_SLOT:
             self._connecting += 1
-        elif item is not _CLOSED:
+        elif item is not CLOSED:
             self._acquired += 1
         waiter.wake.release()
 
-    def _check_in(self, entry: Entry) -> None:
-        """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it."""
+    def _fill_waiters_locked(self) -> None:
+        """Give free slots to waiters (unless the database is unreachable: maintenance
+        reconnects then, and hands the connection over)."""
+        if self._connect_failures or self._closed:
+            return
+        while self._waiters and self._open < self._max_open:
+            self._open += 1
+            self._hand_off(NEW_SLOT)
+
+    def _check_in(self, entry: Entry, *, checked: bool = False) -> None:
+        """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it.
+
+        ``checked``: the entry comes back from a maintenance check.
+        """
         with self._lock:
+            if checked:
+                self._checking.discard(entry)
             if self._waiters and self._open <= self._max_open:
                 self._hand_off(entry)
                 return
             if len(self._idle) < self._keep:
                 self._idle.append(entry)
                 return
-            self._open -= 1
-            self._closed_count += 1
-            self._after_shrink_locked()
+            self._forget_locked(entry)
         self._close_raw(entry)
 
     def _free_slot(self, *, connecting: bool = False) -> None:
@@ -661,11 +867,34 @@ class Pool:
         with self._lock:
             if connecting:
                 self._connecting -= 1
-            if self._waiters and not self._closed and self._open <= self._max_open:
-                self._hand_off(_NEW_SLOT)
+            if (
+                self._waiters
+                and not self._closed
+                and not self._connect_failures
+                and self._open <= self._max_open
+            ):
+                self._hand_off(NEW_SLOT)
             else:
                 self._open -= 1
                 self._after_shrink_locked()
+
+    def _forget_locked(self, entry: Entry) -> None:
+        """``entry`` is about to be closed: release its slot. Caller holds the lock."""
+        self._entries.discard(entry)
+        self._checking.discard(entry)
+        self._open -= 1
+        self._closed_count += 1
+        self._after_shrink_locked()
+
+    def _after_shrink_locked(self) -> None:
+        """A slot was released: signal a draining close(), or finish a shrinking resize()."""
+        if self._closed:
+            if self._open == 0:
+                self._drained.set()
+        elif self._keep != self.config.pool_size and self._open <= self._max_open:
+            # Back under the new maximum: keep idle connections again, fill free slots.
+            self._keep = self.config.pool_size
+            self._fill_waiters_locked()
 
     def _claim(self, conn: PooledConnection) -> Entry:
         """Take the entry out of ``conn`` under the lock, so that only one release wins."""
@@ -685,11 +914,17 @@ class Pool:
         try:
             driver = entry.driver
             if exc is not None and driver.is_disconnect(exc, entry.raw):
-                self._discard(entry, "a disconnect error was raised while it was in use")
+                why = f"a disconnect error was raised while it was in use ({_one_line(exc)})"
+                self._discard(entry, why, disconnect=True)
                 return
+            if entry.retire:
+                self._discard(entry, "it reached max_lifetime", quiet=True)
+                return
+            if self.config.on_checkin is not None:
+                self.config.on_checkin(entry.raw)
             state = driver.transaction_state(entry.raw)
             if state == BROKEN:
-                self._discard(entry, "the driver reports it broken")
+                self._discard(entry, "the driver reports it broken", disconnect=True)
                 return
             # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
             # only refresh it from successful replies.
@@ -703,11 +938,15 @@ class Pool:
                 self._reset_session(entry)
         except BaseException as error:
             # Its session state is unknown now: never lend it again.
-            self._discard(entry, f"resetting it on return failed ({error!r})")
+            gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
+            self._discard(entry, f"resetting it failed ({_one_line(error)})", disconnect=gone)
             if not isinstance(error, Exception):
                 raise
             return
-        self._check_in(entry)
+        if entry.checked_at < self._disconnect_at:
+            self._send_to_check(entry)  # lent across a disconnect: maintenance pings it
+        else:
+            self._check_in(entry)
 
     def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
         """``close()`` / ``__exit__``: return ``conn``; a handle already returned is fine."""
@@ -724,38 +963,266 @@ class Pool:
         entry = self._claim(conn)
         self._discard(entry, "invalidate() was called")
 
-    def _discard(self, entry: Entry, why: str) -> None:
-        """Close ``entry`` for good and free its slot, whatever happens on the way."""
+    def _discard(
+        self, entry: Entry, why: str, *, disconnect: bool = False, quiet: bool = False
+    ) -> None:
+        """Close ``entry`` for good and free its slot, whatever happens on the way.
+
+        ``disconnect``: the connection was found dead, so others opened before now are
+        suspect too and get checked before reuse.
+        """
         try:
             with self._lock:
                 self._closed_count += 1
-            logger.info("pool %r: discarding a connection because %s", self.name, why)
+                self._entries.discard(entry)
+                self._checking.discard(entry)
+                if disconnect:
+                    self._note_disconnect_locked(_now())
+            (logger.debug if quiet else logger.info)(
+                "pool %r: discarding a connection because %s", self.name, why
+            )
             self._close_raw(entry)
         finally:
             self._free_slot()
+            if disconnect:
+                self._nudge()
 
     def _close_raw(self, entry: Entry) -> None:
-        self._entries.discard(entry)
         try:
             entry.driver.close(entry.raw)
         except Exception as error:  # already broken: nothing more to do
             logger.debug("pool %r: error closing a connection: %r", self.name, error)
 
+    # ------------------------------------------------------------------ health
+
+    def _note_disconnect_locked(self, now: float) -> None:
+        """A connection turned out dead: the server may have restarted, killing every session
+        opened before now. Idle ones go to maintenance for a ping; lent ones are checked when
+        returned; meanwhile checkouts verify what they get. Caller holds the lock."""
+        self._disconnect_at = now
+        suspects = [entry for entry in self._idle if entry.checked_at < now]
+        if suspects:
+            for entry in suspects:
+                self._idle.remove(entry)
+            self._checking.update(suspects)
+            self._to_check.extend(suspects)
+        idle = set(self._idle)
+        for entry in self._entries:
+            if entry not in idle and entry not in self._checking and entry.checked_at < now:
+                entry.tx_state = _slow_return
+        self._suspects = True
+        self._select_acquire()
+
+    def _send_to_check(self, entry: Entry) -> None:
+        with self._lock:
+            self._checking.add(entry)
+            self._to_check.append(entry)
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the maintenance thread, starting it if needed."""
+        maintenance = self._maintenance
+        if maintenance is None:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._maintenance is None:
+                    self._maintenance = Maintenance(self)
+                    return
+                maintenance = self._maintenance
+        maintenance.nudge()
+
+    def _restore_tx_state(self, entry: Entry) -> None:
+        """A suspect entry passed its check: let its returns take the fast path again."""
+        if not self._slow_returns and not entry.retire:
+            entry.tx_state = entry.driver.transaction_state
+
+    def _housekeep(self) -> float:
+        """One maintenance run (in the maintenance thread); returns seconds until the next.
+
+        Decides under the lock what to close, ping, warn about and open; does the I/O after.
+        """
+        config = self.config
+        now = _now()
+        to_close: list[tuple[Entry, str]] = []
+        to_ping: list[Entry] = []
+        leaks: list[str] = []
+        next_run = now + _IDLE_RUN
+        connect = False
+        with self._lock:
+            if self._closed:
+                return _IDLE_RUN
+            # Dropped handles first: their slots may be what waiters are waiting for.
+            orphans = find_orphans(self._entries, [*self._idle, *self._checking])
+            for entry in orphans:
+                self._entries.discard(entry)
+                self._reclaimed += 1
+                self._closed_count += 1
+            reports = [self._orphan_report(entry, now) for entry in orphans]
+            to_ping.extend(self._to_check)
+            self._to_check.clear()
+
+            # Idle connections, least recently returned first.
+            keepalive = config.keepalive_interval
+            survivors = []
+            for entry in self._idle:
+                if entry.expires_at <= now:
+                    to_close.append((entry, "it reached max_lifetime"))
+                elif entry.checked_at < self._disconnect_at or (
+                    keepalive is not None
+                    and now - max(entry.lent_at, entry.checked_at) >= keepalive
+                ):
+                    to_ping.append(entry)
+                    self._checking.add(entry)
+                else:
+                    if entry.seen_lent_at != entry.lent_at:  # first seen idle since its checkout
+                        entry.seen_lent_at = entry.lent_at
+                        never_lent = entry.lent_at == entry.created
+                        entry.idle_since = entry.created if never_lent else now
+                    survivors.append(entry)
+            idle_timeout = config.idle_timeout
+            if idle_timeout is not None:
+                excess = len(survivors) - config.min_idle
+                kept = []
+                for entry in survivors:
+                    if excess > 0 and now - entry.idle_since >= idle_timeout:
+                        to_close.append((entry, "it was idle for idle_timeout"))
+                        excess -= 1
+                    else:
+                        kept.append(entry)
+                        if excess > 0:
+                            next_run = min(next_run, entry.idle_since + idle_timeout)
+                survivors = kept
+            self._idle.clear()
+            self._idle.extend(survivors)
+            for entry in survivors:
+                next_run = min(next_run, entry.expires_at)
+                if keepalive is not None:
+                    next_run = min(next_run, max(entry.lent_at, entry.checked_at) + keepalive)
+            for entry, _why in to_close:
+                self._forget_locked(entry)
+
+            # Lent connections: retire on return, warn about leaks.
+            idle = set(survivors)
+            threshold = config.leak_threshold
+            suspects = False
+            for entry in self._entries:
+                if entry.checked_at < self._disconnect_at:
+                    suspects = True
+                if entry in idle or entry in self._checking:
+                    continue
+                if not entry.retire:
+                    if entry.expires_at <= now:
+                        entry.retire = True
+                        entry.tx_state = _slow_return
+                    else:
+                        next_run = min(next_run, entry.expires_at)
+                if threshold is not None and entry.warned_for != entry.lent_at:
+                    if now - entry.lent_at >= threshold:
+                        entry.warned_for = entry.lent_at
+                        self._leaks_detected += 1
+                        leaks.append(self._leak_report(entry, now, threshold))
+                    else:
+                        next_run = min(next_run, entry.lent_at + threshold)
+            if self._suspects and not suspects:
+                self._suspects = False
+                self._select_acquire()
+
+            # Open connections: reconnect (with back-off) for waiters, or refill min_idle.
+            room = self._open < self._max_open
+            if self._connect_failures:
+                if room and (self._waiters or len(self._idle) < config.min_idle):
+                    if now >= self._retry_at:
+                        connect = True
+                    else:
+                        next_run = min(next_run, self._retry_at)
+            elif room and len(self._idle) + len(self._checking) + self._connecting < (
+                config.min_idle
+            ):
+                connect = True
+            if connect:
+                self._open += 1
+                self._connecting += 1
+
+        for report in reports:
+            logger.warning("%s", report)
+        for orphan in orphans:
+            self._close_raw(orphan)
+            self._free_slot()
+        for entry, why in to_close:
+            logger.debug("pool %r: closing an idle connection because %s", self.name, why)
+            self._close_raw(entry)
+        for report in leaks:
+            logger.warning("%s", report)
+        for entry in to_ping:
+            try:
+                entry.driver.ping(entry.raw)
+            except Exception as error:
+                with self._lock:
+                    self._pings_failed += 1
+                self._discard(entry, f"its check failed ({_one_line(error)})", disconnect=True)
+                continue
+            entry.checked_at = _now()
+            self._restore_tx_state(entry)
+            self._check_in(entry, checked=True)
+        if connect:
+            opened = self._connect_in_slot()
+            if opened is not None:
+                self._check_in(opened)
+                return 0.0  # there may be more to open
+        return max(0.0, next_run - _now())
+
     # ------------------------------------------------------------------ messages
+
+    def _orphan_report(self, entry: Entry, now: float) -> str:
+        site = format_site(entry.site)
+        return (
+            f"pool {self.name!r}: a connection "
+            + describe_holders([entry], now).replace("held", "checked out", 1)
+            + " ago was garbage-collected without being returned; closed it and gave its "
+            "slot back to the pool"
+            + (f". Checked out at:\n{site}" if site else " (set leak_threshold to record where)")
+        )
+
+    def _leak_report(self, entry: Entry, now: float, threshold: float) -> str:
+        site = format_site(entry.site)
+        return (
+            f"pool {self.name!r}: possible leak: connection {describe_holders([entry], now)}, "
+            f"longer than leak_threshold={threshold:g} s"
+            + (f". Checked out at:\n{site}" if site else "")
+        )
 
     def _state_locked(self) -> str:
         idle = len(self._idle)
+        checking = len(self._checking)
         return (
             f"pool_size={self.config.pool_size}, max_overflow={self.config.max_overflow}, "
-            f"open={self._open}, in_use={self._open - idle - self._connecting}, idle={idle}, "
-            f"connecting={self._connecting}, waiting={len(self._waiters)}"
+            f"open={self._open}, in_use={self._open - idle - self._connecting - checking}, "
+            f"idle={idle}, connecting={self._connecting}, checking={checking}, "
+            f"waiting={len(self._waiters)}"
         )
 
-    def _timeout_message_locked(self, waited: float) -> str:
-        return (
+    def _timeout_error_locked(self, waited: float) -> PoolTimeout:
+        """The ``PoolTimeout`` for a caller that waited ``waited`` s (still counted as
+        waiting). Caller holds the lock."""
+        self._timeouts += 1
+        message = (
             f"pool {self.name!r} ({self.target}) timed out after {waited:.3f} s waiting for a "
             f"connection: {self._state_locked()} (this caller included)"
         )
+        cause = self._connect_error if self._connect_failures else None
+        if cause is not None:
+            message += (
+                f"; the database cannot be reached: {self._connect_failures} connection "
+                f"attempt(s) failed, the last with {_one_line(cause)}"
+            )
+        idle = set(self._idle)
+        lent = [e for e in self._entries if e not in idle and e not in self._checking]
+        if lent:
+            message += "; longest held: " + describe_holders(lent, _now())
+        error = PoolTimeout(message)
+        error.__cause__ = cause
+        return error
 
     def _foreign(self, conn: object) -> PoolError:
         if isinstance(conn, PooledConnection):

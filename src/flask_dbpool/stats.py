@@ -30,6 +30,9 @@ class PoolStats:
     """Connections checked out by callers."""
     connecting: int
     """Connections being opened right now."""
+    checking: int
+    """Idle connections taken aside by maintenance for a check (keepalive, or after a
+    disconnect)."""
     waiting: int
     """Callers waiting for a connection."""
     acquired: int
@@ -48,6 +51,15 @@ class PoolStats:
     """Sum of the time spent waiting by callers that had to wait."""
     wait_seconds_max: float
     """Longest single wait."""
+    connect_errors: int
+    """Total failed attempts to open a connection."""
+    pings_failed: int
+    """Total connections found dead by a check (``pre_ping``, keepalive, after a disconnect)."""
+    leaks_detected: int
+    """Total checkouts held longer than ``leak_threshold`` (each warned about once)."""
+    reclaimed: int
+    """Total connections whose handle was garbage-collected without being returned (their
+    slot was given back)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a plain dict, ready for JSON."""

@@ -1,0 +1,119 @@
+"""Who holds the pool's connections: checkout sites, holder reports, dropped handles.
+
+Nothing here runs on the default hot path. A checkout only stamps the time and the thread
+ident on its entry; stacks are captured only when ``leak_threshold`` is set; reports are built
+when something went wrong (a timeout, a leak warning).
+
+A handle dropped without being returned is found without any per-checkout cost (no
+``__del__``, no weak reference): a lent entry is referenced by the pool's set of entries and by
+its live handle. Once the handle is garbage-collected nothing else refers to it, which
+:func:`find_orphans` sees in its reference count. Every pool operation that moves an entry
+around keeps a local reference while doing so, so an entry in transit never looks orphaned;
+the check runs under the pool lock and is calibrated at run time against an object held the
+same way, so it does not depend on interpreter details.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import threading
+import traceback
+from collections.abc import Iterable
+from traceback import StackSummary
+
+from flask_dbpool.entry import Entry
+
+__all__ = ["capture_site", "describe_holders", "find_orphans", "format_site", "thread_name"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STACK_LIMIT = 16
+
+#: Reference counts are exact only on a CPython with the GIL; elsewhere dropped handles are
+#: not detected (``leak_threshold`` warnings still work).
+ORPHANS_DETECTABLE = hasattr(sys, "getrefcount") and not sysconfig.get_config_var(
+    "Py_GIL_DISABLED"
+)
+
+
+def capture_site() -> StackSummary:
+    """The caller's stack outside flask_dbpool, innermost frame last (source read lazily)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    summary = StackSummary.extract(
+        traceback.walk_stack(frame), limit=_STACK_LIMIT, lookup_lines=False
+    )
+    summary.reverse()
+    return summary
+
+
+def format_site(site: StackSummary | None, *, last: int = _STACK_LIMIT) -> str:
+    """``site`` as traceback-style lines (the ``last`` innermost frames), or ``""``."""
+    if not site:
+        return ""
+    frames = StackSummary.from_list(list(site)[-last:])
+    return "".join(frames.format()).rstrip()
+
+
+def short_site(site: StackSummary | None) -> str:
+    """The innermost frame of ``site`` as ``file:line in function``, or ``""``."""
+    if not site:
+        return ""
+    frame = site[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+def thread_name(ident: int) -> str:
+    """The name of the live thread ``ident``, or a description of a finished one."""
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread {ident} (finished)"
+
+
+def describe_holder(entry: Entry, now: float) -> str:
+    """``held 3.2 s by thread 'worker-1' (GET /orders) at app.py:12 in view``."""
+    name = entry.thread_name or thread_name(entry.holder)
+    text = f"held {now - entry.lent_at:.1f} s by thread {name!r}"
+    if entry.caller:
+        text += f" ({entry.caller})"
+    where = short_site(entry.site)
+    if where:
+        text += f" at {where}"
+    return text
+
+
+def describe_holders(lent: Iterable[Entry], now: float, *, limit: int = 3) -> str:
+    """The ``limit`` longest-held connections, for a ``PoolTimeout`` message."""
+    longest = sorted(lent, key=lambda entry: entry.lent_at)[:limit]
+    return "; ".join(describe_holder(entry, now) for entry in longest)
+
+
+class _Probe:
+    """Stands in for an orphaned entry when calibrating :func:`find_orphans`."""
+
+    __slots__ = ()
+
+
+def find_orphans(entries: set[Entry], not_lent: Iterable[Entry]) -> list[Entry]:
+    """The lent entries of ``entries`` (those not in ``not_lent``) whose handle is gone.
+
+    Call with the pool lock held. Here an orphan is referenced only by ``entries`` and by the
+    candidate list; a probe held the same way gives the count that means "nothing else".
+    """
+    if not ORPHANS_DETECTABLE:
+        return []
+    skip = set(not_lent)
+    candidates = [entry for entry in entries if entry not in skip]
+    if not candidates:
+        return []
+    holder = {_Probe()}
+    probes = list(holder)
+    baseline = sys.getrefcount(probes[0])
+    return [
+        candidates[index]
+        for index in range(len(candidates))
+        if sys.getrefcount(candidates[index]) <= baseline
+    ]
