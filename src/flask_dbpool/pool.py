@@ -214,8 +214,11 @@ class Pool:
         self._pings_failed = 0
         self._leaks_detected = 0
         self._reclaimed = 0
+        self._acquire_checked_installed = False
         self._select_acquire()
         track(self)
+        if config.min_idle:
+            self._nudge()  # maintenance opens them
         if config.open_timeout is not None:
             try:
                 self.wait_ready(config.open_timeout)
@@ -539,8 +542,10 @@ class Pool:
         if self._checked_checkouts or self._suspects:
             # An instance attribute shadows the method: the default pool keeps the plain one.
             self.acquire = self._acquire_checked  # type: ignore[method-assign]
-        else:
-            self.__dict__.pop("acquire", None)
+        elif self._acquire_checked_installed:
+            # (Not through __dict__: materialising it would slow every attribute access.)
+            del self.acquire
+        self._acquire_checked_installed = self._checked_checkouts or self._suspects
 
     def _acquire_checked(self, timeout: float | None = None) -> PooledConnection:
         """``acquire`` with pre-ping, suspect checks, leak tracking and ``on_checkout``."""

@@ -8,14 +8,14 @@ returned at teardown.
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
 
-__all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "DBPool"]
+__all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "DBPool", "describe_request"]
 
 CONFIG_PREFIX = "DBPOOL_"
 EXTENSION_KEY = "dbpool"
@@ -35,7 +35,10 @@ class DBPool:
 
     Config keys (``DBPOOL_URL`` is required; the others default as in :class:`Pool`):
     ``DBPOOL_URL``, ``DBPOOL_POOL_SIZE``, ``DBPOOL_MAX_OVERFLOW``, ``DBPOOL_TIMEOUT``,
-    ``DBPOOL_NAME`` (default: the app's name), ``DBPOOL_RESET_ON_RETURN``, ``DBPOOL_LIFO``.
+    ``DBPOOL_NAME`` (default: the app's name), ``DBPOOL_RESET_ON_RETURN``, ``DBPOOL_LIFO``,
+    and every other :class:`~flask_dbpool.config.PoolConfig` option as ``DBPOOL_<OPTION>``
+    (``DBPOOL_PRE_PING``, ``DBPOOL_MAX_LIFETIME``, ``DBPOOL_LEAK_THRESHOLD`` …).
+    ``DBPOOL_DESCRIBE_CALLER`` defaults to :func:`describe_request`.
     An unknown ``DBPOOL_*`` key is an error, with a did-you-mean suggestion.
     """
 
@@ -66,6 +69,7 @@ class DBPool:
                 "database URL such as 'sqlite:///app.db' or 'postgresql://user@host/db'"
             )
         settings.setdefault("name", app.name)
+        settings.setdefault("describe_caller", describe_request)
         # Validate first so that errors name the DBPOOL_* key, then build from the same values.
         PoolConfig.from_options(settings, label=_config_key)
         pool = Pool(url, **settings)
@@ -103,6 +107,14 @@ class DBPool:
             conn = self.pool.acquire()
             setattr(g, _G_KEY, conn)
         return conn
+
+
+def describe_request() -> str | None:
+    """``"GET /orders"`` inside a request, ``None`` elsewhere: recorded with each checkout
+    when ``DBPOOL_LEAK_THRESHOLD`` is set, so leak reports name the request."""
+    if not has_request_context():
+        return None
+    return f"{request.method} {request.path}"
 
 
 def _return_connection(exc: BaseException | None) -> None:

@@ -1,0 +1,209 @@
+"""Leaks: who holds the connections, warnings past leak_threshold, dropped handles reclaimed.
+
+All against real databases; the maintenance thread runs for real (its idle sleep is shortened
+where a test would otherwise wait for it).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import flask_dbpool.maintenance as maintenance
+from backends import Backend, MakePool, Worker, query, wait_until
+from flask_dbpool import Pool, PoolTimeout
+from flask_dbpool.leaks import ORPHANS_DETECTABLE
+
+needs_refcounts = pytest.mark.skipif(
+    not ORPHANS_DETECTABLE, reason="dropped handles are detected through CPython refcounts"
+)
+
+
+@pytest.fixture
+def fast_maintenance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Let maintenance threads wake every 50 ms instead of every few seconds."""
+    monkeypatch.setattr(maintenance, "MAX_SLEEP", 0.05)
+    yield
+
+
+def _check_out_and_drop(pool: Pool) -> None:
+    conn = pool.acquire()
+    query(conn, "SELECT 1")
+    # The handle goes out of scope here without being returned.
+
+
+@needs_refcounts
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
+def test_dropped_handle_gives_its_slot_back(
+    backend: Backend, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, count_sessions = backend.tagged()
+    pool = make_pool(url, pool_size=1, max_overflow=0, timeout=10, leak_threshold=60)
+    with caplog.at_level(logging.WARNING, logger="flask_dbpool"):
+        _check_out_and_drop(pool)
+        gc.collect()
+        # The pool is exhausted by the leak; waiting wakes maintenance, which reclaims it.
+        with pool.connection(timeout=10) as conn:
+            assert query(conn, "SELECT 2") == [(2,)]
+    s = pool.stats()
+    assert s.reclaimed == 1, s
+    assert (s.open, s.idle) == (1, 1), s
+    assert count_sessions() <= 1  # the leaked session was closed, not kept beside the new one
+    report = next(r.getMessage() for r in caplog.records if "garbage-collected" in r.message)
+    assert "_check_out_and_drop" in report  # the checkout site (leak_threshold records it)
+    assert "MainThread" in report
+
+
+@needs_refcounts
+def test_dropped_handle_without_tracking_still_reclaimed(
+    sqlite_url: str, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(sqlite_url, pool_size=2, max_overflow=0, timeout=10)
+    with caplog.at_level(logging.WARNING, logger="flask_dbpool"):
+        for _ in range(2):
+            _check_out_and_drop(pool)
+        held = [pool.acquire(timeout=10), pool.acquire(timeout=10)]
+    assert pool.stats().reclaimed == 2
+    assert any("set leak_threshold" in r.getMessage() for r in caplog.records)
+    for conn in held:
+        conn.close()
+
+
+@needs_refcounts
+def test_live_handles_are_never_reclaimed_under_stress(
+    sqlite_url: str, make_pool: MakePool, fast_maintenance: None
+) -> None:
+    """Maintenance scans for dropped handles continuously while 12 threads churn through a
+    small pool: a handle still held must never be taken away (nor used twice)."""
+    pool = make_pool(sqlite_url, pool_size=3, max_overflow=2, timeout=10, idle_timeout=0.05)
+    in_hand: set[int] = set()
+    guard = threading.Lock()
+    stop = time.monotonic() + 2.0
+
+    def churn() -> int:
+        rng = random.Random()
+        rounds = 0
+        while time.monotonic() < stop:
+            with pool.connection() as conn:
+                raw = id(conn.driver_connection)
+                with guard:
+                    assert raw not in in_hand, "one connection in two hands"
+                    in_hand.add(raw)
+                time.sleep(rng.random() / 1000)
+                assert query(conn, "SELECT 3") == [(3,)]
+                with guard:
+                    in_hand.discard(raw)
+            rounds += 1
+        return rounds
+
+    workers = [Worker(churn, f"churn-{i}") for i in range(12)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert not worker.is_alive()
+        assert worker.error is None, worker.error
+    s = pool.stats()
+    assert s.reclaimed == 0, s
+    assert s.in_use == 0 and s.open == s.idle and s.open <= 5, s
+    assert sum(worker.result for worker in workers) > 100
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_leak_warning_names_thread_and_checkout_site(
+    backend: Backend,
+    make_pool: MakePool,
+    caplog: pytest.LogCaptureFixture,
+    fast_maintenance: None,
+) -> None:
+    pool = make_pool(backend.url, pool_size=2, leak_threshold=0.2)
+
+    def hold_too_long() -> None:
+        with pool.connection() as conn:
+            query(conn, "SELECT 1")
+            wait_until(lambda: pool.stats().leaks_detected == 1, 10, "the leak warning")
+
+    with caplog.at_level(logging.WARNING, logger="flask_dbpool"):
+        worker = Worker(hold_too_long, "slow-report-thread")
+        worker.start()
+        worker.join(15)
+        assert worker.error is None, worker.error
+        with pool.connection():  # a short hold: no warning
+            pass
+        time.sleep(0.4)
+    warnings = [r.getMessage() for r in caplog.records if "possible leak" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per checkout
+    assert "slow-report-thread" in warnings[0]
+    assert "hold_too_long" in warnings[0]  # the stack of the checkout
+    assert "leak_threshold=0.2" in warnings[0]
+    assert pool.stats().leaks_detected == 1
+
+
+def test_pool_timeout_names_the_longest_holders(sqlite_url: str, make_pool: MakePool) -> None:
+    pool = make_pool(sqlite_url, pool_size=1, max_overflow=0)
+    taken = threading.Event()
+    done = threading.Event()
+
+    def hog() -> None:
+        with pool.connection():
+            taken.set()
+            done.wait(10)
+
+    worker = Worker(hog, "connection-hog")
+    worker.start()
+    assert taken.wait(10)
+    try:
+        time.sleep(0.2)
+        with pytest.raises(PoolTimeout) as info:
+            pool.acquire(timeout=0.1)
+    finally:
+        done.set()
+        worker.join(10)
+    message = str(info.value)
+    assert "longest held: held " in message
+    assert "by thread 'connection-hog'" in message
+    held_for = float(message.split("longest held: held ")[1].split(" s")[0])
+    assert held_for >= 0.2
+
+
+def test_pool_timeout_names_checkout_site_when_tracking(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    pool = make_pool(sqlite_url, pool_size=1, max_overflow=0, leak_threshold=300)
+    held = pool.acquire()
+    with pytest.raises(PoolTimeout) as info:
+        pool.acquire(timeout=0)
+    held.close()
+    assert "test_pool_timeout_names_checkout_site_when_tracking" in str(info.value)
+    assert "MainThread" in str(info.value)
+
+
+def test_flask_leak_report_names_the_request(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture, fast_maintenance: None
+) -> None:
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("leaky")
+    app.config.update(DBPOOL_URL=sqlite_url, DBPOOL_LEAK_THRESHOLD=0.1, DBPOOL_POOL_SIZE=1)
+    db = DBPool(app)
+
+    @app.post("/orders/<int:order>")
+    def slow(order: int) -> str:
+        query(db.connection, "SELECT 1")
+        wait_until(lambda: db.pool.stats().leaks_detected == 1, 10, "the leak warning")
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="flask_dbpool"):
+        assert app.test_client().post("/orders/7").status_code == 200
+    app.extensions["dbpool"].close()
+    report = next(r.getMessage() for r in caplog.records if "possible leak" in r.getMessage())
+    assert "(POST /orders/7)" in report
+    assert "in slow" in report  # the view that checked it out
