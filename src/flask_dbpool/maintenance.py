@@ -63,6 +63,9 @@ class Maintenance:
         self._thread = threading.Thread(
             target=self._run, name=f"flask-dbpool maintenance {pool.name!r}", daemon=True
         )
+
+    def start(self) -> None:
+        """Start the thread."""
         self._thread.start()
 
     def nudge(self) -> None:

@@ -732,6 +732,8 @@ class Pool:
         released, to a waiter if one exists).
         """
         try:
+            if self._maintenance is None:
+                self._nudge()  # starts the maintenance thread with the first connection
             raw = self._connector.connect()
         except Exception as error:
             self._connect_failed(error)
@@ -767,8 +769,6 @@ class Pool:
                 self.target,
                 recovered,
             )
-        if self._maintenance is None:
-            self._nudge()  # starts the maintenance thread with the first connection
         return entry
 
     def _connect_failed(self, error: Exception) -> None:
@@ -1031,10 +1031,22 @@ class Pool:
             with self._lock:
                 if self._closed:
                     return
-                if self._maintenance is None:
-                    self._maintenance = Maintenance(self)
-                    return
                 maintenance = self._maintenance
+                if maintenance is None:
+                    maintenance = self._maintenance = Maintenance(self)
+                    starting = True
+                else:
+                    starting = False
+            if starting:
+                # Outside the lock: under gevent, starting a thread switches greenlets.
+                try:
+                    maintenance.start()
+                except BaseException:
+                    with self._lock:
+                        if self._maintenance is maintenance:
+                            self._maintenance = None  # the next nudge tries again
+                    raise
+                return
         maintenance.nudge()
 
     def _restore_tx_state(self, entry: Entry) -> None:
