@@ -76,7 +76,7 @@ class Maintenance:
         """Stop the thread; wait up to ``timeout`` seconds for a run in progress to end."""
         self._stopped = True
         self._wake.set()
-        if threading.current_thread() is not self._thread:
+        if self._thread.ident is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     @property
