@@ -769,6 +769,7 @@ class Pool:
                 self.target,
                 recovered,
             )
+        self._nudge()  # so that maintenance schedules its lifetime, idle and keepalive times
         return entry
 
     def _connect_failed(self, error: Exception) -> None:
@@ -1119,15 +1120,22 @@ class Pool:
             for entry, _why in to_close:
                 self._forget_locked(entry)
 
-            # Lent connections: retire on return, warn about leaks.
+            # Lent connections: retire on return, warn about leaks. When they come back is
+            # unknown (returns are not timed), so look again soon enough for idle_timeout
+            # (within a quarter of it) and keepalive to act close to their settings.
             idle = set(survivors)
             threshold = config.leak_threshold
             suspects = False
+            lent_horizon = min(
+                idle_timeout / 4 if idle_timeout is not None else _FOREVER,
+                keepalive if keepalive is not None else _FOREVER,
+            )
             for entry in self._entries:
                 if entry.checked_at < self._disconnect_at:
                     suspects = True
                 if entry in idle or entry in self._checking:
                     continue
+                next_run = min(next_run, now + lent_horizon)
                 if not entry.retire:
                     if entry.expires_at <= now:
                         entry.retire = True
@@ -1182,6 +1190,9 @@ class Pool:
             entry.checked_at = _now()
             self._restore_tx_state(entry)
             self._check_in(entry, checked=True)
+            if keepalive is not None:
+                next_run = min(next_run, entry.checked_at + keepalive)
+            next_run = min(next_run, entry.expires_at)
         if connect:
             opened = self._connect_in_slot()
             if opened is not None:
