@@ -55,3 +55,25 @@ def test_close_without_timeout_does_not_wait(sqlite_url: str, make_pool: MakePoo
     assert pool.stats().in_use == 1
     conn.close()
     assert pool.stats().open == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_close_also_closes_connections_awaiting_a_check(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """A connection lent across a disconnect is checked by maintenance when it comes back;
+    if the pool was closed meanwhile it must be closed, not parked for a check that will
+    never run (that would leak its server session and keep close(timeout) waiting)."""
+    url, count_sessions = backend.tagged()
+    pool = make_pool(url, pool_size=2, max_overflow=0)
+    broken, suspect = pool.acquire(), pool.acquire()
+    backend.kill(backend.session_id(broken))
+    with pytest.raises(backend.operational_error):
+        with broken:
+            query(broken, "SELECT 1")  # the disconnect makes `suspect` suspect too
+    pool.close()
+    suspect.close()
+    s = pool.stats()
+    assert (s.open, s.checking, s.idle) == (0, 0, 0), s
+    pool.close(timeout=5)
+    wait_until(lambda: count_sessions() == 0, 10, "the server sessions to end")

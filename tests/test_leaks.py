@@ -207,3 +207,29 @@ def test_flask_leak_report_names_the_request(
     report = next(r.getMessage() for r in caplog.records if "possible leak" in r.getMessage())
     assert "(POST /orders/7)" in report
     assert "in slow" in report  # the view that checked it out
+
+
+@needs_refcounts
+def test_dropped_handles_reach_callers_already_waiting(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    """Handles dropped while callers are already queued: maintenance looks at least once a
+    second while anyone waits, so the waiters get the reclaimed slots within their timeout."""
+    pool = make_pool(sqlite_url, pool_size=2, max_overflow=0)
+    held = [pool.acquire(), pool.acquire()]
+
+    def wait_for_one() -> None:
+        with pool.connection(timeout=3.5) as conn:
+            assert query(conn, "SELECT 1") == [(1,)]
+
+    waiters = [Worker(wait_for_one, f"waiter-{i}") for i in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    wait_until(lambda: pool.stats().waiting == 3, 5, "three queued callers")
+    time.sleep(0.2)  # maintenance has looked already, found nothing and gone to sleep
+    held.clear()  # both handles dropped without being returned
+    gc.collect()
+    for waiter in waiters:
+        waiter.join(10)
+        assert waiter.error is None, repr(waiter.error)
+    assert pool.stats().reclaimed == 2

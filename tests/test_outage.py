@@ -848,6 +848,33 @@ def test_database_down_at_acquire(server: Server, flavor: Flavor, pools: list[Po
     close_and_check_no_session(pool, server, tag)
 
 
+def test_try_acquire_callers_reconnect_without_waiters(
+    server: Server, flavor: Flavor, pools: list[Pool]
+) -> None:
+    """Callers that never wait (``acquire(timeout=0)``, load shedding) must still bring the
+    pool back: once the back-off delay has passed, one of them makes the next attempt."""
+    tag = server.new_tag()
+    pool = new_load_pool(server.url(flavor, tag), pools)
+    server.cluster.stop()
+    for _ in range(3):
+        with pytest.raises(PoolTimeout) as info:
+            pool.acquire(timeout=0)
+        assert_timeout_carries_cause(info.value, flavor, "Connection refused")
+    server.cluster.start()
+    up = time.monotonic()
+    while True:
+        try:
+            with pool.connection(timeout=0) as conn:
+                assert query(conn, "SELECT 1") == [(1,)]
+            break
+        except PoolTimeout:
+            assert time.monotonic() - up < BACK_ONLINE, "try-acquire callers never reconnect"
+            time.sleep(0.05)
+    s = pool.stats()
+    assert s.waiting == 0 and s.open == s.idle == 1, s
+    close_and_check_no_session(pool, server, tag)
+
+
 # ---------------------------------------------------------------------- 4. open_timeout
 
 

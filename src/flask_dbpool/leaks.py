@@ -22,10 +22,19 @@ import threading
 import traceback
 from collections.abc import Iterable
 from traceback import StackSummary
+from typing import NamedTuple
 
 from flask_dbpool.entry import Entry
 
-__all__ = ["capture_site", "describe_holders", "find_orphans", "format_site", "thread_name"]
+__all__ = [
+    "Holder",
+    "capture_site",
+    "describe_holder",
+    "describe_holders",
+    "find_orphans",
+    "format_site",
+    "holder_of",
+]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STACK_LIMIT = 16
@@ -65,30 +74,49 @@ def short_site(site: StackSummary | None) -> str:
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
-def thread_name(ident: int) -> str:
-    """The name of the live thread ``ident``, or a description of a finished one."""
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return thread.name
-    return f"thread {ident} (finished)"
+class Holder(NamedTuple):
+    """What is known about one checkout, copied under the pool lock for a report."""
+
+    lent_at: float
+    ident: int
+    thread_name: str | None
+    caller: str | None
+    site: StackSummary | None
 
 
-def describe_holder(entry: Entry, now: float) -> str:
-    """``held 3.2 s by thread 'worker-1' (GET /orders) at app.py:12 in view``."""
-    name = entry.thread_name or thread_name(entry.holder)
-    text = f"held {now - entry.lent_at:.1f} s by thread {name!r}"
-    if entry.caller:
-        text += f" ({entry.caller})"
-    where = short_site(entry.site)
+def holder_of(entry: Entry) -> Holder:
+    """A snapshot of ``entry``'s current checkout (call with the pool lock held)."""
+    return Holder(entry.lent_at, entry.holder, entry.thread_name, entry.caller, entry.site)
+
+
+def describe_holder(
+    holder: Holder, now: float, names: dict[int, str] | None = None, *, ago: bool = False
+) -> str:
+    """``held 3.2 s by thread 'worker-1' (GET /orders) at app.py:12 in view`` (with ``ago``:
+    ``checked out 3.2 s ago by thread …``)."""
+    if names is None:
+        names = _thread_names()
+    name = holder.thread_name or names.get(holder.ident, f"thread {holder.ident} (finished)")
+    age = now - holder.lent_at
+    text = f"checked out {age:.1f} s ago" if ago else f"held {age:.1f} s"
+    text += f" by thread {name!r}"
+    if holder.caller:
+        text += f" ({holder.caller})"
+    where = short_site(holder.site)
     if where:
         text += f" at {where}"
     return text
 
 
-def describe_holders(lent: Iterable[Entry], now: float, *, limit: int = 3) -> str:
+def describe_holders(holders: Iterable[Holder], now: float, *, limit: int = 3) -> str:
     """The ``limit`` longest-held connections, for a ``PoolTimeout`` message."""
-    longest = sorted(lent, key=lambda entry: entry.lent_at)[:limit]
-    return "; ".join(describe_holder(entry, now) for entry in longest)
+    names = _thread_names()
+    longest = sorted(holders, key=lambda holder: holder.lent_at)[:limit]
+    return "; ".join(describe_holder(holder, now, names) for holder in longest)
+
+
+def _thread_names() -> dict[int, str]:
+    return {thread.ident: thread.name for thread in threading.enumerate() if thread.ident}
 
 
 class _Probe:

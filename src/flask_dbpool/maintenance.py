@@ -57,6 +57,7 @@ class Maintenance:
     def __init__(self, pool: _Maintained) -> None:
         self._wake = threading.Event()
         self._stopped = False
+        self._started = False
         wake = self._wake
         # When the pool is garbage-collected, wake the thread so that it ends.
         self._pool = weakref.ref(pool, lambda _ref: wake.set())
@@ -66,6 +67,7 @@ class Maintenance:
 
     def start(self) -> None:
         """Start the thread."""
+        self._started = True
         self._thread.start()
 
     def nudge(self) -> None:
@@ -80,9 +82,9 @@ class Maintenance:
             self._thread.join(timeout)
 
     @property
-    def alive(self) -> bool:
-        """Whether the thread is running."""
-        return self._thread.is_alive()
+    def dead(self) -> bool:
+        """Whether the thread was started and has ended (a run raised a BaseException)."""
+        return self._started and not self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stopped:

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 from flask_dbpool._fork import detach_fd, keep_forever, track
 from flask_dbpool._handoff import CLOSED, NEW_SLOT, Token, Waiter
@@ -45,8 +45,16 @@ from flask_dbpool.drivers import (
 )
 from flask_dbpool.entry import Entry
 from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
-from flask_dbpool.leaks import capture_site, describe_holders, find_orphans, format_site
-from flask_dbpool.maintenance import Maintenance, backoff_delay, lifetime_jitter
+from flask_dbpool.leaks import (
+    Holder,
+    capture_site,
+    describe_holder,
+    describe_holders,
+    find_orphans,
+    format_site,
+    holder_of,
+)
+from flask_dbpool.maintenance import MAX_SLEEP, Maintenance, backoff_delay, lifetime_jitter
 from flask_dbpool.proxy import PooledConnection, set_entry
 from flask_dbpool.stats import PoolStats
 
@@ -58,8 +66,6 @@ _new_proxy = object.__new__
 _now = time.monotonic
 _get_ident = threading.get_ident
 _FOREVER: Final = float("inf")
-#: Run maintenance at least this often while it has nothing scheduled.
-_IDLE_RUN: Final = 60.0
 
 
 def _check_timeout(timeout: object) -> None:
@@ -79,6 +85,16 @@ def _slow_return(raw: Any) -> int:
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _TimeoutReport(NamedTuple):
+    """The state behind a ``PoolTimeout``, copied under the lock, formatted after."""
+
+    waited: float
+    state: str
+    failures: int
+    cause: BaseException | None
+    holders: list[Holder]
 
 
 class _Inherited:
@@ -199,6 +215,9 @@ class Pool:
         self._connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
         self._connect_error: BaseException | None = None
         self._retry_at = 0.0
+        self._probing = False  # an attempt to reconnect is under way
+        self._refill_at = 0.0  # maintenance's min_idle refill backs off after on_connect errors
+        self._refill_failures = 0
         self._maintenance: Maintenance | None = None
         self._next_dry_check = 0.0
 
@@ -341,12 +360,13 @@ class Pool:
             opened += 1
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the pool holds ``max(1, min_idle)`` open connections.
+        """Wait until ``max(1, min_idle)`` connections can be checked out at once.
 
-        Opens them if needed, retrying with back-off while the database cannot be reached.
-        Raises :class:`~flask_dbpool.PoolTimeout` after ``timeout`` seconds (default: the
-        pool's ``timeout``) with the last connection error in its message and as its
-        ``__cause__``. Returns at once if enough connections are open already.
+        Checks them out (opening them if needed, retrying with back-off while the database
+        cannot be reached) and returns them. Raises :class:`~flask_dbpool.PoolTimeout` after
+        ``timeout`` seconds (default: the pool's ``timeout``) with the last connection error
+        in its message and as its ``__cause__``; meant for start-up, before other callers
+        hold connections.
         """
         if timeout is None:
             timeout = self._timeout
@@ -450,8 +470,10 @@ class Pool:
             self._keep = 0
             while self._waiters:
                 self._hand_off(CLOSED)
-            idle = list(self._idle)
+            # Idle ones, and those waiting for a check maintenance will not make now.
+            idle = [*self._idle, *self._to_check]
             self._idle.clear()
+            self._to_check.clear()
             for entry in idle:
                 self._forget_locked(entry)
             self._after_shrink_locked()
@@ -466,7 +488,7 @@ class Pool:
             return
         # Borrowers did not return in time: close their connections under them.
         with self._lock:
-            leftovers = list(self._entries)
+            leftovers = [entry for entry in self._entries if entry not in self._checking]
         if leftovers:
             logger.warning(
                 "pool %r: %d connection(s) still checked out after %.1f s; closing them",
@@ -518,6 +540,9 @@ class Pool:
         self._connect_errors = self._pings_failed = self._leaks_detected = self._reclaimed = 0
         self._connect_failures = 0
         self._connect_error = None
+        self._probing = False
+        self._refill_at = 0.0
+        self._refill_failures = 0
         self._disconnect_at = -_FOREVER
         self._suspects = False
         self._select_acquire()
@@ -600,26 +625,31 @@ class Pool:
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
             timeout = self._timeout
-        deadline = _now() + timeout
+        start = _now()
+        deadline = start + timeout
         while True:
             now = _now()
-            remaining = deadline - now
             nudge = False
             with self._lock:
                 if self._closed:
                     raise PoolClosed(f"pool {self.name!r} is closed")
                 waiter = None
+                probe = False
                 if not self._waiters and self._idle:
                     entry = self._take_idle()
                     self._acquired += 1
                     return self._lend(entry)
-                if (
-                    not self._waiters
-                    and self._open < self._max_open
-                    and not self._connect_failures
+                failing = self._connect_failures
+                if self._open < self._max_open and (
+                    (not failing and not self._waiters)
+                    # The database was unreachable: one caller at a time tries again once the
+                    # back-off delay has passed; the others wait for its outcome.
+                    or (failing and now >= self._retry_at and not self._probing)
                 ):
                     self._open += 1
                     self._connecting += 1
+                    if failing:
+                        probe = self._probing = True
                 else:
                     waiter = Waiter()
                     max_waiting = self.config.max_waiting
@@ -631,61 +661,82 @@ class Pool:
                             + self._state_locked()
                         )
                     self._waiters.append(waiter)
-                    if remaining <= 0:
-                        error = self._timeout_error_locked(timeout - remaining)
+                    if now >= deadline:
+                        report = self._timeout_report_locked(now - start)
                         self._waiters.pop()
-                        raise error
-                    # The database is down (a reconnection is due), or the pool just ran
-                    # dry (a dropped handle may be the cause; checked at most once a second).
-                    if self._connect_failures:
-                        nudge = True
-                    elif len(self._waiters) == 1 and now >= self._next_dry_check:
+                        raise self._timeout_error(report)
+                    # A dropped handle may be why the pool ran dry, and maintenance reclaims
+                    # those: let it look (at most once a second).
+                    if now >= self._next_dry_check:
                         self._next_dry_check = now + 1.0
                         nudge = True
             if waiter is None:
-                conn = self._open_in_slot()
+                conn = self._open_in_slot(probe=probe)
             else:
                 if nudge:
                     self._nudge()
-                conn = self._wait(waiter, remaining, timeout)
+                conn = self._wait(waiter, start, deadline)
             if conn is not None:
                 return conn
-            # Opening a connection failed: the pool now retries in the background, with
-            # back-off, and this caller waits for the result (or its deadline).
+            # Opening a connection failed (the pool backs off before trying again), or this
+            # waiter is to make the next attempt: go round.
 
-    def _wait(self, waiter: Waiter, remaining: float, timeout: float) -> PooledConnection | None:
+    def _wait(self, waiter: Waiter, start: float, deadline: float) -> PooledConnection | None:
+        """Wait for a connection or a slot. ``None``: the caller should try to connect (the
+        database was unreachable and a new attempt is due)."""
         # The handshake: whoever holds the pool lock decides. A releaser hands an item only
         # to a waiter still queued (and dequeues it at once); a waiter giving up dequeues
         # itself only if nothing was handed yet, and otherwise takes (or gives back) the item.
         # Everything from the wait to the hand-back of the handle is covered: an interrupt
         # (KeyboardInterrupt, gevent Timeout) at any point gives back whatever was handed over.
-        start = _now()
         try:
-            waiter.wake.acquire(True, min(remaining, threading.TIMEOUT_MAX))
-            waited = _now() - start
-            with self._lock:
-                self._waits += 1
-                self._wait_total += waited
-                if waited > self._wait_max:
-                    self._wait_max = waited
-                item = waiter.item
-                if item is None:
-                    # Timed out with nothing handed over: leave the queue.
-                    error = self._timeout_error_locked(timeout - remaining + waited)
-                    self._waiters.remove(waiter)
-                    raise error
-            if item is CLOSED:
-                raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
-            if item is NEW_SLOT:
-                waiter.item = None  # from here on _open_in_slot owns the slot
-                return self._open_in_slot()
-            assert isinstance(item, Entry)
-            conn = self._lend(item)
-            waiter.item = None
-            return conn
+            while True:
+                now = _now()
+                wait = deadline - now
+                if self._connect_failures:
+                    # Wake up when a new attempt is due, in case nobody else makes it.
+                    due = now + 0.25 if self._probing else self._retry_at
+                    wait = min(wait, max(due - now, 0.01))
+                waiter.wake.acquire(True, min(max(wait, 0.0), threading.TIMEOUT_MAX))
+                now = _now()  # woken up, or the wait ran out
+                with self._lock:
+                    item = waiter.item
+                    if item is None:
+                        if now < deadline:
+                            if (
+                                self._connect_failures
+                                and now >= self._retry_at
+                                and not self._probing
+                            ):
+                                self._waiters.remove(waiter)
+                                return None
+                            continue
+                        # Timed out with nothing handed over: leave the queue.
+                        self._count_wait_locked(now - start)
+                        report = self._timeout_report_locked(now - start)
+                        self._waiters.remove(waiter)
+                        break
+                    self._count_wait_locked(now - start)
+                if item is CLOSED:
+                    raise PoolClosed(
+                        f"pool {self.name!r} was closed while waiting for a connection"
+                    )
+                if item is NEW_SLOT:
+                    return self._open_in_slot(waiter=waiter)
+                assert isinstance(item, Entry)
+                conn = self._lend(item)
+                waiter.item = None
+                return conn
         except BaseException:
             self._abandon(waiter)
             raise
+        raise self._timeout_error(report)
+
+    def _count_wait_locked(self, waited: float) -> None:
+        self._waits += 1
+        self._wait_total += waited
+        if waited > self._wait_max:
+            self._wait_max = waited
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
@@ -710,10 +761,12 @@ class Pool:
         entry.holder = _get_ident()
         return conn
 
-    def _open_in_slot(self) -> PooledConnection | None:
+    def _open_in_slot(
+        self, *, probe: bool = False, waiter: Waiter | None = None
+    ) -> PooledConnection | None:
         """Open a connection in a slot already reserved and lend it; ``None`` if the database
         could not be reached (the slot is released and the failure recorded)."""
-        entry = self._connect_in_slot()
+        entry = self._connect_in_slot(probe=probe, waiter=waiter)
         if entry is None:
             return None
         with self._lock:
@@ -724,29 +777,32 @@ class Pool:
         self._close_raw(entry)
         raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
 
-    def _connect_in_slot(self) -> Entry | None:
+    def _connect_in_slot(
+        self, *, probe: bool = False, waiter: Waiter | None = None
+    ) -> Entry | None:
         """Connect in a reserved slot (counted in open and connecting).
 
         Returns the new entry, accounted for but not lent; ``None`` if connecting failed (the
         slot is released and back-off starts); raises what ``on_connect`` raised (the slot is
-        released, to a waiter if one exists).
+        released, to a waiter if one exists). ``probe``: this is the one attempt allowed
+        while the database is unreachable. ``waiter``: the slot was handed to this waiter.
         """
         try:
-            if self._maintenance is None:
-                self._nudge()  # starts the maintenance thread with the first connection
+            if waiter is not None:
+                waiter.item = None  # from here on this call owns the slot
             raw = self._connector.connect()
         except Exception as error:
-            self._connect_failed(error)
+            self._connect_failed(error, probe)
             return None
         except BaseException:
-            self._free_slot(connecting=True)
+            self._free_slot(connecting=True, probe=probe)
             raise
         try:
             driver = self._connector.driver or driver_for_connection(raw)
             if self.config.on_connect is not None:
                 self._run_on_connect(raw, driver)
         except BaseException:
-            self._free_slot(connecting=True)
+            self._free_slot(connecting=True, probe=probe)
             raise
         now = _now()
         lifetime = self.config.max_lifetime
@@ -758,9 +814,12 @@ class Pool:
             self._entries.add(entry)
             self._connecting -= 1
             self._created += 1
+            if probe:
+                self._probing = False
             recovered = self._connect_failures
             if recovered:
                 self._connect_failures = 0
+                self._connect_error = None
                 self._fill_waiters_locked()  # the database is back: let waiters connect too
         if recovered:
             logger.warning(
@@ -769,18 +828,25 @@ class Pool:
                 self.target,
                 recovered,
             )
-        self._nudge()  # so that maintenance schedules its lifetime, idle and keepalive times
+        try:
+            self._nudge()  # starts maintenance, or lets it schedule the new connection
+        except BaseException:
+            self._check_in(entry)  # interrupted (gevent): the connection must not be lost
+            raise
         return entry
 
-    def _connect_failed(self, error: Exception) -> None:
+    def _connect_failed(self, error: Exception, probe: bool) -> None:
         """Release the slot of a failed connection attempt and schedule a retry."""
         with self._lock:
             self._connect_errors += 1
             self._connect_failures += 1
             failures = self._connect_failures
-            self._connect_error = error
+            # Without its traceback: the frames would keep callers' locals alive.
+            self._connect_error = error.with_traceback(None)
             delay = backoff_delay(failures)
             self._retry_at = _now() + delay
+            if probe:
+                self._probing = False
             self._connecting -= 1
             self._open -= 1
             self._after_shrink_locked()
@@ -868,11 +934,13 @@ class Pool:
             self._forget_locked(entry)
         self._close_raw(entry)
 
-    def _free_slot(self, *, connecting: bool = False) -> None:
+    def _free_slot(self, *, connecting: bool = False, probe: bool = False) -> None:
         """A slot's connection is gone: hand the slot to the oldest waiter, or release it."""
         with self._lock:
             if connecting:
                 self._connecting -= 1
+            if probe:
+                self._probing = False
             if (
                 self._waiters
                 and not self._closed
@@ -880,9 +948,12 @@ class Pool:
                 and self._open <= self._max_open
             ):
                 self._hand_off(NEW_SLOT)
-            else:
-                self._open -= 1
-                self._after_shrink_locked()
+                return
+            self._open -= 1
+            self._after_shrink_locked()
+            reconnect = bool(self._waiters and self._connect_failures and not self._closed)
+        if reconnect:
+            self._nudge()  # a slot for maintenance's next reconnection attempt
 
     def _forget_locked(self, entry: Entry) -> None:
         """``entry`` is about to be closed: release its slot. Caller holds the lock."""
@@ -919,6 +990,8 @@ class Pool:
         entry = self._claim(conn)
         try:
             driver = entry.driver
+            if self.config.on_checkin is not None:
+                self.config.on_checkin(entry.raw)
             if exc is not None and driver.is_disconnect(exc, entry.raw):
                 why = f"a disconnect error was raised while it was in use ({_one_line(exc)})"
                 self._discard(entry, why, disconnect=True)
@@ -926,8 +999,6 @@ class Pool:
             if entry.retire:
                 self._discard(entry, "it reached max_lifetime", quiet=True)
                 return
-            if self.config.on_checkin is not None:
-                self.config.on_checkin(entry.raw)
             state = driver.transaction_state(entry.raw)
             if state == BROKEN:
                 self._discard(entry, "the driver reports it broken", disconnect=True)
@@ -945,7 +1016,8 @@ class Pool:
         except BaseException as error:
             # Its session state is unknown now: never lend it again.
             gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
-            self._discard(entry, f"resetting it failed ({_one_line(error)})", disconnect=gone)
+            why = f"on_checkin or the reset failed ({_one_line(error)})"
+            self._discard(entry, why, disconnect=gone)
             if not isinstance(error, Exception):
                 raise
             return
@@ -974,14 +1046,17 @@ class Pool:
     ) -> None:
         """Close ``entry`` for good and free its slot, whatever happens on the way.
 
-        ``disconnect``: the connection was found dead, so others opened before now are
-        suspect too and get checked before reuse.
+        ``disconnect``: the connection was found dead; unless it was already suspect, others
+        opened before now are suspect too and get checked before reuse.
         """
         try:
             with self._lock:
                 self._closed_count += 1
                 self._entries.discard(entry)
                 self._checking.discard(entry)
+                # A suspect found dead confirms what is known: checking the ones that
+                # passed again would only repeat the work (quadratically in an outage).
+                disconnect = disconnect and entry.checked_at >= self._disconnect_at
                 if disconnect:
                     self._note_disconnect_locked(_now())
             (logger.debug if quiet else logger.info)(
@@ -1021,34 +1096,38 @@ class Pool:
 
     def _send_to_check(self, entry: Entry) -> None:
         with self._lock:
-            self._checking.add(entry)
-            self._to_check.append(entry)
-        self._nudge()
+            closed = self._closed
+            if not closed:
+                self._checking.add(entry)
+                self._to_check.append(entry)
+        if closed:
+            self._check_in(entry)  # closes it
+        else:
+            self._nudge()
 
     def _nudge(self) -> None:
-        """Wake the maintenance thread, starting it if needed."""
+        """Wake the maintenance thread, starting it if needed (again, if it died)."""
         maintenance = self._maintenance
-        if maintenance is None:
-            with self._lock:
-                if self._closed:
-                    return
-                maintenance = self._maintenance
-                if maintenance is None:
-                    maintenance = self._maintenance = Maintenance(self)
-                    starting = True
-                else:
-                    starting = False
-            if starting:
-                # Outside the lock: under gevent, starting a thread switches greenlets.
-                try:
-                    maintenance.start()
-                except BaseException:
-                    with self._lock:
-                        if self._maintenance is maintenance:
-                            self._maintenance = None  # the next nudge tries again
-                    raise
+        if maintenance is not None and not maintenance.dead:
+            maintenance.nudge()
+            return
+        with self._lock:
+            if self._closed:
                 return
-        maintenance.nudge()
+            if self._maintenance is not maintenance:  # another thread just started one
+                return
+            maintenance = self._maintenance = Maintenance(self)
+        # Outside the lock: under gevent, starting a thread switches greenlets.
+        try:
+            maintenance.start()
+        except BaseException as error:
+            with self._lock:
+                if self._maintenance is maintenance:
+                    self._maintenance = None  # the next nudge tries again
+            if isinstance(error, RuntimeError):  # e.g. "can't create new thread" at exit
+                logger.debug("pool %r: cannot start maintenance: %r", self.name, error)
+                return
+            raise
 
     def _restore_tx_state(self, entry: Entry) -> None:
         """A suspect entry passed its check: let its returns take the fast path again."""
@@ -1064,19 +1143,19 @@ class Pool:
         now = _now()
         to_close: list[tuple[Entry, str]] = []
         to_ping: list[Entry] = []
-        leaks: list[str] = []
-        next_run = now + _IDLE_RUN
-        connect = False
+        leaks: list[Holder] = []
+        next_run = now + MAX_SLEEP
+        connect = probe = False
         with self._lock:
             if self._closed:
-                return _IDLE_RUN
+                return MAX_SLEEP
             # Dropped handles first: their slots may be what waiters are waiting for.
             orphans = find_orphans(self._entries, [*self._idle, *self._checking])
             for entry in orphans:
                 self._entries.discard(entry)
                 self._reclaimed += 1
                 self._closed_count += 1
-            reports = [self._orphan_report(entry, now) for entry in orphans]
+            orphan_holders = [holder_of(entry) for entry in orphans]
             to_ping.extend(self._to_check)
             self._to_check.clear()
 
@@ -1146,76 +1225,102 @@ class Pool:
                     if now - entry.lent_at >= threshold:
                         entry.warned_for = entry.lent_at
                         self._leaks_detected += 1
-                        leaks.append(self._leak_report(entry, now, threshold))
+                        leaks.append(holder_of(entry))
                     else:
                         next_run = min(next_run, entry.lent_at + threshold)
             if self._suspects and not suspects:
                 self._suspects = False
                 self._select_acquire()
 
+            if self._waiters:
+                # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
+                next_run = min(next_run, now + 1.0)
+
             # Open connections: reconnect (with back-off) for waiters, or refill min_idle.
-            room = self._open < self._max_open
-            if self._connect_failures:
-                if room and (self._waiters or len(self._idle) < config.min_idle):
-                    if now >= self._retry_at:
+            if self._open < self._max_open:
+                if self._connect_failures:
+                    if self._waiters or len(self._idle) < config.min_idle:
+                        if now >= self._retry_at and not self._probing:
+                            connect = probe = self._probing = True
+                        else:
+                            next_run = min(next_run, max(self._retry_at, now + 0.05))
+                elif len(self._idle) + len(self._checking) + self._connecting < config.min_idle:
+                    if now >= self._refill_at:
                         connect = True
                     else:
-                        next_run = min(next_run, self._retry_at)
-            elif room and len(self._idle) + len(self._checking) + self._connecting < (
-                config.min_idle
-            ):
-                connect = True
+                        next_run = min(next_run, self._refill_at)
             if connect:
                 self._open += 1
                 self._connecting += 1
 
-        for report in reports:
-            logger.warning("%s", report)
+        # The I/O, outside the lock.
+        for holder in orphan_holders:
+            logger.warning("%s", self._orphan_report(holder, now))
         for orphan in orphans:
             self._close_raw(orphan)
             self._free_slot()
         for entry, why in to_close:
             logger.debug("pool %r: closing an idle connection because %s", self.name, why)
             self._close_raw(entry)
-        for report in leaks:
-            logger.warning("%s", report)
-        for entry in to_ping:
-            try:
-                entry.driver.ping(entry.raw)
-            except Exception as error:
-                with self._lock:
-                    self._pings_failed += 1
-                self._discard(entry, f"its check failed ({_one_line(error)})", disconnect=True)
-                continue
-            entry.checked_at = _now()
-            self._restore_tx_state(entry)
-            self._check_in(entry, checked=True)
-            if keepalive is not None:
-                next_run = min(next_run, entry.checked_at + keepalive)
-            next_run = min(next_run, entry.expires_at)
+        for holder in leaks:
+            logger.warning("%s", self._leak_report(holder, now, threshold or 0.0))
+        try:
+            while to_ping:
+                entry = to_ping.pop()
+                try:
+                    entry.driver.ping(entry.raw)
+                except Exception as error:
+                    with self._lock:
+                        self._pings_failed += 1
+                    self._discard(
+                        entry, f"its check failed ({_one_line(error)})", disconnect=True
+                    )
+                    continue
+                entry.checked_at = _now()
+                self._restore_tx_state(entry)
+                self._check_in(entry, checked=True)
+                if keepalive is not None:
+                    next_run = min(next_run, entry.checked_at + keepalive)
+                next_run = min(next_run, entry.expires_at)
+        finally:
+            for entry in to_ping:  # interrupted: the next run checks the rest
+                self._send_to_check(entry)
         if connect:
-            opened = self._connect_in_slot()
+            try:
+                opened = self._connect_in_slot(probe=probe)
+            except Exception as error:  # on_connect failed: retry later, quietly
+                self._refill_failures += 1
+                delay = backoff_delay(self._refill_failures)
+                self._refill_at = _now() + delay
+                logger.warning(
+                    "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
+                    self.name,
+                    _one_line(error),
+                    delay,
+                )
+                return delay
             if opened is not None:
+                self._refill_failures = 0
                 self._check_in(opened)
                 return 0.0  # there may be more to open
         return max(0.0, next_run - _now())
 
     # ------------------------------------------------------------------ messages
 
-    def _orphan_report(self, entry: Entry, now: float) -> str:
-        site = format_site(entry.site)
+    def _orphan_report(self, holder: Holder, now: float) -> str:
+        site = format_site(holder.site)
         return (
             f"pool {self.name!r}: a connection "
-            + describe_holders([entry], now).replace("held", "checked out", 1)
-            + " ago was garbage-collected without being returned; closed it and gave its "
+            + describe_holder(holder, now, ago=True)
+            + " was garbage-collected without being returned; closed it and gave its "
             "slot back to the pool"
             + (f". Checked out at:\n{site}" if site else " (set leak_threshold to record where)")
         )
 
-    def _leak_report(self, entry: Entry, now: float, threshold: float) -> str:
-        site = format_site(entry.site)
+    def _leak_report(self, holder: Holder, now: float, threshold: float) -> str:
+        site = format_site(holder.site)
         return (
-            f"pool {self.name!r}: possible leak: connection {describe_holders([entry], now)}, "
+            f"pool {self.name!r}: possible leak: connection {describe_holder(holder, now)}, "
             f"longer than leak_threshold={threshold:g} s"
             + (f". Checked out at:\n{site}" if site else "")
         )
@@ -1230,26 +1335,37 @@ class Pool:
             f"waiting={len(self._waiters)}"
         )
 
-    def _timeout_error_locked(self, waited: float) -> PoolTimeout:
-        """The ``PoolTimeout`` for a caller that waited ``waited`` s (still counted as
-        waiting). Caller holds the lock."""
+    def _timeout_report_locked(self, waited: float) -> _TimeoutReport:
+        """What a ``PoolTimeout`` for a caller that waited ``waited`` s (and is still counted
+        as waiting) will say. Caller holds the lock; the message is built after."""
         self._timeouts += 1
-        message = (
-            f"pool {self.name!r} ({self.target}) timed out after {waited:.3f} s waiting for a "
-            f"connection: {self._state_locked()} (this caller included)"
-        )
-        cause = self._connect_error if self._connect_failures else None
-        if cause is not None:
-            message += (
-                f"; the database cannot be reached: {self._connect_failures} connection "
-                f"attempt(s) failed, the last with {_one_line(cause)}"
-            )
         idle = set(self._idle)
-        lent = [e for e in self._entries if e not in idle and e not in self._checking]
-        if lent:
-            message += "; longest held: " + describe_holders(lent, _now())
+        return _TimeoutReport(
+            waited,
+            self._state_locked(),
+            self._connect_failures,
+            self._connect_error if self._connect_failures else None,
+            [
+                holder_of(entry)
+                for entry in self._entries
+                if entry not in idle and entry not in self._checking
+            ],
+        )
+
+    def _timeout_error(self, report: _TimeoutReport) -> PoolTimeout:
+        message = (
+            f"pool {self.name!r} ({self.target}) timed out after {report.waited:.3f} s waiting "
+            f"for a connection: {report.state} (this caller included)"
+        )
+        if report.cause is not None:
+            message += (
+                f"; the database cannot be reached: {report.failures} connection "
+                f"attempt(s) failed, the last with {_one_line(report.cause)}"
+            )
+        if report.holders:
+            message += "; longest held: " + describe_holders(report.holders, _now())
         error = PoolTimeout(message)
-        error.__cause__ = cause
+        error.__cause__ = report.cause
         return error
 
     def _foreign(self, conn: object) -> PoolError:
