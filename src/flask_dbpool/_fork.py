@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol, cast
 
-__all__ = ["detach_fd", "keep_forever", "track"]
+from flask_dbpool.entry import Entry
+from flask_dbpool.proxy import PooledConnection, set_entry
+
+if TYPE_CHECKING:
+    from flask_dbpool.pool import Pool
+
+__all__ = ["INHERITED", "abandon_inherited", "detach_fd", "keep_forever", "track"]
 
 
 class _ForkAware(Protocol):
@@ -44,6 +51,48 @@ def detach_fd(fd: int) -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+class _Inherited:
+    """Stands in as the pool of connections inherited across ``fork()`` (closed in the child):
+    returning such a handle just empties it."""
+
+    name = "<inherited across fork>"
+
+    def release(self, conn: PooledConnection) -> None:
+        set_entry(conn, None)
+
+    def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
+        set_entry(conn, None)
+
+    def _invalidate(self, conn: PooledConnection) -> None:
+        set_entry(conn, None)
+
+
+#: The pool of every entry inherited from the parent process.
+INHERITED = cast("Pool", _Inherited())
+
+
+def abandon_inherited(
+    inherited: Iterable[Entry], idle: set[Entry], close: Callable[[Entry], None]
+) -> None:
+    """In a forked child: detach the parent's connections from this process.
+
+    Each socket is pointed at ``/dev/null`` first, so nothing reaches the parent's session.
+    Idle ones are then closed with ``close``; ones lent at fork time are kept, untouched,
+    forever: another parent thread may have been inside the driver, holding a lock no thread
+    here will release, so closing could hang (and SQLite could roll back the parent's
+    journal). Handles lent before the fork become inert.
+    """
+    for entry in inherited:
+        entry.pool = INHERITED
+        fd = entry.driver.socket_fd(entry.raw)
+        if fd is not None:
+            detach_fd(fd)
+        if entry in idle:
+            close(entry)
+        else:
+            keep_forever(entry.raw)
 
 
 def _after_fork_in_child() -> None:

@@ -6,12 +6,21 @@ from collections.abc import Callable
 from traceback import StackSummary
 from typing import TYPE_CHECKING, Any
 
-from flask_dbpool.drivers import Driver
+from flask_dbpool.drivers import IN_TRANSACTION, Driver
 
 if TYPE_CHECKING:
     from flask_dbpool.pool import Pool
 
-__all__ = ["Entry"]
+__all__ = ["FOREVER", "Entry", "slow_return"]
+
+FOREVER = float("inf")
+
+
+def slow_return(raw: Any) -> int:
+    """A transaction-state reader for :attr:`Entry.tx_state` that reports a transaction, so
+    that every return of the entry takes the pool's slow path (session reset, ``on_checkin``,
+    retiring, a check after a disconnect)."""
+    return IN_TRANSACTION
 
 
 class Entry:

@@ -48,3 +48,9 @@ class ConfigError(PoolError, ValueError):
 for _cls in (PoolError, PoolTimeout, TooManyWaiters, PoolClosed, ConfigError):
     _cls.__module__ = "flask_dbpool"
 del _cls
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as ``TypeName: message`` on one line (driver messages span several)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -25,15 +25,20 @@ from traceback import StackSummary
 from typing import NamedTuple
 
 from flask_dbpool.entry import Entry
+from flask_dbpool.errors import PoolTimeout, one_line
 
 __all__ = [
     "Holder",
+    "TimeoutReport",
     "capture_site",
     "describe_holder",
     "describe_holders",
     "find_orphans",
     "format_site",
     "holder_of",
+    "leak_report",
+    "orphan_report",
+    "timeout_error",
 ]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -117,6 +122,57 @@ def describe_holders(holders: Iterable[Holder], now: float, *, limit: int = 3) -
 
 def _thread_names() -> dict[int, str]:
     return {thread.ident: thread.name for thread in threading.enumerate() if thread.ident}
+
+
+class TimeoutReport(NamedTuple):
+    """The state behind a ``PoolTimeout``, copied under the pool lock, formatted after."""
+
+    waited: float
+    state: str
+    failures: int
+    cause: BaseException | None
+    holders: list[Holder]
+
+
+def timeout_error(pool: str, target: str, report: TimeoutReport, now: float) -> PoolTimeout:
+    """The ``PoolTimeout`` for ``report``: the pool's state, the last connection error while
+    the database is unreachable (also its ``__cause__``) and the longest holders."""
+    message = (
+        f"pool {pool!r} ({target}) timed out after {report.waited:.3f} s waiting "
+        f"for a connection: {report.state} (this caller included)"
+    )
+    if report.cause is not None:
+        message += (
+            f"; the database cannot be reached: {report.failures} connection "
+            f"attempt(s) failed, the last with {one_line(report.cause)}"
+        )
+    if report.holders:
+        message += "; longest held: " + describe_holders(report.holders, now)
+    error = PoolTimeout(message)
+    error.__cause__ = report.cause
+    return error
+
+
+def orphan_report(pool: str, holder: Holder, now: float) -> str:
+    """The warning for a handle garbage-collected without being returned."""
+    site = format_site(holder.site)
+    return (
+        f"pool {pool!r}: a connection "
+        + describe_holder(holder, now, ago=True)
+        + " was garbage-collected without being returned; closed it and gave its "
+        "slot back to the pool"
+        + (f". Checked out at:\n{site}" if site else " (set leak_threshold to record where)")
+    )
+
+
+def leak_report(pool: str, holder: Holder, now: float, threshold: float) -> str:
+    """The warning for a connection held longer than ``leak_threshold``."""
+    site = format_site(holder.site)
+    return (
+        f"pool {pool!r}: possible leak: connection {describe_holder(holder, now)}, "
+        f"longer than leak_threshold={threshold:g} s"
+        + (f". Checked out at:\n{site}" if site else "")
+    )
 
 
 class _Probe:

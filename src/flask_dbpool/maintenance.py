@@ -4,7 +4,8 @@ It retires connections past ``max_lifetime``, closes those idle past ``idle_time
 ``min_idle`` open, pings idle ones every ``keepalive_interval``, checks connections suspected
 dead after a disconnect, reconnects with back-off while the database is down, warns about
 leaks and reclaims the slots of handles garbage-collected without being returned. The work
-itself is :meth:`Pool._housekeep`; this module only runs it at the times it asks for.
+itself is :func:`housekeep`: it decides under the pool lock what to do, then does the I/O
+outside it, and says when it wants to run next.
 
 The thread is a daemon (it never blocks interpreter exit), is started lazily by the pool,
 holds the pool only weakly between runs (a pool nobody references is collected and its thread
@@ -17,11 +18,20 @@ import logging
 import random
 import threading
 import weakref
-from typing import Protocol
+from time import monotonic
+from typing import TYPE_CHECKING
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Maintenance", "backoff_delay"]
+from flask_dbpool.entry import FOREVER, Entry, slow_return
+from flask_dbpool.errors import one_line
+from flask_dbpool.leaks import Holder, find_orphans, holder_of, leak_report, orphan_report
+
+if TYPE_CHECKING:
+    from flask_dbpool.pool import Pool
+
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Maintenance", "backoff_delay", "housekeep"]
 
 logger = logging.getLogger("flask_dbpool.maintenance")
+leak_logger = logging.getLogger("flask_dbpool.leaks")
 
 #: First delay before retrying a failed connection, doubled on each further failure...
 BACKOFF_FIRST = 0.1
@@ -44,17 +54,10 @@ def lifetime_jitter() -> float:
     return 1.0 - _jitter.uniform(0.0, 0.05)
 
 
-class _Maintained(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def _housekeep(self) -> float: ...
-
-
 class Maintenance:
     """The maintenance thread of one pool."""
 
-    def __init__(self, pool: _Maintained) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._wake = threading.Event()
         self._stopped = False
         self._started = False
@@ -93,9 +96,181 @@ class Maintenance:
                 return
             self._wake.clear()  # a nudge during the run below triggers another one
             try:
-                delay = pool._housekeep()
+                delay = housekeep(pool)
             except Exception:
                 logger.exception("pool %r: maintenance run failed", pool.name)
                 delay = 1.0
             del pool  # never keep the pool alive while sleeping
             self._wake.wait(min(max(delay, 0.0), MAX_SLEEP))
+
+
+def housekeep(pool: Pool) -> float:
+    """One maintenance run of ``pool``; returns seconds until the next is due.
+
+    Decides under the lock what to close, ping, warn about and open; does the I/O after.
+    """
+    config = pool.config
+    now = monotonic()
+    to_close: list[tuple[Entry, str]] = []
+    to_ping: list[Entry] = []
+    leaks: list[Holder] = []
+    next_run = now + MAX_SLEEP
+    connect = probe = False
+    with pool._lock:
+        if pool._closed:
+            return MAX_SLEEP
+        # Dropped handles first: their slots may be what waiters are waiting for.
+        orphans = find_orphans(pool._entries, [*pool._idle, *pool._checking])
+        for entry in orphans:
+            pool._entries.discard(entry)
+            pool._reclaimed += 1
+            pool._closed_count += 1
+        orphan_holders = [holder_of(entry) for entry in orphans]
+        to_ping.extend(pool._to_check)
+        pool._to_check.clear()
+
+        # Idle connections, least recently returned first.
+        keepalive = config.keepalive_interval
+        survivors = []
+        for entry in pool._idle:
+            if entry.expires_at <= now:
+                to_close.append((entry, "it reached max_lifetime"))
+            elif entry.checked_at < pool._disconnect_at or (
+                keepalive is not None
+                and now - max(entry.lent_at, entry.checked_at) >= keepalive
+            ):
+                to_ping.append(entry)
+                pool._checking.add(entry)
+            else:
+                if entry.seen_lent_at != entry.lent_at:  # first seen idle since its checkout
+                    entry.seen_lent_at = entry.lent_at
+                    never_lent = entry.lent_at == entry.created
+                    entry.idle_since = entry.created if never_lent else now
+                survivors.append(entry)
+        idle_timeout = config.idle_timeout
+        if idle_timeout is not None:
+            excess = len(survivors) - config.min_idle
+            kept = []
+            for entry in survivors:
+                if excess > 0 and now - entry.idle_since >= idle_timeout:
+                    to_close.append((entry, "it was idle for idle_timeout"))
+                    excess -= 1
+                else:
+                    kept.append(entry)
+                    if excess > 0:
+                        next_run = min(next_run, entry.idle_since + idle_timeout)
+            survivors = kept
+        pool._idle.clear()
+        pool._idle.extend(survivors)
+        for entry in survivors:
+            next_run = min(next_run, entry.expires_at)
+            if keepalive is not None:
+                next_run = min(next_run, max(entry.lent_at, entry.checked_at) + keepalive)
+        for entry, _why in to_close:
+            pool._forget_locked(entry)
+
+        # Lent connections: retire on return, warn about leaks. When they come back is
+        # unknown (returns are not timed), so look again soon enough for idle_timeout
+        # (within a quarter of it) and keepalive to act close to their settings.
+        idle = set(survivors)
+        threshold = config.leak_threshold
+        suspects = False
+        lent_horizon = min(
+            idle_timeout / 4 if idle_timeout is not None else FOREVER,
+            keepalive if keepalive is not None else FOREVER,
+        )
+        for entry in pool._entries:
+            if entry.checked_at < pool._disconnect_at:
+                suspects = True
+            if entry in idle or entry in pool._checking:
+                continue
+            next_run = min(next_run, now + lent_horizon)
+            if not entry.retire:
+                if entry.expires_at <= now:
+                    entry.retire = True
+                    entry.tx_state = slow_return
+                else:
+                    next_run = min(next_run, entry.expires_at)
+            if threshold is not None and entry.warned_for != entry.lent_at:
+                if now - entry.lent_at >= threshold:
+                    entry.warned_for = entry.lent_at
+                    pool._leaks_detected += 1
+                    leaks.append(holder_of(entry))
+                else:
+                    next_run = min(next_run, entry.lent_at + threshold)
+        if pool._suspects and not suspects:
+            pool._suspects = False
+            pool._select_acquire()
+
+        if pool._waiters:
+            # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
+            next_run = min(next_run, now + 1.0)
+
+        # Open connections: reconnect (with back-off) for waiters, or refill min_idle.
+        if pool._open < pool._max_open:
+            if pool._connect_failures:
+                if pool._waiters or len(pool._idle) < config.min_idle:
+                    if now >= pool._retry_at and not pool._probing:
+                        connect = probe = pool._probing = True
+                    else:
+                        next_run = min(next_run, max(pool._retry_at, now + 0.05))
+            elif len(pool._idle) + len(pool._checking) + pool._connecting < config.min_idle:
+                if now >= pool._refill_at:
+                    connect = True
+                else:
+                    next_run = min(next_run, pool._refill_at)
+        if connect:
+            pool._open += 1
+            pool._connecting += 1
+
+    # The I/O, outside the lock.
+    for holder in orphan_holders:
+        leak_logger.warning("%s", orphan_report(pool.name, holder, now))
+    for orphan in orphans:
+        pool._close_raw(orphan)
+        pool._free_slot()
+    for entry, why in to_close:
+        logger.debug("pool %r: closing an idle connection because %s", pool.name, why)
+        pool._close_raw(entry)
+    for holder in leaks:
+        leak_logger.warning("%s", leak_report(pool.name, holder, now, threshold or 0.0))
+    try:
+        while to_ping:
+            entry = to_ping.pop()
+            try:
+                entry.driver.ping(entry.raw)
+            except Exception as error:
+                with pool._lock:
+                    pool._pings_failed += 1
+                pool._discard(
+                    entry, f"its check failed ({one_line(error)})", disconnect=True
+                )
+                continue
+            entry.checked_at = monotonic()
+            pool._restore_tx_state(entry)
+            pool._check_in(entry, checked=True)
+            if keepalive is not None:
+                next_run = min(next_run, entry.checked_at + keepalive)
+            next_run = min(next_run, entry.expires_at)
+    finally:
+        for entry in to_ping:  # interrupted: the next run checks the rest
+            pool._send_to_check(entry)
+    if connect:
+        try:
+            opened = pool._connect_in_slot(probe=probe)
+        except Exception as error:  # on_connect failed: retry later, quietly
+            pool._refill_failures += 1
+            delay = backoff_delay(pool._refill_failures)
+            pool._refill_at = monotonic() + delay
+            logger.warning(
+                "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
+                pool.name,
+                one_line(error),
+                delay,
+            )
+            return delay
+        if opened is not None:
+            pool._refill_failures = 0
+            pool._check_in(opened)
+            return 0.0  # there may be more to open
+    return max(0.0, next_run - monotonic())

@@ -13,7 +13,7 @@ the oldest waiter under the lock, so a newcomer can never barge past a waiting t
 waiter that has already given up is never handed anything (see :meth:`Pool._wait`).
 
 Health work (lifetimes, idle timeouts, keepalive, reconnecting, leaks) runs in a background
-thread (:mod:`flask_dbpool.maintenance`) calling :meth:`Pool._housekeep`. Features that need
+thread (:mod:`flask_dbpool.maintenance`). Features that need
 work at checkout (``pre_ping``, ``on_checkout``, ``leak_threshold``, and checking connections
 suspected dead after a disconnect) switch the pool to a checked ``acquire``; features that
 need work on return route that entry's returns to the slow path. The default hot path never
@@ -28,9 +28,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final
 
-from flask_dbpool._fork import detach_fd, keep_forever, track
+from flask_dbpool._fork import INHERITED, abandon_inherited, track
 from flask_dbpool._handoff import CLOSED, NEW_SLOT, Token, Waiter
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
@@ -39,22 +39,21 @@ from flask_dbpool.drivers import (
     IDLE,
     IN_TRANSACTION,
     Connector,
-    Driver,
     driver_for_connection,
     resolve_target,
 )
-from flask_dbpool.entry import Entry
-from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
-from flask_dbpool.leaks import (
-    Holder,
-    capture_site,
-    describe_holder,
-    describe_holders,
-    find_orphans,
-    format_site,
-    holder_of,
+from flask_dbpool.entry import FOREVER, Entry, slow_return
+from flask_dbpool.errors import (
+    ConfigError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+    one_line,
 )
-from flask_dbpool.maintenance import MAX_SLEEP, Maintenance, backoff_delay, lifetime_jitter
+from flask_dbpool.hooks import reset_session, run_on_connect
+from flask_dbpool.leaks import TimeoutReport, capture_site, holder_of, timeout_error
+from flask_dbpool.maintenance import Maintenance, backoff_delay, lifetime_jitter
 from flask_dbpool.proxy import PooledConnection, set_entry
 from flask_dbpool.stats import PoolStats
 
@@ -65,7 +64,6 @@ logger = logging.getLogger("flask_dbpool.pool")
 _new_proxy = object.__new__
 _now = time.monotonic
 _get_ident = threading.get_ident
-_FOREVER: Final = float("inf")
 
 
 def _check_timeout(timeout: object) -> None:
@@ -75,45 +73,6 @@ def _check_timeout(timeout: object) -> None:
         or not timeout >= 0  # rejects NaN too
     ):
         raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-
-
-def _slow_return(raw: Any) -> int:
-    """Transaction reader of entries whose every return needs work (reset, hook, retiring)."""
-    return IN_TRANSACTION
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-class _TimeoutReport(NamedTuple):
-    """The state behind a ``PoolTimeout``, copied under the lock, formatted after."""
-
-    waited: float
-    state: str
-    failures: int
-    cause: BaseException | None
-    holders: list[Holder]
-
-
-class _Inherited:
-    """Stands in as the pool of connections inherited across ``fork()`` (closed in the child):
-    returning such a handle just empties it."""
-
-    name = "<inherited across fork>"
-
-    def release(self, conn: PooledConnection) -> None:
-        set_entry(conn, None)
-
-    def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
-        set_entry(conn, None)
-
-    def _invalidate(self, conn: PooledConnection) -> None:
-        set_entry(conn, None)
-
-
-_INHERITED = cast("Pool", _Inherited())
 
 
 class Pool:
@@ -193,24 +152,39 @@ class Pool:
                 f"reset_on_return='discard' is not supported by the {driver.name} driver "
                 "(PostgreSQL only); pass a callable that resets the session instead"
             )
-        self._slow_returns = self._session_reset is not None or config.on_checkin is not None
+        self.slow_returns = self._session_reset is not None or config.on_checkin is not None
         self._checked_checkouts = (
             config.pre_ping or config.on_checkout is not None or config.leak_threshold is not None
         )
 
+        self._closed = False
+        self._init_state()
+        self._acquire_checked_installed = False
+        self._select_acquire()
+        track(self)
+        if config.min_idle:
+            self._nudge()  # maintenance opens them
+        if config.open_timeout is not None:
+            try:
+                self.wait_ready(config.open_timeout)
+            except BaseException:
+                self.close()
+                raise
+
+    def _init_state(self) -> None:
+        """A pool with nothing open: at construction, and in a forked child."""
         self._lock = threading.Lock()
         self._entries: set[Entry] = set()  # every open connection; changed under the lock only
         self._idle: deque[Entry] = deque()
-        self._take_idle = self._idle.pop if config.lifo else self._idle.popleft
+        self._take_idle = self._idle.pop if self.config.lifo else self._idle.popleft
         self._waiters: deque[Waiter] = deque()
         self._open = 0  # slots taken: open connections plus those being opened
         self._connecting = 0
         self._checking: set[Entry] = set()  # out of circulation while maintenance pings them
         self._to_check: list[Entry] = []  # ...of which not picked up yet
-        self._keep = config.pool_size  # most idle connections kept; 0 once closed
-        self._closed = False
+        self._keep = 0 if self._closed else self.config.pool_size  # most idle ones kept
         self._drained = threading.Event()  # set once closed and every slot is free
-        self._disconnect_at = -_FOREVER  # connections last checked before this are suspect
+        self._disconnect_at = -FOREVER  # connections last checked before this are suspect
         self._suspects = False  # whether some may still be lent or idle unchecked
         self._connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
         self._connect_error: BaseException | None = None
@@ -233,17 +207,6 @@ class Pool:
         self._pings_failed = 0
         self._leaks_detected = 0
         self._reclaimed = 0
-        self._acquire_checked_installed = False
-        self._select_acquire()
-        track(self)
-        if config.min_idle:
-            self._nudge()  # maintenance opens them
-        if config.open_timeout is not None:
-            try:
-                self.wait_ready(config.open_timeout)
-            except BaseException:
-                self.close()
-                raise
 
     # ------------------------------------------------------------------ public API
 
@@ -523,42 +486,13 @@ class Pool:
 
     def _after_fork_in_child(self) -> None:
         """Called in a forked child: forget the parent's connections without touching them."""
-        self._lock = threading.Lock()  # the parent's may have been held by another thread
-        self._drained = threading.Event()
-        self._maintenance = None  # its thread does not exist here; restarted lazily
         idle = set(self._idle)
         inherited = list(self._entries)
-        self._entries.clear()
-        self._idle.clear()
-        self._waiters.clear()  # their threads do not exist here
-        self._checking.clear()
-        self._to_check.clear()
-        self._open = self._connecting = 0
-        self._acquired = self._created = self._closed_count = 0
-        self._timeouts = self._rejected = self._waits = 0
-        self._wait_total = self._wait_max = 0.0
-        self._connect_errors = self._pings_failed = self._leaks_detected = self._reclaimed = 0
-        self._connect_failures = 0
-        self._connect_error = None
-        self._probing = False
-        self._refill_at = 0.0
-        self._refill_failures = 0
-        self._disconnect_at = -_FOREVER
-        self._suspects = False
+        # Fresh state: the parent's lock may have been held by another thread, and its
+        # waiters and maintenance thread do not exist here (maintenance restarts lazily).
+        self._init_state()
         self._select_acquire()
-        self._keep = 0 if self._closed else self.config.pool_size
-        for entry in inherited:
-            entry.pool = _INHERITED  # handles lent before the fork become inert
-            fd = entry.driver.socket_fd(entry.raw)
-            if fd is not None:
-                detach_fd(fd)
-            if entry in idle:
-                self._close_raw(entry)
-            else:
-                # Lent at fork time: another parent thread may have been inside the driver,
-                # holding a lock no thread here will release, so close() could hang (and
-                # SQLite could roll back the parent's journal). Keep it, untouched, forever.
-                keep_forever(entry.raw)
+        abandon_inherited(inherited, idle, self._close_raw)
 
     # ------------------------------------------------------------------ acquiring
 
@@ -620,7 +554,7 @@ class Pool:
         entry = self._claim(conn)
         with self._lock:
             self._pings_failed += 1
-        self._discard(entry, f"its ping failed ({_one_line(error)})", disconnect=True)
+        self._discard(entry, f"its ping failed ({one_line(error)})", disconnect=True)
 
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
@@ -664,7 +598,7 @@ class Pool:
                     if now >= deadline:
                         report = self._timeout_report_locked(now - start)
                         self._waiters.pop()
-                        raise self._timeout_error(report)
+                        raise timeout_error(self.name, self.target, report, _now())
                     # A dropped handle may be why the pool ran dry, and maintenance reclaims
                     # those: let it look (at most once a second).
                     if now >= self._next_dry_check:
@@ -730,7 +664,7 @@ class Pool:
         except BaseException:
             self._abandon(waiter)
             raise
-        raise self._timeout_error(report)
+        raise timeout_error(self.name, self.target, report, _now())
 
     def _count_wait_locked(self, waited: float) -> None:
         self._waits += 1
@@ -800,16 +734,16 @@ class Pool:
         try:
             driver = self._connector.driver or driver_for_connection(raw)
             if self.config.on_connect is not None:
-                self._run_on_connect(raw, driver)
+                run_on_connect(self.config.on_connect, self.name, raw, driver)
         except BaseException:
             self._free_slot(connecting=True, probe=probe)
             raise
         now = _now()
         lifetime = self.config.max_lifetime
-        expires = _FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
+        expires = FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
         entry = Entry(self, raw, driver, now, expires)
-        if self._slow_returns:
-            entry.tx_state = _slow_return  # every return takes the slow path
+        if self.slow_returns:
+            entry.tx_state = slow_return  # every return takes the slow path
         with self._lock:
             self._entries.add(entry)
             self._connecting -= 1
@@ -855,46 +789,11 @@ class Pool:
             "pool %r: cannot connect to %s (%s); attempt %d, retrying in %.2f s",
             self.name,
             self.target,
-            _one_line(error),
+            one_line(error),
             failures,
             delay,
         )
         self._nudge()
-
-    def _reset_session(self, entry: Entry) -> None:
-        """The full reset of ``reset_on_return="discard"`` or a callable; raises on failure."""
-        driver, raw = entry.driver, entry.raw
-        if self._session_reset == "discard":
-            if not driver.supports_session_reset:
-                raise PoolError(f"reset_on_return='discard' is not supported by {driver.name}")
-            driver.reset_session(raw)
-            if self.config.on_connect is not None:
-                self._run_on_connect(raw, driver)  # DISCARD ALL wiped what it had set
-        elif callable(self._session_reset):
-            self._session_reset(raw)
-            if driver.transaction_state(raw) != IDLE:
-                raw.commit()  # e.g. SET ROLE NONE issued inside an implicit transaction
-
-    def _run_on_connect(self, raw: Any, driver: type[Driver]) -> None:
-        """Run the ``on_connect`` hook; commit what it left open; close ``raw`` if it fails."""
-        assert self.config.on_connect is not None
-        try:
-            self.config.on_connect(raw)
-            state = driver.transaction_state(raw)
-            if state in (BROKEN, FAILED):
-                # Committing an aborted transaction would silently roll the hook's work back.
-                raise PoolError(
-                    f"pool {self.name!r}: on_connect left the connection "
-                    + ("broken" if state == BROKEN else "in an aborted transaction")
-                )
-            if state != IDLE:
-                raw.commit()  # so that SET / PRAGMA statements outlive the first reset
-        except BaseException:
-            try:
-                driver.close(raw)
-            except Exception:
-                pass
-            raise
 
     # ------------------------------------------------------------------ returning
 
@@ -993,7 +892,7 @@ class Pool:
             if self.config.on_checkin is not None:
                 self.config.on_checkin(entry.raw)
             if exc is not None and driver.is_disconnect(exc, entry.raw):
-                why = f"a disconnect error was raised while it was in use ({_one_line(exc)})"
+                why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
                 self._discard(entry, why, disconnect=True)
                 return
             if entry.retire:
@@ -1012,11 +911,13 @@ class Pool:
             ):
                 driver.rollback(entry.raw)
             if self._session_reset is not None:
-                self._reset_session(entry)
+                reset_session(
+                    self._session_reset, self.config.on_connect, self.name, entry.raw, driver
+                )
         except BaseException as error:
             # Its session state is unknown now: never lend it again.
             gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
-            why = f"on_checkin or the reset failed ({_one_line(error)})"
+            why = f"on_checkin or the reset failed ({one_line(error)})"
             self._discard(entry, why, disconnect=gone)
             if not isinstance(error, Exception):
                 raise
@@ -1090,7 +991,7 @@ class Pool:
         idle = set(self._idle)
         for entry in self._entries:
             if entry not in idle and entry not in self._checking and entry.checked_at < now:
-                entry.tx_state = _slow_return
+                entry.tx_state = slow_return
         self._suspects = True
         self._select_acquire()
 
@@ -1131,199 +1032,10 @@ class Pool:
 
     def _restore_tx_state(self, entry: Entry) -> None:
         """A suspect entry passed its check: let its returns take the fast path again."""
-        if not self._slow_returns and not entry.retire:
+        if not self.slow_returns and not entry.retire:
             entry.tx_state = entry.driver.transaction_state
 
-    def _housekeep(self) -> float:
-        """One maintenance run (in the maintenance thread); returns seconds until the next.
-
-        Decides under the lock what to close, ping, warn about and open; does the I/O after.
-        """
-        config = self.config
-        now = _now()
-        to_close: list[tuple[Entry, str]] = []
-        to_ping: list[Entry] = []
-        leaks: list[Holder] = []
-        next_run = now + MAX_SLEEP
-        connect = probe = False
-        with self._lock:
-            if self._closed:
-                return MAX_SLEEP
-            # Dropped handles first: their slots may be what waiters are waiting for.
-            orphans = find_orphans(self._entries, [*self._idle, *self._checking])
-            for entry in orphans:
-                self._entries.discard(entry)
-                self._reclaimed += 1
-                self._closed_count += 1
-            orphan_holders = [holder_of(entry) for entry in orphans]
-            to_ping.extend(self._to_check)
-            self._to_check.clear()
-
-            # Idle connections, least recently returned first.
-            keepalive = config.keepalive_interval
-            survivors = []
-            for entry in self._idle:
-                if entry.expires_at <= now:
-                    to_close.append((entry, "it reached max_lifetime"))
-                elif entry.checked_at < self._disconnect_at or (
-                    keepalive is not None
-                    and now - max(entry.lent_at, entry.checked_at) >= keepalive
-                ):
-                    to_ping.append(entry)
-                    self._checking.add(entry)
-                else:
-                    if entry.seen_lent_at != entry.lent_at:  # first seen idle since its checkout
-                        entry.seen_lent_at = entry.lent_at
-                        never_lent = entry.lent_at == entry.created
-                        entry.idle_since = entry.created if never_lent else now
-                    survivors.append(entry)
-            idle_timeout = config.idle_timeout
-            if idle_timeout is not None:
-                excess = len(survivors) - config.min_idle
-                kept = []
-                for entry in survivors:
-                    if excess > 0 and now - entry.idle_since >= idle_timeout:
-                        to_close.append((entry, "it was idle for idle_timeout"))
-                        excess -= 1
-                    else:
-                        kept.append(entry)
-                        if excess > 0:
-                            next_run = min(next_run, entry.idle_since + idle_timeout)
-                survivors = kept
-            self._idle.clear()
-            self._idle.extend(survivors)
-            for entry in survivors:
-                next_run = min(next_run, entry.expires_at)
-                if keepalive is not None:
-                    next_run = min(next_run, max(entry.lent_at, entry.checked_at) + keepalive)
-            for entry, _why in to_close:
-                self._forget_locked(entry)
-
-            # Lent connections: retire on return, warn about leaks. When they come back is
-            # unknown (returns are not timed), so look again soon enough for idle_timeout
-            # (within a quarter of it) and keepalive to act close to their settings.
-            idle = set(survivors)
-            threshold = config.leak_threshold
-            suspects = False
-            lent_horizon = min(
-                idle_timeout / 4 if idle_timeout is not None else _FOREVER,
-                keepalive if keepalive is not None else _FOREVER,
-            )
-            for entry in self._entries:
-                if entry.checked_at < self._disconnect_at:
-                    suspects = True
-                if entry in idle or entry in self._checking:
-                    continue
-                next_run = min(next_run, now + lent_horizon)
-                if not entry.retire:
-                    if entry.expires_at <= now:
-                        entry.retire = True
-                        entry.tx_state = _slow_return
-                    else:
-                        next_run = min(next_run, entry.expires_at)
-                if threshold is not None and entry.warned_for != entry.lent_at:
-                    if now - entry.lent_at >= threshold:
-                        entry.warned_for = entry.lent_at
-                        self._leaks_detected += 1
-                        leaks.append(holder_of(entry))
-                    else:
-                        next_run = min(next_run, entry.lent_at + threshold)
-            if self._suspects and not suspects:
-                self._suspects = False
-                self._select_acquire()
-
-            if self._waiters:
-                # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
-                next_run = min(next_run, now + 1.0)
-
-            # Open connections: reconnect (with back-off) for waiters, or refill min_idle.
-            if self._open < self._max_open:
-                if self._connect_failures:
-                    if self._waiters or len(self._idle) < config.min_idle:
-                        if now >= self._retry_at and not self._probing:
-                            connect = probe = self._probing = True
-                        else:
-                            next_run = min(next_run, max(self._retry_at, now + 0.05))
-                elif len(self._idle) + len(self._checking) + self._connecting < config.min_idle:
-                    if now >= self._refill_at:
-                        connect = True
-                    else:
-                        next_run = min(next_run, self._refill_at)
-            if connect:
-                self._open += 1
-                self._connecting += 1
-
-        # The I/O, outside the lock.
-        for holder in orphan_holders:
-            logger.warning("%s", self._orphan_report(holder, now))
-        for orphan in orphans:
-            self._close_raw(orphan)
-            self._free_slot()
-        for entry, why in to_close:
-            logger.debug("pool %r: closing an idle connection because %s", self.name, why)
-            self._close_raw(entry)
-        for holder in leaks:
-            logger.warning("%s", self._leak_report(holder, now, threshold or 0.0))
-        try:
-            while to_ping:
-                entry = to_ping.pop()
-                try:
-                    entry.driver.ping(entry.raw)
-                except Exception as error:
-                    with self._lock:
-                        self._pings_failed += 1
-                    self._discard(
-                        entry, f"its check failed ({_one_line(error)})", disconnect=True
-                    )
-                    continue
-                entry.checked_at = _now()
-                self._restore_tx_state(entry)
-                self._check_in(entry, checked=True)
-                if keepalive is not None:
-                    next_run = min(next_run, entry.checked_at + keepalive)
-                next_run = min(next_run, entry.expires_at)
-        finally:
-            for entry in to_ping:  # interrupted: the next run checks the rest
-                self._send_to_check(entry)
-        if connect:
-            try:
-                opened = self._connect_in_slot(probe=probe)
-            except Exception as error:  # on_connect failed: retry later, quietly
-                self._refill_failures += 1
-                delay = backoff_delay(self._refill_failures)
-                self._refill_at = _now() + delay
-                logger.warning(
-                    "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
-                    self.name,
-                    _one_line(error),
-                    delay,
-                )
-                return delay
-            if opened is not None:
-                self._refill_failures = 0
-                self._check_in(opened)
-                return 0.0  # there may be more to open
-        return max(0.0, next_run - _now())
-
     # ------------------------------------------------------------------ messages
-
-    def _orphan_report(self, holder: Holder, now: float) -> str:
-        site = format_site(holder.site)
-        return (
-            f"pool {self.name!r}: a connection "
-            + describe_holder(holder, now, ago=True)
-            + " was garbage-collected without being returned; closed it and gave its "
-            "slot back to the pool"
-            + (f". Checked out at:\n{site}" if site else " (set leak_threshold to record where)")
-        )
-
-    def _leak_report(self, holder: Holder, now: float, threshold: float) -> str:
-        site = format_site(holder.site)
-        return (
-            f"pool {self.name!r}: possible leak: connection {describe_holder(holder, now)}, "
-            f"longer than leak_threshold={threshold:g} s"
-            + (f". Checked out at:\n{site}" if site else "")
-        )
 
     def _state_locked(self) -> str:
         idle = len(self._idle)
@@ -1335,12 +1047,12 @@ class Pool:
             f"waiting={len(self._waiters)}"
         )
 
-    def _timeout_report_locked(self, waited: float) -> _TimeoutReport:
+    def _timeout_report_locked(self, waited: float) -> TimeoutReport:
         """What a ``PoolTimeout`` for a caller that waited ``waited`` s (and is still counted
         as waiting) will say. Caller holds the lock; the message is built after."""
         self._timeouts += 1
         idle = set(self._idle)
-        return _TimeoutReport(
+        return TimeoutReport(
             waited,
             self._state_locked(),
             self._connect_failures,
@@ -1352,28 +1064,12 @@ class Pool:
             ],
         )
 
-    def _timeout_error(self, report: _TimeoutReport) -> PoolTimeout:
-        message = (
-            f"pool {self.name!r} ({self.target}) timed out after {report.waited:.3f} s waiting "
-            f"for a connection: {report.state} (this caller included)"
-        )
-        if report.cause is not None:
-            message += (
-                f"; the database cannot be reached: {report.failures} connection "
-                f"attempt(s) failed, the last with {_one_line(report.cause)}"
-            )
-        if report.holders:
-            message += "; longest held: " + describe_holders(report.holders, _now())
-        error = PoolTimeout(message)
-        error.__cause__ = report.cause
-        return error
-
     def _foreign(self, conn: object) -> PoolError:
         if isinstance(conn, PooledConnection):
             entry = conn._entry
             if entry is None:
                 return PoolError("connection was already returned to its pool")
-            if entry.pool is _INHERITED:
+            if entry.pool is INHERITED:
                 return PoolError(
                     "connection was checked out before os.fork(); it belongs to the parent "
                     "process and was closed in this one"
