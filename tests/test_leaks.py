@@ -233,3 +233,55 @@ def test_dropped_handles_reach_callers_already_waiting(
         waiter.join(10)
         assert waiter.error is None, repr(waiter.error)
     assert pool.stats().reclaimed == 2
+
+
+@needs_refcounts
+def test_a_failing_log_handler_does_not_cost_the_slot(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    """Maintenance gives a dropped handle's slot back before it logs about it."""
+
+    class Exploding(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # raises out of logger.warning
+            if "garbage-collected" in record.getMessage():
+                raise RuntimeError("log handler failed")
+
+    handler = Exploding()
+    leaks_logger = logging.getLogger("flask_dbpool.leaks")
+    leaks_logger.addHandler(handler)
+    try:
+        pool = make_pool(sqlite_url, pool_size=1, max_overflow=0)
+        _check_out_and_drop(pool)
+        gc.collect()
+        with pool.connection(timeout=5) as conn:
+            assert query(conn, "SELECT 1") == [(1,)]
+        wait_until(lambda: pool.stats().idle == 1, 5, "the connection back in the pool")
+        assert pool.stats().open == 1
+    finally:
+        leaks_logger.removeHandler(handler)
+
+
+def test_one_maintenance_thread_per_pool(sqlite_url: str, make_pool: MakePool) -> None:
+    """Connections opened by many threads at once start one maintenance thread, not several,
+    and close() stops it."""
+    for round_ in range(10):
+        pool = make_pool(sqlite_url, pool_size=8, max_overflow=0, name=f"race-{round_}")
+        barrier = threading.Barrier(8)
+
+        def open_one(pool: Pool = pool, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(5)
+            with pool.connection():
+                time.sleep(0.01)
+
+        workers = [Worker(open_one, f"opener-{i}") for i in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(10)
+            assert worker.error is None, worker.error
+        name = f"flask-dbpool maintenance 'race-{round_}'"
+        threads = [t for t in threading.enumerate() if t.name == name]
+        assert len(threads) == 1, threads
+        pool.close()
+        threads[0].join(5)
+        assert not threads[0].is_alive()

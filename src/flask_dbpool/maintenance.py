@@ -70,8 +70,8 @@ class Maintenance:
 
     def start(self) -> None:
         """Start the thread."""
-        self._started = True
         self._thread.start()
+        self._started = True  # only now can it be found dead (see Pool._nudge)
 
     def nudge(self) -> None:
         """Run as soon as possible (something changed that needs attention)."""
@@ -206,34 +206,16 @@ def housekeep(pool: Pool) -> float:
             # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
             next_run = min(next_run, now + 1.0)
 
-        # Open connections: reconnect (with back-off) for waiters, or refill min_idle.
-        if pool._open < pool._max_open:
-            if pool._connect_failures:
-                if pool._waiters or len(pool._idle) < config.min_idle:
-                    if now >= pool._retry_at and not pool._probing:
-                        connect = probe = pool._probing = True
-                    else:
-                        next_run = min(next_run, max(pool._retry_at, now + 0.05))
-            elif len(pool._idle) + len(pool._checking) + pool._connecting < config.min_idle:
-                if now >= pool._refill_at:
-                    connect = True
-                else:
-                    next_run = min(next_run, pool._refill_at)
-        if connect:
-            pool._open += 1
-            pool._connecting += 1
-
-    # The I/O, outside the lock.
-    for holder in orphan_holders:
-        leak_logger.warning("%s", orphan_report(pool.name, holder, now))
+    # The I/O, outside the lock. Slots first: each dropped handle's slot is given back even
+    # if something below (a logging handler, say) raises.
     for orphan in orphans:
-        pool._close_raw(orphan)
-        pool._free_slot()
+        try:
+            pool._close_raw(orphan)
+        finally:
+            pool._free_slot()
     for entry, why in to_close:
         logger.debug("pool %r: closing an idle connection because %s", pool.name, why)
         pool._close_raw(entry)
-    for holder in leaks:
-        leak_logger.warning("%s", leak_report(pool.name, holder, now, threshold or 0.0))
     try:
         while to_ping:
             entry = to_ping.pop()
@@ -255,6 +237,32 @@ def housekeep(pool: Pool) -> float:
     finally:
         for entry in to_ping:  # interrupted: the next run checks the rest
             pool._send_to_check(entry)
+    for holder in orphan_holders:
+        leak_logger.warning("%s", orphan_report(pool.name, holder, now))
+    for holder in leaks:
+        leak_logger.warning("%s", leak_report(pool.name, holder, now, threshold or 0.0))
+
+    # Open connections: reconnect (with back-off) for waiters, or refill min_idle. Decided
+    # last, so that a reserved slot goes straight to the attempt.
+    now = monotonic()
+    with pool._lock:
+        if pool._closed:
+            return MAX_SLEEP
+        if pool._open < pool._max_open:
+            if pool._connect_failures:
+                if pool._waiters or len(pool._idle) < config.min_idle:
+                    if now >= pool._retry_at and not pool._probing:
+                        connect = probe = pool._probing = True
+                    else:
+                        next_run = min(next_run, max(pool._retry_at, now + 0.05))
+            elif len(pool._idle) + len(pool._checking) + pool._connecting < config.min_idle:
+                if now >= pool._refill_at:
+                    connect = True
+                else:
+                    next_run = min(next_run, pool._refill_at)
+        if connect:
+            pool._open += 1
+            pool._connecting += 1
     if connect:
         try:
             opened = pool._connect_in_slot(probe=probe)

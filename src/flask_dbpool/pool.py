@@ -152,7 +152,7 @@ class Pool:
                 f"reset_on_return='discard' is not supported by the {driver.name} driver "
                 "(PostgreSQL only); pass a callable that resets the session instead"
             )
-        self.slow_returns = self._session_reset is not None or config.on_checkin is not None
+        self._slow_returns = self._session_reset is not None or config.on_checkin is not None
         self._checked_checkouts = (
             config.pre_ping or config.on_checkout is not None or config.leak_threshold is not None
         )
@@ -189,6 +189,7 @@ class Pool:
         self._connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
         self._connect_error: BaseException | None = None
         self._retry_at = 0.0
+        self._failed_at = 0.0  # when the last attempt failed
         self._probing = False  # an attempt to reconnect is under way
         self._refill_at = 0.0  # maintenance's min_idle refill backs off after on_connect errors
         self._refill_failures = 0
@@ -626,9 +627,11 @@ class Pool:
         try:
             while True:
                 now = _now()
-                wait = deadline - now
+                # At least once a second, so that an outage that began during the wait is
+                # noticed; while the database is unreachable, when a new attempt is due, in
+                # case nobody else makes it.
+                wait = min(deadline - now, 1.0)
                 if self._connect_failures:
-                    # Wake up when a new attempt is due, in case nobody else makes it.
                     due = now + 0.25 if self._probing else self._retry_at
                     wait = min(wait, max(due - now, 0.01))
                 waiter.wake.acquire(True, min(max(wait, 0.0), threading.TIMEOUT_MAX))
@@ -641,6 +644,7 @@ class Pool:
                                 self._connect_failures
                                 and now >= self._retry_at
                                 and not self._probing
+                                and self._open < self._max_open
                             ):
                                 self._waiters.remove(waiter)
                                 return None
@@ -721,12 +725,13 @@ class Pool:
         released, to a waiter if one exists). ``probe``: this is the one attempt allowed
         while the database is unreachable. ``waiter``: the slot was handed to this waiter.
         """
+        started = _now()
         try:
             if waiter is not None:
                 waiter.item = None  # from here on this call owns the slot
             raw = self._connector.connect()
         except Exception as error:
-            self._connect_failed(error, probe)
+            self._connect_failed(error, probe, started)
             return None
         except BaseException:
             self._free_slot(connecting=True, probe=probe)
@@ -738,23 +743,33 @@ class Pool:
         except BaseException:
             self._free_slot(connecting=True, probe=probe)
             raise
-        now = _now()
-        lifetime = self.config.max_lifetime
-        expires = FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
-        entry = Entry(self, raw, driver, now, expires)
-        if self.slow_returns:
-            entry.tx_state = slow_return  # every return takes the slow path
-        with self._lock:
-            self._entries.add(entry)
-            self._connecting -= 1
-            self._created += 1
-            if probe:
-                self._probing = False
-            recovered = self._connect_failures
-            if recovered:
-                self._connect_failures = 0
-                self._connect_error = None
-                self._fill_waiters_locked()  # the database is back: let waiters connect too
+        accounted = False
+        try:
+            now = _now()
+            lifetime = self.config.max_lifetime
+            expires = FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
+            entry = Entry(self, raw, driver, now, expires)
+            if self._slow_returns:
+                entry.tx_state = slow_return  # every return takes the slow path
+            with self._lock:
+                self._entries.add(entry)
+                self._connecting -= 1
+                self._created += 1
+                accounted = True
+                if probe:
+                    self._probing = False
+                recovered = self._connect_failures
+                if recovered:
+                    self._connect_failures = 0
+                    self._connect_error = None
+                    self._fill_waiters_locked()  # the database is back: waiters connect too
+        except BaseException:
+            if not accounted:  # interrupted before the pool knew of it
+                try:
+                    driver.close(raw)
+                finally:
+                    self._free_slot(connecting=True, probe=probe)
+            raise
         if recovered:
             logger.warning(
                 "pool %r: connected to %s again after %d failed attempt(s)",
@@ -769,16 +784,21 @@ class Pool:
             raise
         return entry
 
-    def _connect_failed(self, error: Exception, probe: bool) -> None:
+    def _connect_failed(self, error: Exception, probe: bool, started: float) -> None:
         """Release the slot of a failed connection attempt and schedule a retry."""
         with self._lock:
             self._connect_errors += 1
-            self._connect_failures += 1
-            failures = self._connect_failures
             # Without its traceback: the frames would keep callers' locals alive.
             self._connect_error = error.with_traceback(None)
-            delay = backoff_delay(failures)
-            self._retry_at = _now() + delay
+            now = _now()
+            # Attempts under way when the outage began fail together: they are one failure
+            # for the back-off, not several.
+            if started >= self._failed_at or not self._connect_failures:
+                self._connect_failures += 1
+                self._retry_at = now + backoff_delay(self._connect_failures)
+            self._failed_at = now
+            failures = self._connect_failures
+            delay = max(0.0, self._retry_at - now)
             if probe:
                 self._probing = False
             self._connecting -= 1
@@ -1032,7 +1052,7 @@ class Pool:
 
     def _restore_tx_state(self, entry: Entry) -> None:
         """A suspect entry passed its check: let its returns take the fast path again."""
-        if not self.slow_returns and not entry.retire:
+        if not self._slow_returns and not entry.retire:
             entry.tx_state = entry.driver.transaction_state
 
     # ------------------------------------------------------------------ messages
