@@ -125,14 +125,26 @@ def loops_for(pool: Any) -> list[tuple[str, Callable[[int], float]]]:
                 raise AssertionError
         return perf_counter() - t0
 
+    def holder_stamps(n: int) -> float:
+        e, now, ident = entry, time.monotonic, threading.get_ident
+        t0 = perf_counter()
+        for _ in range(n):
+            e.lent_at = now()
+            e.holder = ident()
+        return perf_counter() - t0
+
     def inlined(
-        *, handle_per_cycle: bool = True, state_call: bool = True, counter: bool = True
+        *,
+        handle_per_cycle: bool = True,
+        state_call: bool = True,
+        counter: bool = True,
+        stamps: bool = True,
     ) -> Callable[[int], float]:
         # Pool.acquire + Pool.release fast paths (as of this commit) copied into the loop.
         shared = new_proxy(PooledConnection)  # its own: release empties it
 
         def loop(n: int) -> float:
-            p = pool
+            p, now, ident = pool, time.monotonic, threading.get_ident
             t0 = perf_counter()
             for _ in range(n):
                 # acquire(timeout=None)
@@ -145,6 +157,9 @@ def loops_for(pool: Any) -> list[tuple[str, Callable[[int], float]]]:
                             p._acquired += 1
                         conn = new_proxy(PooledConnection) if handle_per_cycle else shared
                         set_entry(conn, e)
+                        if stamps:  # who holds it since when (PoolTimeout, leaks)
+                            e.lent_at = now()
+                            e.holder = ident()
                 finally:
                     lock.release()
                 # release(conn)
@@ -206,13 +221,16 @@ def loops_for(pool: Any) -> list[tuple[str, Callable[[int], float]]]:
         ("candidate: one-call reader `states[raw.pgconn.transaction_status]`", state_one_call),
         ("`raw.pgconn.transaction_status == 0` (direct)", state_direct),
         ("release checks (`__class__`, `_entry`, `entry.pool`)", ownership_check),
+        ("holder stamps: `entry.lent_at = monotonic(); entry.holder = get_ident()`",
+         holder_stamps),
         ("inlined acquire+release fast paths (no calls)", inlined()),
+        ("  inlined, without the holder stamps", inlined(stamps=False)),
         ("  inlined, state read directly (no driver call)", inlined(state_call=False)),
         ("  inlined, handle reused (no new object)", inlined(handle_per_cycle=False)),
         ("  inlined, no `_acquired` counter", inlined(counter=False)),
         (
-            "  inlined, all three removed",
-            inlined(handle_per_cycle=False, state_call=False, counter=False),
+            "  inlined, all four removed",
+            inlined(handle_per_cycle=False, state_call=False, counter=False, stamps=False),
         ),
         ("`c = pool.acquire(); pool.release(c)`", acquire_release),
         ("`with pool.connection() as c: pass`", with_connection),
