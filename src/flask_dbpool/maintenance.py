@@ -123,7 +123,7 @@ def housekeep(pool: Pool) -> float:
         orphans = find_orphans(pool._entries, [*pool._idle, *pool._checking])
         for entry in orphans:
             pool._entries.discard(entry)
-            pool._reclaimed += 1
+            pool._health.reclaimed += 1
             pool._closed_count += 1
         orphan_holders = [holder_of(entry) for entry in orphans]
         to_ping.extend(pool._to_check)
@@ -135,7 +135,7 @@ def housekeep(pool: Pool) -> float:
         for entry in pool._idle:
             if entry.expires_at <= now:
                 to_close.append((entry, "it reached max_lifetime"))
-            elif entry.checked_at < pool._disconnect_at or (
+            elif entry.checked_at < pool._health.disconnect_at or (
                 keepalive is not None
                 and now - max(entry.lent_at, entry.checked_at) >= keepalive
             ):
@@ -180,7 +180,7 @@ def housekeep(pool: Pool) -> float:
             keepalive if keepalive is not None else FOREVER,
         )
         for entry in pool._entries:
-            if entry.checked_at < pool._disconnect_at:
+            if entry.checked_at < pool._health.disconnect_at:
                 suspects = True
             if entry in idle or entry in pool._checking:
                 continue
@@ -194,12 +194,12 @@ def housekeep(pool: Pool) -> float:
             if threshold is not None and entry.warned_for != entry.lent_at:
                 if now - entry.lent_at >= threshold:
                     entry.warned_for = entry.lent_at
-                    pool._leaks_detected += 1
+                    pool._health.leaks_detected += 1
                     leaks.append(holder_of(entry))
                 else:
                     next_run = min(next_run, entry.lent_at + threshold)
-        if pool._suspects and not suspects:
-            pool._suspects = False
+        if pool._health.suspects and not suspects:
+            pool._health.suspects = False
             pool._select_acquire()
 
         if pool._waiters:
@@ -223,7 +223,7 @@ def housekeep(pool: Pool) -> float:
                 entry.driver.ping(entry.raw)
             except Exception as error:
                 with pool._lock:
-                    pool._pings_failed += 1
+                    pool._health.pings_failed += 1
                 pool._discard(
                     entry, f"its check failed ({one_line(error)})", disconnect=True
                 )
@@ -249,17 +249,17 @@ def housekeep(pool: Pool) -> float:
         if pool._closed:
             return MAX_SLEEP
         if pool._open < pool._max_open:
-            if pool._connect_failures:
+            if pool._health.connect_failures:
                 if pool._waiters or len(pool._idle) < config.min_idle:
-                    if now >= pool._retry_at and not pool._probing:
-                        connect = probe = pool._probing = True
+                    if now >= pool._health.retry_at and not pool._health.probing:
+                        connect = probe = pool._health.probing = True
                     else:
-                        next_run = min(next_run, max(pool._retry_at, now + 0.05))
+                        next_run = min(next_run, max(pool._health.retry_at, now + 0.05))
             elif len(pool._idle) + len(pool._checking) + pool._connecting < config.min_idle:
-                if now >= pool._refill_at:
+                if now >= pool._health.refill_at:
                     connect = True
                 else:
-                    next_run = min(next_run, pool._refill_at)
+                    next_run = min(next_run, pool._health.refill_at)
         if connect:
             pool._open += 1
             pool._connecting += 1
@@ -267,9 +267,9 @@ def housekeep(pool: Pool) -> float:
         try:
             opened = pool._connect_in_slot(probe=probe)
         except Exception as error:  # on_connect failed: retry later, quietly
-            pool._refill_failures += 1
-            delay = backoff_delay(pool._refill_failures)
-            pool._refill_at = monotonic() + delay
+            pool._health.refill_failures += 1
+            delay = backoff_delay(pool._health.refill_failures)
+            pool._health.refill_at = monotonic() + delay
             logger.warning(
                 "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
                 pool.name,
@@ -278,7 +278,7 @@ def housekeep(pool: Pool) -> float:
             )
             return delay
         if opened is not None:
-            pool._refill_failures = 0
+            pool._health.refill_failures = 0
             pool._check_in(opened)
             return 0.0  # there may be more to open
     return max(0.0, next_run - monotonic())

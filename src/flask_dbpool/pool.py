@@ -75,6 +75,55 @@ def _check_timeout(timeout: object) -> None:
         raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
 
 
+class _Health:
+    """The pool's state that the hot path never touches: outages, suspicion after a
+    disconnect, and the counters of rare events. Kept apart so that the pool object itself
+    stays small (CPython's attribute access is faster on objects with few attributes)."""
+
+    __slots__ = (
+        "connect_error",
+        "connect_errors",
+        "connect_failures",
+        "disconnect_at",
+        "failed_at",
+        "leaks_detected",
+        "next_dry_check",
+        "pings_failed",
+        "probing",
+        "reclaimed",
+        "refill_at",
+        "refill_failures",
+        "rejected",
+        "retry_at",
+        "suspects",
+        "timeouts",
+        "wait_max",
+        "wait_total",
+        "waits",
+    )
+
+    def __init__(self) -> None:
+        self.disconnect_at = -FOREVER  # connections last checked before this are suspect
+        self.suspects = False  # whether some may still be lent or idle unchecked
+        self.connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
+        self.connect_error: BaseException | None = None
+        self.retry_at = 0.0  # when the next attempt to connect is due
+        self.failed_at = 0.0  # when the last attempt failed
+        self.probing = False  # an attempt to reconnect is under way
+        self.refill_at = 0.0  # maintenance's min_idle refill backs off after on_connect errors
+        self.refill_failures = 0
+        self.next_dry_check = 0.0
+        self.timeouts = 0
+        self.rejected = 0
+        self.waits = 0
+        self.wait_total = 0.0
+        self.wait_max = 0.0
+        self.connect_errors = 0
+        self.pings_failed = 0
+        self.leaks_detected = 0
+        self.reclaimed = 0
+
+
 class Pool:
     """A thread-safe pool of DB-API 2.0 connections.
 
@@ -184,30 +233,12 @@ class Pool:
         self._to_check: list[Entry] = []  # ...of which not picked up yet
         self._keep = 0 if self._closed else self.config.pool_size  # most idle ones kept
         self._drained = threading.Event()  # set once closed and every slot is free
-        self._disconnect_at = -FOREVER  # connections last checked before this are suspect
-        self._suspects = False  # whether some may still be lent or idle unchecked
-        self._connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
-        self._connect_error: BaseException | None = None
-        self._retry_at = 0.0
-        self._failed_at = 0.0  # when the last attempt failed
-        self._probing = False  # an attempt to reconnect is under way
-        self._refill_at = 0.0  # maintenance's min_idle refill backs off after on_connect errors
-        self._refill_failures = 0
+        self._health = _Health()
         self._maintenance: Maintenance | None = None
-        self._next_dry_check = 0.0
 
         self._acquired = 0
         self._created = 0
         self._closed_count = 0
-        self._timeouts = 0
-        self._rejected = 0
-        self._waits = 0
-        self._wait_total = 0.0
-        self._wait_max = 0.0
-        self._connect_errors = 0
-        self._pings_failed = 0
-        self._leaks_detected = 0
-        self._reclaimed = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -318,8 +349,8 @@ class Pool:
                 self._connecting += 1
             entry = self._connect_in_slot()
             if entry is None:
-                assert self._connect_error is not None
-                raise self._connect_error
+                assert self._health.connect_error is not None
+                raise self._health.connect_error
             self._check_in(entry)
             opened += 1
 
@@ -404,15 +435,15 @@ class Pool:
                 acquired=self._acquired,
                 created=self._created,
                 closed=self._closed_count,
-                timeouts=self._timeouts,
-                rejected=self._rejected,
-                waits=self._waits,
-                wait_seconds_total=self._wait_total,
-                wait_seconds_max=self._wait_max,
-                connect_errors=self._connect_errors,
-                pings_failed=self._pings_failed,
-                leaks_detected=self._leaks_detected,
-                reclaimed=self._reclaimed,
+                timeouts=self._health.timeouts,
+                rejected=self._health.rejected,
+                waits=self._health.waits,
+                wait_seconds_total=self._health.wait_total,
+                wait_seconds_max=self._health.wait_max,
+                connect_errors=self._health.connect_errors,
+                pings_failed=self._health.pings_failed,
+                leaks_detected=self._health.leaks_detected,
+                reclaimed=self._health.reclaimed,
             )
 
     def close(self, timeout: float | None = None) -> None:
@@ -499,13 +530,13 @@ class Pool:
 
     def _select_acquire(self) -> None:
         """Use the checked ``acquire`` only while something needs work at checkout."""
-        if self._checked_checkouts or self._suspects:
+        if self._checked_checkouts or self._health.suspects:
             # An instance attribute shadows the method: the default pool keeps the plain one.
             self.acquire = self._acquire_checked  # type: ignore[method-assign]
         elif self._acquire_checked_installed:
             # (Not through __dict__: materialising it would slow every attribute access.)
             del self.acquire
-        self._acquire_checked_installed = self._checked_checkouts or self._suspects
+        self._acquire_checked_installed = self._checked_checkouts or self._health.suspects
 
     def _acquire_checked(self, timeout: float | None = None) -> PooledConnection:
         """``acquire`` with pre-ping, suspect checks, leak tracking and ``on_checkout``."""
@@ -520,7 +551,7 @@ class Pool:
             assert entry is not None
             now = entry.lent_at
             try:
-                if entry.checked_at < self._disconnect_at or (
+                if entry.checked_at < self._health.disconnect_at or (
                     config.pre_ping and now - entry.used_at >= config.ping_interval
                 ):
                     try:
@@ -554,7 +585,7 @@ class Pool:
     def _ping_failed(self, conn: PooledConnection, error: Exception) -> None:
         entry = self._claim(conn)
         with self._lock:
-            self._pings_failed += 1
+            self._health.pings_failed += 1
         self._discard(entry, f"its ping failed ({one_line(error)})", disconnect=True)
 
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
@@ -574,22 +605,22 @@ class Pool:
                     entry = self._take_idle()
                     self._acquired += 1
                     return self._lend(entry)
-                failing = self._connect_failures
+                failing = self._health.connect_failures
                 if self._open < self._max_open and (
                     (not failing and not self._waiters)
                     # The database was unreachable: one caller at a time tries again once the
                     # back-off delay has passed; the others wait for its outcome.
-                    or (failing and now >= self._retry_at and not self._probing)
+                    or (failing and now >= self._health.retry_at and not self._health.probing)
                 ):
                     self._open += 1
                     self._connecting += 1
                     if failing:
-                        probe = self._probing = True
+                        probe = self._health.probing = True
                 else:
                     waiter = Waiter()
                     max_waiting = self.config.max_waiting
                     if max_waiting and len(self._waiters) >= max_waiting:
-                        self._rejected += 1
+                        self._health.rejected += 1
                         raise TooManyWaiters(
                             f"pool {self.name!r} ({self.target}) refused a caller: "
                             f"max_waiting={max_waiting} callers already wait; "
@@ -602,8 +633,8 @@ class Pool:
                         raise timeout_error(self.name, self.target, report, _now())
                     # A dropped handle may be why the pool ran dry, and maintenance reclaims
                     # those: let it look (at most once a second).
-                    if now >= self._next_dry_check:
-                        self._next_dry_check = now + 1.0
+                    if now >= self._health.next_dry_check:
+                        self._health.next_dry_check = now + 1.0
                         nudge = True
             if waiter is None:
                 conn = self._open_in_slot(probe=probe)
@@ -631,8 +662,8 @@ class Pool:
                 # noticed; while the database is unreachable, when a new attempt is due, in
                 # case nobody else makes it.
                 wait = min(deadline - now, 1.0)
-                if self._connect_failures:
-                    due = now + 0.25 if self._probing else self._retry_at
+                if self._health.connect_failures:
+                    due = now + 0.25 if self._health.probing else self._health.retry_at
                     wait = min(wait, max(due - now, 0.01))
                 waiter.wake.acquire(True, min(max(wait, 0.0), threading.TIMEOUT_MAX))
                 now = _now()  # woken up, or the wait ran out
@@ -641,9 +672,9 @@ class Pool:
                     if item is None:
                         if now < deadline:
                             if (
-                                self._connect_failures
-                                and now >= self._retry_at
-                                and not self._probing
+                                self._health.connect_failures
+                                and now >= self._health.retry_at
+                                and not self._health.probing
                                 and self._open < self._max_open
                             ):
                                 self._waiters.remove(waiter)
@@ -671,10 +702,10 @@ class Pool:
         raise timeout_error(self.name, self.target, report, _now())
 
     def _count_wait_locked(self, waited: float) -> None:
-        self._waits += 1
-        self._wait_total += waited
-        if waited > self._wait_max:
-            self._wait_max = waited
+        self._health.waits += 1
+        self._health.wait_total += waited
+        if waited > self._health.wait_max:
+            self._health.wait_max = waited
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
@@ -757,11 +788,11 @@ class Pool:
                 self._created += 1
                 accounted = True
                 if probe:
-                    self._probing = False
-                recovered = self._connect_failures
+                    self._health.probing = False
+                recovered = self._health.connect_failures
                 if recovered:
-                    self._connect_failures = 0
-                    self._connect_error = None
+                    self._health.connect_failures = 0
+                    self._health.connect_error = None
                     self._fill_waiters_locked()  # the database is back: waiters connect too
         except BaseException:
             if not accounted:  # interrupted before the pool knew of it
@@ -787,20 +818,20 @@ class Pool:
     def _connect_failed(self, error: Exception, probe: bool, started: float) -> None:
         """Release the slot of a failed connection attempt and schedule a retry."""
         with self._lock:
-            self._connect_errors += 1
+            self._health.connect_errors += 1
             # Without its traceback: the frames would keep callers' locals alive.
-            self._connect_error = error.with_traceback(None)
+            self._health.connect_error = error.with_traceback(None)
             now = _now()
             # Attempts under way when the outage began fail together: they are one failure
             # for the back-off, not several.
-            if started >= self._failed_at or not self._connect_failures:
-                self._connect_failures += 1
-                self._retry_at = now + backoff_delay(self._connect_failures)
-            self._failed_at = now
-            failures = self._connect_failures
-            delay = max(0.0, self._retry_at - now)
+            if started >= self._health.failed_at or not self._health.connect_failures:
+                self._health.connect_failures += 1
+                self._health.retry_at = now + backoff_delay(self._health.connect_failures)
+            self._health.failed_at = now
+            failures = self._health.connect_failures
+            delay = max(0.0, self._health.retry_at - now)
             if probe:
-                self._probing = False
+                self._health.probing = False
             self._connecting -= 1
             self._open -= 1
             self._after_shrink_locked()
@@ -830,7 +861,7 @@ class Pool:
     def _fill_waiters_locked(self) -> None:
         """Give free slots to waiters (unless the database is unreachable: maintenance
         reconnects then, and hands the connection over)."""
-        if self._connect_failures or self._closed:
+        if self._health.connect_failures or self._closed:
             return
         while self._waiters and self._open < self._max_open:
             self._open += 1
@@ -859,18 +890,18 @@ class Pool:
             if connecting:
                 self._connecting -= 1
             if probe:
-                self._probing = False
+                self._health.probing = False
             if (
                 self._waiters
                 and not self._closed
-                and not self._connect_failures
+                and not self._health.connect_failures
                 and self._open <= self._max_open
             ):
                 self._hand_off(NEW_SLOT)
                 return
             self._open -= 1
             self._after_shrink_locked()
-            reconnect = bool(self._waiters and self._connect_failures and not self._closed)
+            reconnect = bool(self._waiters and self._health.connect_failures and not self._closed)
         if reconnect:
             self._nudge()  # a slot for maintenance's next reconnection attempt
 
@@ -942,7 +973,7 @@ class Pool:
             if not isinstance(error, Exception):
                 raise
             return
-        if entry.checked_at < self._disconnect_at:
+        if entry.checked_at < self._health.disconnect_at:
             self._send_to_check(entry)  # lent across a disconnect: maintenance pings it
         else:
             self._check_in(entry)
@@ -977,7 +1008,7 @@ class Pool:
                 self._checking.discard(entry)
                 # A suspect found dead confirms what is known: checking the ones that
                 # passed again would only repeat the work (quadratically in an outage).
-                disconnect = disconnect and entry.checked_at >= self._disconnect_at
+                disconnect = disconnect and entry.checked_at >= self._health.disconnect_at
                 if disconnect:
                     self._note_disconnect_locked(_now())
             (logger.debug if quiet else logger.info)(
@@ -1001,7 +1032,7 @@ class Pool:
         """A connection turned out dead: the server may have restarted, killing every session
         opened before now. Idle ones go to maintenance for a ping; lent ones are checked when
         returned; meanwhile checkouts verify what they get. Caller holds the lock."""
-        self._disconnect_at = now
+        self._health.disconnect_at = now
         suspects = [entry for entry in self._idle if entry.checked_at < now]
         if suspects:
             for entry in suspects:
@@ -1012,7 +1043,7 @@ class Pool:
         for entry in self._entries:
             if entry not in idle and entry not in self._checking and entry.checked_at < now:
                 entry.tx_state = slow_return
-        self._suspects = True
+        self._health.suspects = True
         self._select_acquire()
 
     def _send_to_check(self, entry: Entry) -> None:
@@ -1070,13 +1101,13 @@ class Pool:
     def _timeout_report_locked(self, waited: float) -> TimeoutReport:
         """What a ``PoolTimeout`` for a caller that waited ``waited`` s (and is still counted
         as waiting) will say. Caller holds the lock; the message is built after."""
-        self._timeouts += 1
+        self._health.timeouts += 1
         idle = set(self._idle)
         return TimeoutReport(
             waited,
             self._state_locked(),
-            self._connect_failures,
-            self._connect_error if self._connect_failures else None,
+            self._health.connect_failures,
+            self._health.connect_error if self._health.connect_failures else None,
             [
                 holder_of(entry)
                 for entry in self._entries
