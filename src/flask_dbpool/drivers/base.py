@@ -11,13 +11,23 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar
 
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.url import DatabaseURL
 
-__all__ = ["BROKEN", "FAILED", "IDLE", "IN_TRANSACTION", "ConnectFn", "Driver"]
+__all__ = [
+    "BROKEN",
+    "FAILED",
+    "IDLE",
+    "IN_TRANSACTION",
+    "ConnectFn",
+    "Driver",
+    "ServerLimits",
+    "run_query",
+]
 
 #: Transaction states returned by :meth:`Driver.transaction_state` (plain ints: cheap to test).
 IDLE = 0
@@ -28,6 +38,40 @@ BROKEN = 2
 FAILED = 3
 
 ConnectFn = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How many connections a database server accepts, and who holds them now."""
+
+    server: str
+    """The server's product and version, e.g. ``PostgreSQL 15.4``."""
+    max_connections: int
+    """The server's ``max_connections``."""
+    reserved: int
+    """Connections kept for administrators (PostgreSQL ``superuser_reserved_connections``
+    plus ``reserved_connections``), unavailable to applications."""
+    sessions: int
+    """Client sessions open right now."""
+    by_client: dict[str, int] = field(default_factory=dict)
+    """Open sessions per client name (PostgreSQL ``application_name``, MySQL user)."""
+    client_label: str = "client"
+    """What the keys of :attr:`by_client` are."""
+
+
+def run_query(raw: Any, sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on ``raw`` and fetch the rows, leaving an idle connection idle."""
+    cur = raw.cursor()
+    try:
+        cur.execute(sql)
+        rows = [tuple(row) for row in cur.fetchall()]
+    finally:
+        cur.close()
+    try:
+        raw.rollback()  # a read that opened an implicit transaction must not leave it open
+    except Exception:
+        pass
+    return rows
 
 
 class Driver:
@@ -108,6 +152,16 @@ class Driver:
     def reset_session(raw: Any) -> None:
         """Reset all session state of an idle connection (``reset_on_return="discard"``)."""
         raise NotImplementedError
+
+    @classmethod
+    def server_version(cls, raw: Any) -> str:
+        """The server's product and version (one round trip at most)."""
+        return "unknown server"
+
+    @classmethod
+    def server_limits(cls, raw: Any) -> ServerLimits | None:
+        """The server's connection limit and current sessions; ``None`` if it has none."""
+        return None
 
     @staticmethod
     def close(raw: Any) -> None:

@@ -10,8 +10,10 @@ from flask_dbpool.drivers.base import (
     IN_TRANSACTION,
     ConnectFn,
     Driver,
+    ServerLimits,
     parse_bool,
     query_options,
+    run_query,
 )
 from flask_dbpool.url import DatabaseURL
 
@@ -106,7 +108,31 @@ def _tracking_class(pymysql: Any) -> type:
 
 
 class _MySQLDriver(Driver):
-    """What PyMySQL and mysqlclient share: error codes and the ``open`` flag."""
+    """What PyMySQL and mysqlclient share: error codes, the ``open`` flag, server limits."""
+
+    @classmethod
+    def server_version(cls, raw: Any) -> str:
+        version = str(run_query(raw, "SELECT VERSION()")[0][0])
+        product = "MariaDB" if "mariadb" in version.lower() else "MySQL"
+        return f"{product} {version.split('-')[0]}"
+
+    @classmethod
+    def server_limits(cls, raw: Any) -> ServerLimits:
+        max_connections = int(run_query(raw, "SELECT @@max_connections")[0][0])
+        clients = run_query(
+            raw,
+            "SELECT user, count(*) FROM information_schema.processlist"
+            " WHERE command <> 'Daemon' GROUP BY user ORDER BY 2 DESC, 1",
+        )
+        by_client = {str(user): int(count) for user, count in clients}
+        return ServerLimits(
+            server=cls.server_version(raw),
+            max_connections=max_connections,
+            reserved=0,  # MySQL admits one connection beyond the limit for admins
+            sessions=sum(by_client.values()),
+            by_client=by_client,
+            client_label="user",
+        )
 
     @classmethod
     def is_disconnect(cls, exc: BaseException, raw: Any) -> bool:

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_dbpool.drivers.base import BROKEN, FAILED, IDLE, IN_TRANSACTION, ConnectFn, Driver
+from flask_dbpool.drivers.base import (
+    BROKEN,
+    FAILED,
+    IDLE,
+    IN_TRANSACTION,
+    ConnectFn,
+    Driver,
+    ServerLimits,
+    run_query,
+)
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.url import DatabaseURL
 
@@ -58,7 +67,47 @@ def _discard_all(raw: Any) -> None:
         raw.autocommit = was_autocommit
 
 
-class PsycopgDriver(Driver):
+def _server_version(raw: Any) -> str:
+    return "PostgreSQL " + str(run_query(raw, "SHOW server_version")[0][0]).split(" ")[0]
+
+
+def _server_limits(raw: Any) -> ServerLimits:
+    settings = run_query(
+        raw,
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int,"
+        " coalesce(current_setting('reserved_connections', true), '0')::int",  # PG 16+
+    )[0]
+    clients = run_query(
+        raw,
+        "SELECT coalesce(nullif(application_name, ''), '(none)'), count(*)"
+        " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        " GROUP BY 1 ORDER BY 2 DESC, 1",
+    )
+    by_client = {str(name): int(count) for name, count in clients}
+    return ServerLimits(
+        server=_server_version(raw),
+        max_connections=int(settings[0]),
+        reserved=int(settings[1]) + int(settings[2]),
+        sessions=sum(by_client.values()),
+        by_client=by_client,
+        client_label="application_name",
+    )
+
+
+class _PostgresDriver(Driver):
+    """What psycopg and psycopg2 share: the server's identity and limits."""
+
+    @classmethod
+    def server_version(cls, raw: Any) -> str:
+        return _server_version(raw)
+
+    @classmethod
+    def server_limits(cls, raw: Any) -> ServerLimits:
+        return _server_limits(raw)
+
+
+class PsycopgDriver(_PostgresDriver):
     """psycopg 3: ``postgresql://``, ``postgres://``, ``postgresql+psycopg://``."""
 
     name = "psycopg"
@@ -97,7 +146,7 @@ class PsycopgDriver(Driver):
             return None
 
 
-class Psycopg2Driver(Driver):
+class Psycopg2Driver(_PostgresDriver):
     """psycopg2: ``postgresql+psycopg2://`` (or ``postgresql://`` when psycopg 3 is absent)."""
 
     name = "psycopg2"

@@ -49,6 +49,10 @@ class SQLiteDriver(Driver):
 
         return connect
 
+    @classmethod
+    def server_version(cls, raw: Any) -> str:
+        return f"SQLite {sqlite3.sqlite_version} (embedded, no server)"
+
     @staticmethod
     def transaction_state(raw: Any) -> int:
         try:

@@ -75,6 +75,10 @@ class DBPool:
         pool = Pool(url, **settings)
         app.extensions[EXTENSION_KEY] = pool
         app.teardown_appcontext(_return_connection)
+        from flask_dbpool.flask.cli import dbpool_cli  # imports this module
+
+        if dbpool_cli.name not in app.cli.commands:
+            app.cli.add_command(dbpool_cli)  # `flask dbpool status|check|doctor`
 
     @staticmethod
     def get_pool(app: Flask) -> Pool:
