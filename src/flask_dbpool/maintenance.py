@@ -124,7 +124,7 @@ def housekeep(pool: Pool) -> float:
         for entry in orphans:
             pool._entries.discard(entry)
             pool._health.reclaimed += 1
-            pool._closed_count += 1
+            pool._count_closed_locked("leaked")
         orphan_holders = [holder_of(entry) for entry in orphans]
         to_ping.extend(pool._to_check)
         pool._to_check.clear()
@@ -134,7 +134,7 @@ def housekeep(pool: Pool) -> float:
         survivors = []
         for entry in pool._idle:
             if entry.expires_at <= now:
-                to_close.append((entry, "it reached max_lifetime"))
+                to_close.append((entry, "lifetime"))
             elif entry.checked_at < pool._health.disconnect_at or (
                 keepalive is not None
                 and now - max(entry.lent_at, entry.checked_at) >= keepalive
@@ -153,7 +153,7 @@ def housekeep(pool: Pool) -> float:
             kept = []
             for entry in survivors:
                 if excess > 0 and now - entry.idle_since >= idle_timeout:
-                    to_close.append((entry, "it was idle for idle_timeout"))
+                    to_close.append((entry, "idle"))
                     excess -= 1
                 else:
                     kept.append(entry)
@@ -166,8 +166,8 @@ def housekeep(pool: Pool) -> float:
             next_run = min(next_run, entry.expires_at)
             if keepalive is not None:
                 next_run = min(next_run, max(entry.lent_at, entry.checked_at) + keepalive)
-        for entry, _why in to_close:
-            pool._forget_locked(entry)
+        for entry, reason in to_close:
+            pool._forget_locked(entry, reason)
 
         # Lent connections: retire on return, warn about leaks. When they come back is
         # unknown (returns are not timed), so look again soon enough for idle_timeout
@@ -213,8 +213,8 @@ def housekeep(pool: Pool) -> float:
             pool._close_raw(orphan)
         finally:
             pool._free_slot()
-    for entry, why in to_close:
-        logger.debug("pool %r: closing an idle connection because %s", pool.name, why)
+    for entry, reason in to_close:
+        logger.debug("pool %r: closing an idle connection (%s)", pool.name, reason)
         pool._close_raw(entry)
     try:
         while to_ping:
@@ -225,7 +225,7 @@ def housekeep(pool: Pool) -> float:
                 with pool._lock:
                     pool._health.pings_failed += 1
                 pool._discard(
-                    entry, f"its check failed ({one_line(error)})", disconnect=True
+                    entry, f"its check failed ({one_line(error)})", "ping_failed", disconnect=True
                 )
                 continue
             entry.checked_at = monotonic()

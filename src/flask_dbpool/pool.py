@@ -55,7 +55,7 @@ from flask_dbpool.hooks import reset_session, run_on_connect
 from flask_dbpool.leaks import TimeoutReport, capture_site, holder_of, timeout_error
 from flask_dbpool.maintenance import Maintenance, backoff_delay, lifetime_jitter
 from flask_dbpool.proxy import PooledConnection, set_entry
-from flask_dbpool.stats import PoolStats
+from flask_dbpool.stats import Histogram, PoolStats
 
 __all__ = ["Pool"]
 
@@ -81,9 +81,11 @@ class _Health:
     stays small (CPython's attribute access is faster on objects with few attributes)."""
 
     __slots__ = (
+        "closed_by",
         "connect_error",
         "connect_errors",
         "connect_failures",
+        "create_time",
         "disconnect_at",
         "failed_at",
         "leaks_detected",
@@ -98,6 +100,7 @@ class _Health:
         "suspects",
         "timeouts",
         "wait_max",
+        "wait_time",
         "wait_total",
         "waits",
     )
@@ -122,6 +125,9 @@ class _Health:
         self.pings_failed = 0
         self.leaks_detected = 0
         self.reclaimed = 0
+        self.closed_by: dict[str, int] = {}
+        self.wait_time = Histogram()
+        self.create_time = Histogram()
 
 
 class Pool:
@@ -321,7 +327,7 @@ class Pool:
                     # pool_size connections are idle already (or the pool is closed): this
                     # one is surplus. Closing only then avoids reopening overflow connections
                     # over and over while demand stays between pool_size and the maximum.
-                    self._forget_locked(entry)
+                    self._forget_locked(entry, "pool_closed" if self._closed else "overflow")
                     surplus = entry
                 else:
                     surplus = None
@@ -405,7 +411,7 @@ class Pool:
             surplus = []
             while len(self._idle) > self._keep:
                 entry = self._idle.popleft()  # the least recently used go first
-                self._forget_locked(entry)
+                self._forget_locked(entry, "resized")
                 surplus.append(entry)
         for entry in surplus:
             self._close_raw(entry)
@@ -444,6 +450,9 @@ class Pool:
                 pings_failed=self._health.pings_failed,
                 leaks_detected=self._health.leaks_detected,
                 reclaimed=self._health.reclaimed,
+                closed_by_reason=dict(self._health.closed_by),
+                wait_time=self._health.wait_time.snapshot(),
+                create_time=self._health.create_time.snapshot(),
             )
 
     def close(self, timeout: float | None = None) -> None:
@@ -470,7 +479,7 @@ class Pool:
             self._idle.clear()
             self._to_check.clear()
             for entry in idle:
-                self._forget_locked(entry)
+                self._forget_locked(entry, "pool_closed")
             self._after_shrink_locked()
             maintenance, self._maintenance = self._maintenance, None
         if maintenance is not None:
@@ -586,7 +595,9 @@ class Pool:
         entry = self._claim(conn)
         with self._lock:
             self._health.pings_failed += 1
-        self._discard(entry, f"its ping failed ({one_line(error)})", disconnect=True)
+        self._discard(
+            entry, f"its ping failed ({one_line(error)})", "ping_failed", disconnect=True
+        )
 
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
@@ -702,10 +713,12 @@ class Pool:
         raise timeout_error(self.name, self.target, report, _now())
 
     def _count_wait_locked(self, waited: float) -> None:
-        self._health.waits += 1
-        self._health.wait_total += waited
-        if waited > self._health.wait_max:
-            self._health.wait_max = waited
+        health = self._health
+        health.waits += 1
+        health.wait_total += waited
+        if waited > health.wait_max:
+            health.wait_max = waited
+        health.wait_time.record(waited)
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
@@ -742,7 +755,7 @@ class Pool:
             if not self._closed:
                 self._acquired += 1
                 return self._lend(entry)
-            self._forget_locked(entry)
+            self._forget_locked(entry, "pool_closed")
         self._close_raw(entry)
         raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
 
@@ -787,6 +800,7 @@ class Pool:
                 self._connecting -= 1
                 self._created += 1
                 accounted = True
+                self._health.create_time.record(now - started)
                 if probe:
                     self._health.probing = False
                 recovered = self._health.connect_failures
@@ -881,7 +895,7 @@ class Pool:
             if len(self._idle) < self._keep:
                 self._idle.append(entry)
                 return
-            self._forget_locked(entry)
+            self._forget_locked(entry, "pool_closed" if self._closed else "overflow")
         self._close_raw(entry)
 
     def _free_slot(self, *, connecting: bool = False, probe: bool = False) -> None:
@@ -905,13 +919,19 @@ class Pool:
         if reconnect:
             self._nudge()  # a slot for maintenance's next reconnection attempt
 
-    def _forget_locked(self, entry: Entry) -> None:
-        """``entry`` is about to be closed: release its slot. Caller holds the lock."""
+    def _forget_locked(self, entry: Entry, reason: str) -> None:
+        """``entry`` is about to be closed (``reason``: see ``stats.CLOSE_REASONS``): release
+        its slot. Caller holds the lock."""
         self._entries.discard(entry)
         self._checking.discard(entry)
         self._open -= 1
-        self._closed_count += 1
+        self._count_closed_locked(reason)
         self._after_shrink_locked()
+
+    def _count_closed_locked(self, reason: str) -> None:
+        self._closed_count += 1
+        closed_by = self._health.closed_by
+        closed_by[reason] = closed_by.get(reason, 0) + 1
 
     def _after_shrink_locked(self) -> None:
         """A slot was released: signal a draining close(), or finish a shrinking resize()."""
@@ -944,14 +964,14 @@ class Pool:
                 self.config.on_checkin(entry.raw)
             if exc is not None and driver.is_disconnect(exc, entry.raw):
                 why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
-                self._discard(entry, why, disconnect=True)
+                self._discard(entry, why, "broken", disconnect=True)
                 return
             if entry.retire:
-                self._discard(entry, "it reached max_lifetime", quiet=True)
+                self._discard(entry, "it reached max_lifetime", "lifetime", quiet=True)
                 return
             state = driver.transaction_state(entry.raw)
             if state == BROKEN:
-                self._discard(entry, "the driver reports it broken", disconnect=True)
+                self._discard(entry, "the driver reports it broken", "broken", disconnect=True)
                 return
             # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
             # only refresh it from successful replies.
@@ -969,7 +989,7 @@ class Pool:
             # Its session state is unknown now: never lend it again.
             gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
             why = f"on_checkin or the reset failed ({one_line(error)})"
-            self._discard(entry, why, disconnect=gone)
+            self._discard(entry, why, "broken" if gone else "reset_failed", disconnect=gone)
             if not isinstance(error, Exception):
                 raise
             return
@@ -991,10 +1011,16 @@ class Pool:
 
     def _invalidate(self, conn: PooledConnection) -> None:
         entry = self._claim(conn)
-        self._discard(entry, "invalidate() was called")
+        self._discard(entry, "invalidate() was called", "invalidated")
 
     def _discard(
-        self, entry: Entry, why: str, *, disconnect: bool = False, quiet: bool = False
+        self,
+        entry: Entry,
+        why: str,
+        reason: str,
+        *,
+        disconnect: bool = False,
+        quiet: bool = False,
     ) -> None:
         """Close ``entry`` for good and free its slot, whatever happens on the way.
 
@@ -1003,7 +1029,7 @@ class Pool:
         """
         try:
             with self._lock:
-                self._closed_count += 1
+                self._count_closed_locked(reason)
                 self._entries.discard(entry)
                 self._checking.discard(entry)
                 # A suspect found dead confirms what is known: checking the ones that

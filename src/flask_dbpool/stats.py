@@ -2,10 +2,99 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["PoolStats"]
+__all__ = ["CLOSE_REASONS", "DURATION_BUCKETS", "Histogram", "HistogramSnapshot", "PoolStats"]
+
+#: Upper bounds (seconds, inclusive) of the duration histograms' buckets; a last bucket
+#: counts everything above.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+)  # fmt: skip
+
+#: Why connections were closed (keys of ``PoolStats.closed_by_reason``).
+CLOSE_REASONS: tuple[str, ...] = (
+    "overflow",  # returned while pool_size connections were idle already
+    "idle",  # idle for idle_timeout
+    "lifetime",  # reached max_lifetime
+    "broken",  # found dead or raised a disconnect error while in use
+    "ping_failed",  # failed a check (pre_ping, keepalive, after a disconnect)
+    "reset_failed",  # on_checkin, the rollback or the session reset failed on return
+    "invalidated",  # conn.invalidate()
+    "leaked",  # its handle was garbage-collected without being returned
+    "resized",  # surplus after resize()
+    "pool_closed",  # the pool was closed
+)
+
+
+class Histogram:
+    """A fixed-memory histogram of durations in seconds (mutated under the pool lock)."""
+
+    __slots__ = ("count", "counts", "max", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        """Count one duration."""
+        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    def snapshot(self) -> HistogramSnapshot:
+        """An immutable copy."""
+        return HistogramSnapshot(tuple(self.counts), self.count, self.sum, self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Durations in seconds: per-bucket counts (bounds :data:`DURATION_BUCKETS`, plus one
+    bucket above the last bound), count, sum and max, all since the pool was created."""
+
+    counts: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+    count: int = 0
+    sum: float = 0.0
+    max: float = 0.0
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The buckets' upper bounds (the last bucket has none)."""
+        return DURATION_BUCKETS
+
+    @property
+    def mean(self) -> float:
+        """The average duration (0 when nothing was recorded)."""
+        return self.sum / self.count if self.count else 0.0
+
+    def since(self, earlier: HistogramSnapshot) -> HistogramSnapshot:
+        """What was recorded after ``earlier`` (``max`` stays the all-time maximum)."""
+        return HistogramSnapshot(
+            tuple(a - b for a, b in zip(self.counts, earlier.counts, strict=True)),
+            self.count - earlier.count,
+            self.sum - earlier.sum,
+            self.max,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Bucket bounds and counts, count, sum and max, ready for JSON."""
+        return {
+            "buckets": [
+                {"le": bound, "count": count}
+                for bound, count in zip((*DURATION_BUCKETS, "+Inf"), self.counts, strict=True)
+            ],
+            "count": self.count,
+            "sum": self.sum,
+            "max": self.max,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +150,52 @@ class PoolStats:
     """Total connections whose handle was garbage-collected without being returned (their
     slot was given back)."""
 
+    closed_by_reason: Mapping[str, int] = field(default_factory=dict)
+    """Total connections closed, by reason (see :data:`CLOSE_REASONS`); sums to ``closed``."""
+    wait_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
+    """How long callers that had to wait waited (successful or timed out)."""
+    create_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
+    """How long opening a new connection took (successful ones)."""
+
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a plain dict, ready for JSON."""
-        return asdict(self)
+        data = asdict(self)
+        data["closed_by_reason"] = dict(self.closed_by_reason)
+        data["wait_time"] = self.wait_time.as_dict()
+        data["create_time"] = self.create_time.as_dict()
+        return data
+
+    def since(self, earlier: PoolStats) -> PoolStats:
+        """The totals accumulated since ``earlier`` (a previous snapshot of the same pool),
+        with the gauges of this one: for periodic logging, keep the last snapshot and log
+        ``pool.stats().since(last)``. Counters are never reset; maxima stay all-time."""
+        changes: dict[str, Any] = {}
+        for name in _TOTALS:
+            changes[name] = getattr(self, name) - getattr(earlier, name)
+        changes["closed_by_reason"] = {
+            reason: count - earlier.closed_by_reason.get(reason, 0)
+            for reason, count in self.closed_by_reason.items()
+        }
+        changes["wait_time"] = self.wait_time.since(earlier.wait_time)
+        changes["create_time"] = self.create_time.since(earlier.create_time)
+        return replace(self, **changes)
+
+
+_TOTALS = tuple(
+    f.name
+    for f in fields(PoolStats)
+    if f.name
+    in {
+        "acquired",
+        "created",
+        "closed",
+        "timeouts",
+        "rejected",
+        "waits",
+        "wait_seconds_total",
+        "connect_errors",
+        "pings_failed",
+        "leaks_detected",
+        "reclaimed",
+    }
+)

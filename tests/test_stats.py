@@ -1,0 +1,84 @@
+"""Pool statistics: closes by reason, wait and create time histograms, interval figures."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from backends import Backend, MakePool, Worker, query, wait_until
+from flask_dbpool import PoolTimeout
+from flask_dbpool.stats import CLOSE_REASONS, DURATION_BUCKETS
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
+def test_closed_by_reason_adds_up(backend: Backend, make_pool: MakePool) -> None:
+    pool = make_pool(backend.url, pool_size=1, max_overflow=2, idle_timeout=0.2)
+    a, b, c = pool.acquire(), pool.acquire(), pool.acquire()
+    a.invalidate()  # invalidated
+    b.close()  # kept idle (pool_size 1)
+    c.close()  # overflow: one is idle already
+    wait_until(lambda: pool.stats().closed_by_reason.get("idle", 0) == 1, 5, "the idle close")
+    pool.resize(pool_size=1)
+    d = pool.acquire()
+    pool.close()
+    d.close()  # returned to a closed pool
+    s = pool.stats()
+    assert s.closed_by_reason == {"invalidated": 1, "overflow": 1, "idle": 1, "pool_closed": 1}
+    assert sum(s.closed_by_reason.values()) == s.closed == 4
+    assert set(s.closed_by_reason) <= set(CLOSE_REASONS)
+
+
+def test_create_and_wait_time_histograms(sqlite_url: str, make_pool: MakePool) -> None:
+    pool = make_pool(sqlite_url, pool_size=1, max_overflow=0)
+    held = pool.acquire()
+    got = threading.Event()
+
+    def wait_for_it() -> None:
+        with pool.connection(timeout=5):
+            got.set()
+
+    waiter = Worker(wait_for_it, "waiter")
+    waiter.start()
+    wait_until(lambda: pool.stats().waiting == 1, 5, "the waiter")
+    time.sleep(0.06)
+    held.close()
+    waiter.join(5)
+    assert got.is_set()
+    with pytest.raises(PoolTimeout):
+        with pool.connection():
+            pool.acquire(timeout=0.02)
+
+    s = pool.stats()
+    assert s.create_time.count == 1 and 0 < s.create_time.sum == s.create_time.max
+    assert s.wait_time.count == 2 == s.waits  # the served wait and the timed-out one
+    assert s.wait_time.max >= 0.05 and s.wait_time.sum == pytest.approx(s.wait_seconds_total)
+    assert sum(s.wait_time.counts) == 2
+    assert len(s.wait_time.counts) == len(DURATION_BUCKETS) + 1
+    # the 0.06 s wait falls in the (0.05, 0.1] bucket
+    assert s.wait_time.counts[DURATION_BUCKETS.index(0.1)] >= 1
+    data = json.loads(json.dumps(s.as_dict()))
+    assert data["wait_time"]["buckets"][-1]["le"] == "+Inf"
+    assert data["closed_by_reason"] == {}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_since_gives_interval_figures(backend: Backend, make_pool: MakePool) -> None:
+    pool = make_pool(backend.url, pool_size=2)
+    for _ in range(3):
+        with pool.connection() as conn:
+            query(conn, "SELECT 1")
+    first = pool.stats()
+    for _ in range(5):
+        with pool.connection() as conn:
+            query(conn, "SELECT 1")
+    pool.acquire().invalidate()
+    interval = pool.stats().since(first)
+    assert interval.acquired == 6
+    assert interval.closed == 1 and interval.closed_by_reason == {"invalidated": 1}
+    assert interval.created == 0 and interval.create_time.count == 0  # reused the first one
+    assert first.created == first.create_time.count == 1
+    assert interval.open == pool.stats().open == 0  # gauges are the current ones
+    assert pool.stats().acquired == 9  # totals themselves are never reset
