@@ -1,0 +1,1 @@
+"""Exporters of :meth:`Pool.stats` to metrics systems, each an optional extra."""

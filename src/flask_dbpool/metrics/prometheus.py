@@ -1,0 +1,144 @@
+"""Prometheus metrics for flask-dbpool pools (``pip install 'flask-dbpool[prometheus]'``).
+
+A scrape-time collector: nothing is recorded on the pool's hot path; each scrape reads
+:meth:`Pool.stats`. Names follow the OpenTelemetry database-client semantic conventions in
+Prometheus form, with the pool name as the ``pool_name`` label, so one dashboard serves both::
+
+    from prometheus_client import REGISTRY
+    from flask_dbpool.metrics.prometheus import PoolCollector
+    REGISTRY.register(PoolCollector(pool))
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask_dbpool.errors import ConfigError
+from flask_dbpool.stats import DURATION_BUCKETS, HistogramSnapshot
+
+if TYPE_CHECKING:
+    from flask_dbpool.pool import Pool
+
+__all__ = ["PoolCollector"]
+
+
+def _prometheus_core() -> Any:
+    try:
+        return importlib.import_module("prometheus_client.core")
+    except ImportError:
+        raise ConfigError(
+            "Prometheus metrics need the prometheus extra: pip install 'flask-dbpool[prometheus]'"
+        ) from None
+
+
+class PoolCollector:
+    """A ``prometheus_client`` collector for one or more pools.
+
+    Metrics (all labelled ``pool_name``): ``db_client_connection_count`` (gauge, ``state`` =
+    ``idle`` | ``used``), ``db_client_connection_max``, ``db_client_connection_idle_max``,
+    ``db_client_connection_idle_min``, ``db_client_connection_pending_requests`` (gauges),
+    ``db_client_connection_timeouts_total`` (counter),
+    ``db_client_connection_wait_time_seconds`` and ``db_client_connection_create_time_seconds``
+    (histograms), plus flask-dbpool's own counters ``flask_dbpool_connections_created_total``,
+    ``flask_dbpool_connections_closed_total`` (``reason`` label),
+    ``flask_dbpool_checkouts_total``, ``flask_dbpool_rejected_total``,
+    ``flask_dbpool_connect_errors_total``, ``flask_dbpool_pings_failed_total``,
+    ``flask_dbpool_leaks_detected_total`` and ``flask_dbpool_reclaimed_total``.
+    Raises :class:`~flask_dbpool.ConfigError` naming the extra if ``prometheus_client`` is
+    missing.
+    """
+
+    def __init__(self, *pools: Pool) -> None:
+        self._core = _prometheus_core()
+        self._pools = list(pools)
+
+    def add(self, pool: Pool) -> None:
+        """Also report ``pool``."""
+        self._pools.append(pool)
+
+    def describe(self) -> Iterable[Any]:
+        """Nothing: lets the registry accept the collector without a first scrape."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """The metric families of every pool, read from ``stats()`` now."""
+        core = self._core
+        snapshots = [(pool.name, pool.stats(), pool.config.min_idle) for pool in self._pools]
+
+        def gauge(name: str, doc: str, labels: list[str] | None = None) -> Any:
+            return core.GaugeMetricFamily(name, doc, labels=["pool_name", *(labels or [])])
+
+        def counter(name: str, doc: str, labels: list[str] | None = None) -> Any:
+            return core.CounterMetricFamily(name, doc, labels=["pool_name", *(labels or [])])
+
+        count = gauge(
+            "db_client_connection_count", "Connections by state (idle or used).", ["state"]
+        )
+        maximum = gauge("db_client_connection_max", "Most connections the pool may open.")
+        idle_max = gauge("db_client_connection_idle_max", "Most idle connections kept.")
+        idle_min = gauge("db_client_connection_idle_min", "Idle connections kept open.")
+        pending = gauge(
+            "db_client_connection_pending_requests", "Callers waiting for a connection."
+        )
+        timeouts = counter(
+            "db_client_connection_timeouts", "Checkouts that timed out waiting (PoolTimeout)."
+        )
+        wait_time = core.HistogramMetricFamily(
+            "db_client_connection_wait_time_seconds",
+            "Time callers that had to wait spent waiting for a connection.",
+            labels=["pool_name"],
+        )
+        create_time = core.HistogramMetricFamily(
+            "db_client_connection_create_time_seconds",
+            "Time it took to open a new connection.",
+            labels=["pool_name"],
+        )
+        totals = {
+            "created": counter("flask_dbpool_connections_created", "Connections opened."),
+            "acquired": counter("flask_dbpool_checkouts", "Successful checkouts."),
+            "rejected": counter("flask_dbpool_rejected", "Checkouts refused by max_waiting."),
+            "connect_errors": counter(
+                "flask_dbpool_connect_errors", "Failed attempts to open a connection."
+            ),
+            "pings_failed": counter(
+                "flask_dbpool_pings_failed", "Connections found dead by a check."
+            ),
+            "leaks_detected": counter(
+                "flask_dbpool_leaks_detected", "Checkouts held longer than leak_threshold."
+            ),
+            "reclaimed": counter(
+                "flask_dbpool_reclaimed", "Handles garbage-collected without being returned."
+            ),
+        }
+        closed = counter("flask_dbpool_connections_closed", "Connections closed.", ["reason"])
+
+        for name, stats, min_idle in snapshots:
+            count.add_metric([name, "idle"], stats.idle)
+            count.add_metric([name, "used"], stats.open - stats.idle)
+            maximum.add_metric([name], stats.pool_size + stats.max_overflow)
+            idle_max.add_metric([name], stats.pool_size)
+            idle_min.add_metric([name], min_idle)
+            pending.add_metric([name], stats.waiting)
+            timeouts.add_metric([name], stats.timeouts)
+            wait_time.add_metric([name], *_histogram(stats.wait_time))
+            create_time.add_metric([name], *_histogram(stats.create_time))
+            for field, family in totals.items():
+                family.add_metric([name], getattr(stats, field))
+            for reason, value in sorted(stats.closed_by_reason.items()):
+                closed.add_metric([name, reason], value)
+        yield from (count, maximum, idle_max, idle_min, pending, timeouts, wait_time)
+        yield create_time
+        yield from totals.values()
+        yield closed
+
+
+def _histogram(snapshot: HistogramSnapshot) -> tuple[list[tuple[str, int]], float]:
+    """Prometheus buckets (cumulative, ``le`` as text) and the sum."""
+    buckets = []
+    running = 0
+    for bound, count in zip((*DURATION_BUCKETS, float("inf")), snapshot.counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return buckets, snapshot.sum

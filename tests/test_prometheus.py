@@ -1,0 +1,77 @@
+"""The Prometheus collector, checked with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends import Backend, MakePool, query
+from flask_dbpool import PoolTimeout
+
+prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from flask_dbpool.metrics.prometheus import PoolCollector  # noqa: E402
+
+
+def _scrape(collector: PoolCollector) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(collector)
+    text = prometheus_client.generate_latest(registry).decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})[labels] = sample.value
+    return samples
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
+def test_scrape_matches_stats(backend: Backend, make_pool: MakePool) -> None:
+    pool = make_pool(backend.url, pool_size=2, max_overflow=1, name="orders", min_idle=0)
+    held = [pool.acquire(), pool.acquire(), pool.acquire()]
+    with pytest.raises(PoolTimeout):
+        pool.acquire(timeout=0.01)
+    held.pop().invalidate()
+    for conn in held:
+        query(conn, "SELECT 1")
+    held.pop().close()
+    other = make_pool(backend.url, pool_size=1, name="reports")
+
+    samples = _scrape(PoolCollector(pool, other))
+    s = pool.stats()
+    orders = (("pool_name", "orders"),)
+    assert samples["db_client_connection_count"][(*orders, ("state", "idle"))] == s.idle == 1
+    assert samples["db_client_connection_count"][(*orders, ("state", "used"))] == 1
+    assert samples["db_client_connection_max"][orders] == 3
+    assert samples["db_client_connection_idle_max"][orders] == 2
+    assert samples["db_client_connection_idle_min"][orders] == 0
+    assert samples["db_client_connection_pending_requests"][orders] == 0
+    assert samples["db_client_connection_timeouts_total"][orders] == s.timeouts == 1
+    assert samples["flask_dbpool_checkouts_total"][orders] == s.acquired == 3
+    assert samples["flask_dbpool_connections_created_total"][orders] == 3
+    closed = samples["flask_dbpool_connections_closed_total"]
+    assert closed[(*orders, ("reason", "invalidated"))] == 1
+    wait = samples["db_client_connection_wait_time_seconds_count"][orders]
+    assert wait == s.wait_time.count == 1
+    create_buckets = {
+        labels: value
+        for labels, value in samples["db_client_connection_create_time_seconds_bucket"].items()
+        if ("pool_name", "orders") in labels
+    }
+    assert create_buckets[(("le", "+Inf"), *orders)] == s.create_time.count == 3
+    values = [create_buckets[key] for key in sorted(create_buckets, key=_le)]
+    assert values == sorted(values)  # cumulative
+    # the second pool is reported with its own label
+    assert samples["db_client_connection_max"][(("pool_name", "reports"),)] == 11
+    held.pop().close()
+
+
+def _le(labels: tuple[tuple[str, str], ...]) -> float:
+    return float(dict(labels)["le"])
+
+
+def test_no_password_in_the_scrape(make_pool: MakePool) -> None:
+    pool = make_pool("postgresql://app:SeCrEt@127.0.0.1:1/test", name="secret")
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(PoolCollector(pool))
+    assert "SeCrEt" not in prometheus_client.generate_latest(registry).decode()
