@@ -75,3 +75,46 @@ def test_no_password_in_the_scrape(make_pool: MakePool) -> None:
     registry = prometheus_client.CollectorRegistry()
     registry.register(PoolCollector(pool))
     assert "SeCrEt" not in prometheus_client.generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_flask_metrics_endpoint(backend: Backend) -> None:
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("metrics-app")
+    app.config.update(DBPOOL_URL=backend.url, DBPOOL_METRICS_ENDPOINT="/metrics")
+    db = DBPool(app)
+
+    @app.get("/work")
+    def work() -> str:
+        query(db.connection, "SELECT 1")
+        return "ok"
+
+    client = app.test_client()
+    try:
+        assert client.get("/work").status_code == 200
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        assert response.content_type.startswith("text/plain; version=")
+        families = {
+            f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))
+        }
+        checkouts = families["flask_dbpool_checkouts"].samples[0]
+        assert checkouts.labels == {"pool_name": "metrics-app"} and checkouts.value == 1
+        assert "db_client_connection_wait_time_seconds" in families
+    finally:
+        app.extensions["dbpool"].close()
+
+
+def test_flask_metrics_endpoint_must_be_a_path(sqlite_url: str) -> None:
+    from flask import Flask
+
+    from flask_dbpool import ConfigError, DBPool
+
+    app = Flask("bad-metrics")
+    app.config.update(DBPOOL_URL=sqlite_url, DBPOOL_METRICS_ENDPOINT="metrics")
+    with pytest.raises(ConfigError, match="DBPOOL_METRICS_ENDPOINT"):
+        DBPool(app)
+    assert "dbpool" not in app.extensions

@@ -8,7 +8,7 @@ returned at teardown.
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
 from flask_dbpool.errors import ConfigError
@@ -20,7 +20,7 @@ __all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "DBPool", "describe_request"]
 CONFIG_PREFIX = "DBPOOL_"
 EXTENSION_KEY = "dbpool"
 _G_KEY = "_flask_dbpool_connection"
-_EXTENSION_KEYS = frozenset({"url"})
+_EXTENSION_KEYS = frozenset({"url", "metrics_endpoint"})
 
 
 def _config_key(option: str) -> str:
@@ -38,7 +38,9 @@ class DBPool:
     ``DBPOOL_NAME`` (default: the app's name), ``DBPOOL_RESET_ON_RETURN``, ``DBPOOL_LIFO``,
     and every other :class:`~flask_dbpool.config.PoolConfig` option as ``DBPOOL_<OPTION>``
     (``DBPOOL_PRE_PING``, ``DBPOOL_MAX_LIFETIME``, ``DBPOOL_LEAK_THRESHOLD`` …).
-    ``DBPOOL_DESCRIBE_CALLER`` defaults to :func:`describe_request`.
+    ``DBPOOL_DESCRIBE_CALLER`` defaults to :func:`describe_request`. ``DBPOOL_METRICS_ENDPOINT``
+    (a path such as ``"/metrics"``, default off) serves the pool's Prometheus metrics there
+    (needs the ``prometheus`` extra).
     An unknown ``DBPOOL_*`` key is an error, with a did-you-mean suggestion.
     """
 
@@ -68,11 +70,25 @@ class DBPool:
                 f"{CONFIG_PREFIX}URL is required: set app.config['{CONFIG_PREFIX}URL'] to a "
                 "database URL such as 'sqlite:///app.db' or 'postgresql://user@host/db'"
             )
+        metrics_endpoint = settings.pop("metrics_endpoint", None)
+        if metrics_endpoint is not None and (
+            not isinstance(metrics_endpoint, str) or not metrics_endpoint.startswith("/")
+        ):
+            raise ConfigError(
+                f"{CONFIG_PREFIX}METRICS_ENDPOINT must be a URL path starting with '/' (such as "
+                f"'/metrics') or None, got {metrics_endpoint!r}"
+            )
         settings.setdefault("name", app.name)
         settings.setdefault("describe_caller", describe_request)
         # Validate first so that errors name the DBPOOL_* key, then build from the same values.
         PoolConfig.from_options(settings, label=_config_key)
         pool = Pool(url, **settings)
+        if metrics_endpoint is not None:
+            try:
+                _serve_metrics(app, pool, metrics_endpoint)
+            except BaseException:
+                pool.close()
+                raise
         app.extensions[EXTENSION_KEY] = pool
         app.teardown_appcontext(_return_connection)
         from flask_dbpool.flask.cli import dbpool_cli  # imports this module
@@ -111,6 +127,22 @@ class DBPool:
             conn = self.pool.acquire()
             setattr(g, _G_KEY, conn)
         return conn
+
+
+def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
+    """Serve the pool's metrics in Prometheus text format at ``path``."""
+    from flask_dbpool.metrics.prometheus import PoolCollector  # the optional extra
+
+    collector = PoolCollector(pool)  # raises ConfigError naming the extra if missing
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    def dbpool_metrics() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule(path, endpoint="dbpool_metrics", view_func=dbpool_metrics)
 
 
 def describe_request() -> str | None:
