@@ -213,6 +213,7 @@ class Pool:
         )
 
         self._closed = False
+        self._observers: tuple[Callable[[str, float], object], ...] = ()
         self._init_state()
         self._acquire_checked_installed = False
         self._select_acquire()
@@ -454,6 +455,17 @@ class Pool:
                 wait_time=self._health.wait_time.snapshot(),
                 create_time=self._health.create_time.snapshot(),
             )
+
+    def add_observer(self, observer: Callable[[str, float], object]) -> None:
+        """Call ``observer(event, seconds)`` for each ``"wait"`` (a caller that had to wait,
+        served or timed out) and each ``"create"`` (a connection opened), e.g. to feed an
+        external histogram (see :mod:`flask_dbpool.metrics.otel`). It runs with the pool's
+        lock held, on the caller's thread: keep it quick, never use the pool from it, and do
+        not let it raise."""
+        if not callable(observer):
+            raise ConfigError(f"observer must be callable, got {observer!r}")
+        with self._lock:
+            self._observers = (*self._observers, observer)
 
     def close(self, timeout: float | None = None) -> None:
         """Close the pool.
@@ -719,6 +731,8 @@ class Pool:
         if waited > health.wait_max:
             health.wait_max = waited
         health.wait_time.record(waited)
+        for observer in self._observers:
+            observer("wait", waited)
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
@@ -801,6 +815,8 @@ class Pool:
                 self._created += 1
                 accounted = True
                 self._health.create_time.record(now - started)
+                for observer in self._observers:
+                    observer("create", now - started)
                 if probe:
                     self._health.probing = False
                 recovered = self._health.connect_failures
