@@ -118,3 +118,63 @@ def test_flask_metrics_endpoint_must_be_a_path(sqlite_url: str) -> None:
     with pytest.raises(ConfigError, match="DBPOOL_METRICS_ENDPOINT"):
         DBPool(app)
     assert "dbpool" not in app.extensions
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_per_endpoint_wait_and_hold(backend: Backend) -> None:
+    import threading
+    import time
+
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("endpoints-app")
+    app.config.update(
+        DBPOOL_URL=backend.url,
+        DBPOOL_METRICS_ENDPOINT="/metrics",
+        DBPOOL_POOL_SIZE=1,
+        DBPOOL_MAX_OVERFLOW=0,
+    )
+    db = DBPool(app)
+    inside = threading.Event()
+
+    @app.get("/slow/<int:n>")
+    def slow(n: int) -> str:
+        query(db.connection, "SELECT 1")
+        inside.set()
+        time.sleep(0.1)
+        return "slow"
+
+    @app.get("/fast")
+    def fast() -> str:
+        query(db.connection, "SELECT 1")
+        return "fast"
+
+    client = app.test_client()
+    try:
+        worker = threading.Thread(target=lambda: app.test_client().get("/slow/7"))
+        worker.start()
+        assert inside.wait(5)
+        assert client.get("/fast").status_code == 200  # waits for /slow's connection
+        worker.join(5)
+        with app.app_context():
+            query(db.connection, "SELECT 1")  # outside any request
+
+        times = DBPool.endpoint_times(app)
+        assert set(times) == {"slow", "fast", "<no request>"}  # names, never /slow/7
+        assert times["slow"].hold.count == 1 and times["slow"].hold.sum >= 0.1
+        assert times["fast"].wait.count == 1 and times["fast"].wait.sum >= 0.03
+        assert times["slow"].wait.sum < times["fast"].wait.sum
+
+        text = client.get("/metrics").get_data(as_text=True)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        holds = {
+            s.labels["endpoint"]: s.value
+            for s in families["flask_dbpool_endpoint_hold_time_seconds"].samples
+            if s.name.endswith("_count")
+        }
+        assert holds["slow"] == 1 and holds["fast"] == 1
+        assert all("/" not in endpoint for endpoint in holds)
+    finally:
+        app.extensions["dbpool"].close()

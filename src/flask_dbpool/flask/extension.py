@@ -8,18 +8,23 @@ returned at teardown.
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from flask import Flask, Response, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
 from flask_dbpool.errors import ConfigError
+from flask_dbpool.flask.endpoints import EndpointTimes, EndpointTimesSnapshot, endpoint_label
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
 
-__all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "DBPool", "describe_request"]
+__all__ = ["CONFIG_PREFIX", "ENDPOINTS_KEY", "EXTENSION_KEY", "DBPool", "describe_request"]
 
 CONFIG_PREFIX = "DBPOOL_"
 EXTENSION_KEY = "dbpool"
 _G_KEY = "_flask_dbpool_connection"
+_G_CHECKOUT = "_flask_dbpool_checkout"  # (endpoint, perf_counter at checkout)
+ENDPOINTS_KEY = "dbpool.endpoints"
 _EXTENSION_KEYS = frozenset({"url", "metrics_endpoint"})
 
 
@@ -90,6 +95,7 @@ class DBPool:
                 pool.close()
                 raise
         app.extensions[EXTENSION_KEY] = pool
+        app.extensions[ENDPOINTS_KEY] = EndpointTimes()
         app.teardown_appcontext(_return_connection)
         from flask_dbpool.flask.cli import dbpool_cli  # imports this module
 
@@ -124,20 +130,47 @@ class DBPool:
         """
         conn: PooledConnection | None = g.get(_G_KEY)
         if conn is None or conn.returned:
-            conn = self.pool.acquire()
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            pool = self.get_pool(app)
+            started = perf_counter()
+            conn = pool.acquire()
+            checked_out = perf_counter()
             setattr(g, _G_KEY, conn)
+            endpoint = endpoint_label()
+            setattr(g, _G_CHECKOUT, (endpoint, checked_out))
+            app.extensions[ENDPOINTS_KEY].record_wait(endpoint, checked_out - started)
         return conn
+
+    @staticmethod
+    def endpoint_times(app: Flask) -> dict[str, EndpointTimesSnapshot]:
+        """How long each endpoint of ``app`` waited for and held connections (histograms in
+        seconds, by endpoint name; ``"<no request>"`` outside requests, ``"<unmatched>"`` for
+        requests that matched no route)."""
+        times: EndpointTimes = app.extensions[ENDPOINTS_KEY]
+        return times.snapshot()
 
 
 def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
     """Serve the pool's metrics in Prometheus text format at ``path``."""
-    from flask_dbpool.metrics.prometheus import PoolCollector  # the optional extra
+    from flask_dbpool.metrics.prometheus import (  # the optional extra
+        EndpointCollector,
+        PoolCollector,
+    )
 
     collector = PoolCollector(pool)  # raises ConfigError naming the extra if missing
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    registry.register(
+        EndpointCollector(
+            pool.name,
+            lambda: {
+                name: (times.wait, times.hold)
+                for name, times in DBPool.endpoint_times(app).items()
+            },
+        )
+    )
 
     def dbpool_metrics() -> Response:
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
@@ -155,7 +188,12 @@ def describe_request() -> str | None:
 
 def _return_connection(exc: BaseException | None) -> None:
     conn: PooledConnection | None = g.pop(_G_KEY, None)
+    checkout: tuple[str, float] | None = g.pop(_G_CHECKOUT, None)
     if conn is not None and not conn.returned:
+        if checkout is not None:
+            endpoint, checked_out = checkout
+            times: EndpointTimes = current_app.extensions[ENDPOINTS_KEY]
+            times.record_hold(endpoint, perf_counter() - checked_out)
         conn.__exit__(None if exc is None else type(exc), exc, None)
 
 

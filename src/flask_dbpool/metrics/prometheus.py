@@ -12,7 +12,7 @@ Prometheus form, with the pool name as the ``pool_name`` label, so one dashboard
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flask_dbpool.errors import ConfigError
@@ -21,7 +21,7 @@ from flask_dbpool.stats import DURATION_BUCKETS, HistogramSnapshot
 if TYPE_CHECKING:
     from flask_dbpool.pool import Pool
 
-__all__ = ["PoolCollector"]
+__all__ = ["EndpointCollector", "PoolCollector"]
 
 
 def _prometheus_core() -> Any:
@@ -132,6 +132,45 @@ class PoolCollector:
         yield create_time
         yield from totals.values()
         yield closed
+
+
+class EndpointCollector:
+    """Wait and hold time histograms per endpoint (the Flask extension feeds it):
+    ``flask_dbpool_endpoint_wait_time_seconds`` and ``flask_dbpool_endpoint_hold_time_seconds``,
+    labelled ``pool_name`` and ``endpoint`` (the endpoint name, never the raw path)."""
+
+    def __init__(
+        self,
+        pool_name: str,
+        source: Callable[[], Mapping[str, tuple[HistogramSnapshot, HistogramSnapshot]]],
+    ) -> None:
+        self._core = _prometheus_core()
+        self._pool_name = pool_name
+        self._source = source
+
+    def describe(self) -> Iterable[Any]:
+        """Nothing: lets the registry accept the collector without a first scrape."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """The two histogram families, one series per endpoint."""
+        core = self._core
+        labels = ["pool_name", "endpoint"]
+        wait = core.HistogramMetricFamily(
+            "flask_dbpool_endpoint_wait_time_seconds",
+            "Time each endpoint waited for a connection.",
+            labels=labels,
+        )
+        hold = core.HistogramMetricFamily(
+            "flask_dbpool_endpoint_hold_time_seconds",
+            "Time each endpoint held its connection.",
+            labels=labels,
+        )
+        for endpoint, (waited, held) in sorted(self._source().items()):
+            wait.add_metric([self._pool_name, endpoint], *_histogram(waited))
+            hold.add_metric([self._pool_name, endpoint], *_histogram(held))
+        yield wait
+        yield hold
 
 
 def _histogram(snapshot: HistogramSnapshot) -> tuple[list[tuple[str, int]], float]:
