@@ -8,6 +8,7 @@ returned at teardown.
 
 from __future__ import annotations
 
+import os
 from time import perf_counter
 
 from flask import Flask, Response, current_app, g, has_request_context, request
@@ -161,7 +162,17 @@ def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    writer = None
+    if multiproc_dir:
+        # Pre-forking server: every worker writes its pool's snapshot, any worker serves all.
+        from flask_dbpool.metrics.multiprocess import MultiProcessCollector, shared_writer
+
+        writer = shared_writer(multiproc_dir)
+        writer.add(pool)
+        registry.register(MultiProcessCollector(multiproc_dir))
+    else:
+        registry.register(collector)
     registry.register(
         EndpointCollector(
             pool.name,
@@ -173,6 +184,8 @@ def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
     )
 
     def dbpool_metrics() -> Response:
+        if writer is not None:
+            writer.add(pool)  # (re)starts the writer in a forked worker, writes a fresh snapshot
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule(path, endpoint="dbpool_metrics", view_func=dbpool_metrics)

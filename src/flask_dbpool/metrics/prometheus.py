@@ -64,38 +64,48 @@ class PoolCollector:
 
     def collect(self) -> Iterator[Any]:
         """The metric families of every pool, read from ``stats()`` now."""
+        families = self.families()
+        for pool in self._pools:
+            self.add_snapshot(families, pool.name, pool.stats(), pool.config.min_idle)
+        yield from families.values()
+
+    def families(self, extra_labels: list[str] | None = None) -> dict[str, Any]:
+        """Empty metric families, by name, whose series are labelled ``pool_name`` (then
+        ``extra_labels``)."""
         core = self._core
-        snapshots = [(pool.name, pool.stats(), pool.config.min_idle) for pool in self._pools]
+        extra = extra_labels or []
 
         def gauge(name: str, doc: str, labels: list[str] | None = None) -> Any:
-            return core.GaugeMetricFamily(name, doc, labels=["pool_name", *(labels or [])])
+            return core.GaugeMetricFamily(name, doc, labels=["pool_name", *extra, *(labels or [])])
 
         def counter(name: str, doc: str, labels: list[str] | None = None) -> Any:
-            return core.CounterMetricFamily(name, doc, labels=["pool_name", *(labels or [])])
+            return core.CounterMetricFamily(
+                name, doc, labels=["pool_name", *extra, *(labels or [])]
+            )
 
-        count = gauge(
-            "db_client_connection_count", "Connections by state (idle or used).", ["state"]
-        )
-        maximum = gauge("db_client_connection_max", "Most connections the pool may open.")
-        idle_max = gauge("db_client_connection_idle_max", "Most idle connections kept.")
-        idle_min = gauge("db_client_connection_idle_min", "Idle connections kept open.")
-        pending = gauge(
-            "db_client_connection_pending_requests", "Callers waiting for a connection."
-        )
-        timeouts = counter(
-            "db_client_connection_timeouts", "Checkouts that timed out waiting (PoolTimeout)."
-        )
-        wait_time = core.HistogramMetricFamily(
-            "db_client_connection_wait_time_seconds",
-            "Time callers that had to wait spent waiting for a connection.",
-            labels=["pool_name"],
-        )
-        create_time = core.HistogramMetricFamily(
-            "db_client_connection_create_time_seconds",
-            "Time it took to open a new connection.",
-            labels=["pool_name"],
-        )
-        totals = {
+        def histogram(name: str, doc: str) -> Any:
+            return core.HistogramMetricFamily(name, doc, labels=["pool_name", *extra])
+
+        return {
+            "count": gauge(
+                "db_client_connection_count", "Connections by state (idle or used).", ["state"]
+            ),
+            "max": gauge("db_client_connection_max", "Most connections the pool may open."),
+            "idle_max": gauge("db_client_connection_idle_max", "Most idle connections kept."),
+            "idle_min": gauge("db_client_connection_idle_min", "Idle connections kept open."),
+            "pending": gauge(
+                "db_client_connection_pending_requests", "Callers waiting for a connection."
+            ),
+            "timeouts": counter(
+                "db_client_connection_timeouts", "Checkouts that timed out waiting (PoolTimeout)."
+            ),
+            "wait_time": histogram(
+                "db_client_connection_wait_time_seconds",
+                "Time callers that had to wait spent waiting for a connection.",
+            ),
+            "create_time": histogram(
+                "db_client_connection_create_time_seconds", "Time it took to open a new connection."
+            ),
             "created": counter("flask_dbpool_connections_created", "Connections opened."),
             "acquired": counter("flask_dbpool_checkouts", "Successful checkouts."),
             "rejected": counter("flask_dbpool_rejected", "Checkouts refused by max_waiting."),
@@ -111,27 +121,40 @@ class PoolCollector:
             "reclaimed": counter(
                 "flask_dbpool_reclaimed", "Handles garbage-collected without being returned."
             ),
+            "closed": counter("flask_dbpool_connections_closed", "Connections closed.", ["reason"]),
         }
-        closed = counter("flask_dbpool_connections_closed", "Connections closed.", ["reason"])
 
-        for name, stats, min_idle in snapshots:
-            count.add_metric([name, "idle"], stats.idle)
-            count.add_metric([name, "used"], stats.open - stats.idle)
-            maximum.add_metric([name], stats.pool_size + stats.max_overflow)
-            idle_max.add_metric([name], stats.pool_size)
-            idle_min.add_metric([name], min_idle)
-            pending.add_metric([name], stats.waiting)
-            timeouts.add_metric([name], stats.timeouts)
-            wait_time.add_metric([name], *_histogram(stats.wait_time))
-            create_time.add_metric([name], *_histogram(stats.create_time))
-            for field, family in totals.items():
-                family.add_metric([name], getattr(stats, field))
-            for reason, value in sorted(stats.closed_by_reason.items()):
-                closed.add_metric([name, reason], value)
-        yield from (count, maximum, idle_max, idle_min, pending, timeouts, wait_time)
-        yield create_time
-        yield from totals.values()
-        yield closed
+    @staticmethod
+    def add_snapshot(
+        families: dict[str, Any],
+        name: str,
+        stats: Any,
+        min_idle: int,
+        extra: list[str] | None = None,
+    ) -> None:
+        """Add one pool's figures (a :class:`PoolStats` or an object with its attributes)."""
+        labels = [name, *(extra or [])]
+        families["count"].add_metric([*labels, "idle"], stats.idle)
+        families["count"].add_metric([*labels, "used"], stats.open - stats.idle)
+        families["max"].add_metric(labels, stats.pool_size + stats.max_overflow)
+        families["idle_max"].add_metric(labels, stats.pool_size)
+        families["idle_min"].add_metric(labels, min_idle)
+        families["pending"].add_metric(labels, stats.waiting)
+        families["timeouts"].add_metric(labels, stats.timeouts)
+        families["wait_time"].add_metric(labels, *_histogram(stats.wait_time))
+        families["create_time"].add_metric(labels, *_histogram(stats.create_time))
+        for field in (
+            "created",
+            "acquired",
+            "rejected",
+            "connect_errors",
+            "pings_failed",
+            "leaks_detected",
+            "reclaimed",
+        ):
+            families[field].add_metric(labels, getattr(stats, field))
+        for reason, value in sorted(stats.closed_by_reason.items()):
+            families["closed"].add_metric([*labels, reason], value)
 
 
 class EndpointCollector:

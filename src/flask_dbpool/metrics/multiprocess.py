@@ -1,0 +1,176 @@
+"""Pool metrics across the worker processes of a pre-forking server (gunicorn).
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set, ``prometheus_client`` does not run custom collectors
+in the process that serves a scrape, so one worker cannot see the other workers' pools.
+Here each process writes its pools' snapshots into that directory (atomically, every second
+from a daemon thread, and at each scrape), and :class:`MultiProcessCollector` reads them all
+back, labelling each series with the worker's ``pid``. Files of processes that are gone are
+skipped and removed; call :func:`mark_process_dead` from gunicorn's ``child_exit`` hook to
+remove them at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask_dbpool.metrics.prometheus import PoolCollector, _prometheus_core
+from flask_dbpool.stats import HistogramSnapshot
+
+if TYPE_CHECKING:
+    from flask_dbpool.pool import Pool
+
+__all__ = ["MultiProcessCollector", "SnapshotWriter", "mark_process_dead", "shared_writer"]
+
+_PREFIX = "flask_dbpool_"
+
+
+def _file_for(directory: Path, pid: int) -> Path:
+    return directory / f"{_PREFIX}{pid}.json"
+
+
+def mark_process_dead(pid: int, directory: str | os.PathLike[str] | None = None) -> None:
+    """Forget worker ``pid``'s pools (gunicorn ``child_exit``)."""
+    base = Path(directory or os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    _file_for(base, pid).unlink(missing_ok=True)
+
+
+class SnapshotWriter:
+    """Writes this process's pools to ``directory`` every ``interval`` seconds."""
+
+    def __init__(self, directory: str | os.PathLike[str], interval: float = 1.0) -> None:
+        self._directory = Path(directory)
+        self._interval = interval
+        self._pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, pool: Pool) -> None:
+        """Report ``pool`` (held weakly) and make sure the writer runs in this process."""
+        with self._lock:
+            self._pools.add(pool)
+            if self._thread is None or self._pid != os.getpid():  # new, or a forked child
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="flask-dbpool metrics writer", daemon=True
+                )
+                self._thread.start()
+        self.write()
+
+    def write(self) -> None:
+        """Write the snapshot now (atomically: readers never see half a file)."""
+        pools = list(self._pools)
+        data = {
+            "pid": os.getpid(),
+            "pools": [
+                {**pool.stats().as_dict(), "min_idle": pool.config.min_idle} for pool in pools
+            ],
+        }
+        self._directory.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self._directory, prefix=".tmp-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(temporary, _file_for(self._directory, os.getpid()))
+
+    def _run(self) -> None:
+        event = threading.Event()
+        while not event.wait(self._interval):
+            if self._pid != os.getpid():
+                return
+            try:
+                self.write()
+            except OSError:
+                pass  # the directory went away; try again next time
+
+
+_writers: dict[str, SnapshotWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def shared_writer(directory: str | os.PathLike[str]) -> SnapshotWriter:
+    """The process's :class:`SnapshotWriter` for ``directory`` (one per directory)."""
+    key = os.fspath(directory)
+    with _writers_lock:
+        writer = _writers.get(key)
+        if writer is None:
+            writer = _writers[key] = SnapshotWriter(key)
+        return writer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class MultiProcessCollector:
+    """Reads every live worker's snapshot from ``directory``: the metrics of
+    :class:`~flask_dbpool.metrics.prometheus.PoolCollector`, with a ``pid`` label."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self._core = _prometheus_core()
+        self._directory = Path(directory)
+
+    def describe(self) -> Iterable[Any]:
+        """Nothing: lets the registry accept the collector without a first scrape."""
+        return []
+
+    def snapshots(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(pid, pool stats dict)`` for each pool of each live process."""
+        found: list[tuple[int, dict[str, Any]]] = []
+        for path in sorted(self._directory.glob(f"{_PREFIX}*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            pid = int(data["pid"])
+            if not _alive(pid):
+                path.unlink(missing_ok=True)
+                continue
+            found.extend((pid, pool) for pool in data["pools"])
+        return found
+
+    def collect(self) -> Iterator[Any]:
+        """The metric families of every pool of every live worker."""
+        collector = PoolCollector()
+        families = collector.families(extra_labels=["pid"])
+        for pid, pool in self.snapshots():
+            collector.add_snapshot(
+                families,
+                pool["name"],
+                _Stats(pool),
+                pool["min_idle"],
+                extra=[str(pid)],
+            )
+        yield from families.values()
+
+
+class _Stats:
+    """A stats dict read back from JSON, with the attributes PoolCollector reads."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+        self.wait_time = _histogram_from(data["wait_time"])
+        self.create_time = _histogram_from(data["create_time"])
+
+
+def _histogram_from(data: dict[str, Any]) -> HistogramSnapshot:
+    return HistogramSnapshot(
+        tuple(int(bucket["count"]) for bucket in data["buckets"]),
+        int(data["count"]),
+        float(data["sum"]),
+        float(data["max"]),
+    )
+
+
