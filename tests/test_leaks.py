@@ -285,3 +285,41 @@ def test_one_maintenance_thread_per_pool(sqlite_url: str, make_pool: MakePool) -
         pool.close()
         threads[0].join(5)
         assert not threads[0].is_alive()
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_checkouts_lists_who_holds_what(
+    sqlite_url: str, make_pool: MakePool, tracking: bool
+) -> None:
+    options = {"leak_threshold": 300.0} if tracking else {}
+    pool = make_pool(sqlite_url, pool_size=3, **options)
+    first = pool.acquire()
+    time.sleep(0.05)
+    taken = threading.Event()
+    release = threading.Event()
+
+    def hold_in_thread() -> None:
+        with pool.connection():
+            taken.set()
+            release.wait(10)
+
+    worker = Worker(hold_in_thread, "report-builder")
+    worker.start()
+    assert taken.wait(10)
+    try:
+        with pool.connection():
+            pass  # returned: not listed
+        checkouts = pool.checkouts()
+    finally:
+        release.set()
+        worker.join(10)
+        first.close()
+    assert [c.thread for c in checkouts] == ["MainThread", "report-builder"]  # longest first
+    assert checkouts[0].held_seconds >= 0.05 > checkouts[1].held_seconds >= 0
+    if tracking:
+        assert checkouts[1].site is not None and "hold_in_thread" in checkouts[1].site
+        assert checkouts[0].stack is not None and "test_checkouts_lists" in checkouts[0].stack
+    else:
+        assert checkouts[0].site is None and checkouts[0].stack is None
+    assert checkouts[0].as_dict()["thread"] == "MainThread"
+    assert pool.checkouts() == []

@@ -21,6 +21,7 @@ import sysconfig
 import threading
 import traceback
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from traceback import StackSummary
 from typing import NamedTuple
 
@@ -28,9 +29,11 @@ from flask_dbpool.entry import Entry
 from flask_dbpool.errors import PoolTimeout, one_line
 
 __all__ = [
+    "Checkout",
     "Holder",
     "TimeoutReport",
     "capture_site",
+    "checkouts_of",
     "describe_holder",
     "describe_holders",
     "find_orphans",
@@ -122,6 +125,43 @@ def describe_holders(holders: Iterable[Holder], now: float, *, limit: int = 3) -
 
 def _thread_names() -> dict[int, str]:
     return {thread.ident: thread.name for thread in threading.enumerate() if thread.ident}
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """One connection currently checked out, as reported by :meth:`Pool.checkouts`."""
+
+    held_seconds: float
+    """How long it has been out."""
+    thread: str
+    """The name of the thread that checked it out."""
+    caller: str | None
+    """What ``describe_caller`` said at checkout (in Flask: ``"GET /path"``), if tracked."""
+    site: str | None
+    """Where it was checked out (``file:line in function``), with ``leak_threshold`` on."""
+    stack: str | None
+    """The checkout stack, with ``leak_threshold`` on."""
+
+    def as_dict(self) -> dict[str, object]:
+        """Ready for JSON."""
+        return asdict(self)
+
+
+def checkouts_of(holders: Iterable[Holder], now: float) -> list[Checkout]:
+    """:class:`Checkout` records for ``holders``, longest-held first."""
+    names = _thread_names()
+    return [
+        Checkout(
+            held_seconds=now - holder.lent_at,
+            thread=holder.thread_name
+            or names.get(holder.ident, f"thread {holder.ident} (finished)"),
+            caller=holder.caller,
+            site=short_site(holder.site) or None,
+            stack=format_site(holder.site) or None,
+        )
+        for holder in sorted(holders, key=lambda holder: holder.lent_at)
+        if holder.ident  # 0: opened but not lent yet
+    ]
 
 
 class TimeoutReport(NamedTuple):

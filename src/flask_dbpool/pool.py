@@ -52,7 +52,14 @@ from flask_dbpool.errors import (
     one_line,
 )
 from flask_dbpool.hooks import reset_session, run_on_connect
-from flask_dbpool.leaks import TimeoutReport, capture_site, holder_of, timeout_error
+from flask_dbpool.leaks import (
+    Checkout,
+    TimeoutReport,
+    capture_site,
+    checkouts_of,
+    holder_of,
+    timeout_error,
+)
 from flask_dbpool.maintenance import Maintenance, backoff_delay, lifetime_jitter
 from flask_dbpool.proxy import PooledConnection, set_entry
 from flask_dbpool.stats import Histogram, PoolStats
@@ -423,6 +430,19 @@ class Pool:
             config.max_overflow,
             len(surplus),
         )
+
+    def checkouts(self) -> list[Checkout]:
+        """The connections checked out right now, longest-held first: how long, by which
+        thread and (with ``leak_threshold``) from where and for which request. For
+        dashboards and debugging; costs a scan of the pool's connections."""
+        with self._lock:
+            idle = set(self._idle)
+            holders = [
+                holder_of(entry)
+                for entry in self._entries
+                if entry not in idle and entry not in self._checking
+            ]
+        return checkouts_of(holders, _now())
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and totals."""
