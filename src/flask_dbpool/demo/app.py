@@ -340,6 +340,8 @@ def create_app(
             DBPOOL_MAX_OVERFLOW=max_overflow,
             DBPOOL_TIMEOUT=timeout,
             DBPOOL_NAME="demo",
+            DBPOOL_DASHBOARD=True,  # at /_dbpool/, for loopback visitors
+            DBPOOL_LEAK_THRESHOLD=30,  # so the dashboard shows where connections are held
         )
         db.init_app(app)
         pool = DBPool.get_pool(app)

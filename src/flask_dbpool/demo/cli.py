@@ -201,7 +201,8 @@ def run_demo(
                     say(f"  {result.mode} error: {sample}")
             if serve:
                 say()
-                say(f"Serving on {base}  (Ctrl-C to stop). Try:")
+                say(f"Serving on {base}  (Ctrl-C to stop). Live pool dashboard: {base}/_dbpool/")
+                say("Try:")
                 for example in _examples(base):
                     say(f"  {example}")
                 server.log_requests = True

@@ -26,7 +26,9 @@ EXTENSION_KEY = "dbpool"
 _G_KEY = "_flask_dbpool_connection"
 _G_CHECKOUT = "_flask_dbpool_checkout"  # (endpoint, perf_counter at checkout)
 ENDPOINTS_KEY = "dbpool.endpoints"
-_EXTENSION_KEYS = frozenset({"url", "metrics_endpoint"})
+_EXTENSION_KEYS = frozenset(
+    {"url", "metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"}
+)
 
 
 def _config_key(option: str) -> str:
@@ -84,6 +86,23 @@ class DBPool:
                 f"{CONFIG_PREFIX}METRICS_ENDPOINT must be a URL path starting with '/' (such as "
                 f"'/metrics') or None, got {metrics_endpoint!r}"
             )
+        dashboard = settings.pop("dashboard", False)
+        dashboard_path = settings.pop("dashboard_path", "/_dbpool")
+        dashboard_token = settings.pop("dashboard_token", None)
+        if not isinstance(dashboard, bool):
+            raise ConfigError(f"{CONFIG_PREFIX}DASHBOARD must be true or false, got {dashboard!r}")
+        if not isinstance(dashboard_path, str) or not dashboard_path.startswith("/"):
+            raise ConfigError(
+                f"{CONFIG_PREFIX}DASHBOARD_PATH must be a URL path starting with '/', "
+                f"got {dashboard_path!r}"
+            )
+        if dashboard_token is not None and (
+            not isinstance(dashboard_token, str) or len(dashboard_token) < 16
+        ):
+            raise ConfigError(
+                f"{CONFIG_PREFIX}DASHBOARD_TOKEN must be None or a string of at least 16 "
+                "characters"
+            )
         settings.setdefault("name", app.name)
         settings.setdefault("describe_caller", describe_request)
         # Validate first so that errors name the DBPOOL_* key, then build from the same values.
@@ -95,6 +114,10 @@ class DBPool:
             except BaseException:
                 pool.close()
                 raise
+        if dashboard:
+            from flask_dbpool.flask.dashboard import register_dashboard
+
+            register_dashboard(app, pool, dashboard_path, dashboard_token)
         app.extensions[EXTENSION_KEY] = pool
         app.extensions[ENDPOINTS_KEY] = EndpointTimes()
         app.teardown_appcontext(_return_connection)

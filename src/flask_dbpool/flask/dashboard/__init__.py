@@ -1,0 +1,91 @@
+"""The live dashboard: one page, no CDN, refreshed from a JSON endpoint.
+
+Off by default. ``DBPOOL_DASHBOARD = True`` mounts it at ``DBPOOL_DASHBOARD_PATH`` (default
+``/_dbpool``). A request is served only if it comes straight from loopback (not through a
+proxy: a request carrying ``X-Forwarded-For`` or ``Forwarded`` is not considered local) or
+carries ``DBPOOL_DASHBOARD_TOKEN`` (``Authorization: Bearer <token>`` or ``?token=``).
+Passwords never appear: the pool's target is the redacted URL.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from importlib.resources import files
+from typing import Any
+
+from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
+
+from flask_dbpool.flask.endpoints import EndpointTimes
+from flask_dbpool.pool import Pool
+
+__all__ = ["LOOPBACK", "register_dashboard"]
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+_ASSETS = files(__package__) / "static"
+_CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+
+def _allowed(token: str | None) -> bool:
+    proxied = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    if request.remote_addr in LOOPBACK and not proxied:
+        return True
+    if not token:
+        return False
+    given = request.args.get("token", "")
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        given = header[len("Bearer ") :]
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _asset(name: str) -> Response:
+    path = _ASSETS / name
+    if not path.is_file():
+        abort(404)
+    suffix = "." + name.rsplit(".", 1)[-1]
+    response = Response(path.read_bytes(), content_type=_CONTENT_TYPES.get(suffix, "text/plain"))
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def dashboard_data(pool: Pool, endpoints: EndpointTimes | None) -> dict[str, Any]:
+    """What the page shows: stats, checkouts and per-endpoint times, ready for JSON."""
+    return {
+        "pool": pool.name,
+        "target": pool.target,
+        "time": time.time(),
+        "stats": pool.stats().as_dict(),
+        "checkouts": [checkout.as_dict() for checkout in pool.checkouts()],
+        "endpoints": {
+            name: {"wait": times.wait.as_dict(), "hold": times.hold.as_dict()}
+            for name, times in (endpoints.snapshot() if endpoints else {}).items()
+        },
+    }
+
+
+def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> None:
+    """Mount the dashboard of ``pool`` on ``app`` at ``path``."""
+    from flask_dbpool.flask.extension import ENDPOINTS_KEY
+
+    blueprint = Blueprint("dbpool_dashboard", __name__, url_prefix=path.rstrip("/"))
+
+    @blueprint.before_request
+    def guard() -> None:
+        if not _allowed(token):
+            abort(403, "the flask-dbpool dashboard is served to loopback or with its token")
+
+    @blueprint.get("/")
+    def page() -> Response:
+        return _asset("dashboard.html")
+
+    @blueprint.get("/data")
+    def data() -> Response:
+        endpoints = current_app.extensions.get(ENDPOINTS_KEY)
+        return jsonify(dashboard_data(pool, endpoints))
+
+    @blueprint.get("/static/<name>")
+    def asset(name: str) -> Response:
+        return _asset(name)
+
+    app.register_blueprint(blueprint)

@@ -1,0 +1,118 @@
+// flask-dbpool dashboard: polls ./data every second; no external assets.
+(function () {
+  "use strict";
+  const token = new URLSearchParams(location.search).get("token");
+  const dataUrl = "data" + (token ? "?token=" + encodeURIComponent(token) : "");
+  const history = [];  // {t, idle, in_use, waiting}
+  const HISTORY_SECONDS = 300;
+  const $ = (id) => document.getElementById(id);
+  const fmt = (s) => s >= 1 ? s.toFixed(2) + " s" : (s * 1000).toFixed(1) + " ms";
+  const text = (el, value) => { el.textContent = value; };
+
+  function cell(row, value, cls) {
+    const td = row.insertCell(); td.textContent = value; if (cls) td.className = cls; return td;
+  }
+
+  function gauges(s) {
+    const max = s.pool_size + s.max_overflow;
+    for (const key of ["idle", "in_use", "waiting"]) {
+      text($("g-" + key), s[key]);
+      $("b-" + key).style.width = Math.min(100, 100 * s[key] / Math.max(1, max)) + "%";
+    }
+    text($("g-open"), s.open + " / " + max);
+    $("b-open").style.width = Math.min(100, 100 * s.open / Math.max(1, max)) + "%";
+  }
+
+  function series(s, now) {
+    history.push({ t: now, idle: s.idle, in_use: s.in_use, waiting: s.waiting });
+    while (history.length && history[0].t < now - HISTORY_SECONDS) history.shift();
+    const canvas = $("series"), ctx = canvas.getContext("2d");
+    const w = canvas.width, h = canvas.height, pad = 24;
+    ctx.clearRect(0, 0, w, h);
+    const top = Math.max(1, s.pool_size + s.max_overflow, ...history.map((p) => p.waiting));
+    ctx.fillStyle = "#777"; ctx.font = "11px sans-serif";
+    ctx.fillText(String(top), 2, pad - 8); ctx.fillText("0", 2, h - 4);
+    const colors = { idle: "#10b981", in_use: "#3b82f6", waiting: "#ef4444" };
+    for (const key of Object.keys(colors)) {
+      ctx.strokeStyle = colors[key]; ctx.lineWidth = 2; ctx.beginPath();
+      history.forEach((p, i) => {
+        const x = pad + (w - pad - 4) * (1 - (now - p.t) / HISTORY_SECONDS);
+        const y = h - 4 - (h - pad) * (p[key] / top);
+        if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      });
+      ctx.stroke();
+    }
+  }
+
+  function histogram(hist) {
+    const canvas = $("waits"), ctx = canvas.getContext("2d");
+    const w = canvas.width, h = canvas.height;
+    ctx.clearRect(0, 0, w, h);
+    const buckets = hist.buckets, most = Math.max(1, ...buckets.map((b) => b.count));
+    const bw = (w - 10) / buckets.length;
+    ctx.font = "10px sans-serif";
+    buckets.forEach((b, i) => {
+      const bh = (h - 30) * b.count / most;
+      ctx.fillStyle = "#3b82f6"; ctx.fillRect(5 + i * bw, h - 18 - bh, bw - 2, bh);
+      if (i % 3 === 0) {
+        ctx.fillStyle = "#777";
+        ctx.fillText(b.le === "+Inf" ? "inf" : (b.le < 1 ? b.le * 1000 + "ms" : b.le + "s"), 5 + i * bw, h - 4);
+      }
+    });
+    ctx.fillStyle = "#222";
+    ctx.fillText(hist.count + " waits, max " + fmt(hist.max), 8, 12);
+  }
+
+  function counters(s) {
+    const table = $("counters"); table.innerHTML = "";
+    const rows = ["acquired", "created", "closed", "timeouts", "rejected", "connect_errors",
+      "pings_failed", "leaks_detected", "reclaimed"];
+    for (const key of rows) {
+      const row = table.insertRow(); cell(row, key); cell(row, s[key], "num");
+    }
+  }
+
+  function checkouts(list) {
+    const body = $("checkouts").tBodies[0]; body.innerHTML = "";
+    for (const c of list) {
+      const row = body.insertRow();
+      cell(row, fmt(c.held_seconds), "num"); cell(row, c.thread); cell(row, c.caller || "");
+      const where = cell(row, c.site || "(set leak_threshold to record)");
+      if (c.stack) {
+        const details = document.createElement("details");
+        const summary = document.createElement("summary"); summary.textContent = "stack";
+        const pre = document.createElement("pre"); pre.textContent = c.stack;
+        details.append(summary, pre); where.append(details);
+      }
+    }
+  }
+
+  function endpoints(map) {
+    const body = $("endpoints").tBodies[0]; body.innerHTML = "";
+    for (const [name, t] of Object.entries(map)) {
+      const row = body.insertRow();
+      const mean = (h) => h.count ? fmt(h.sum / h.count) : "–";
+      cell(row, name); cell(row, t.wait.count, "num");
+      cell(row, mean(t.wait), "num"); cell(row, fmt(t.wait.max), "num");
+      cell(row, mean(t.hold), "num"); cell(row, fmt(t.hold.max), "num");
+    }
+  }
+
+  async function refresh() {
+    try {
+      const response = await fetch(dataUrl, { cache: "no-store" });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      const data = await response.json();
+      text($("pool"), data.pool); text($("target"), data.target);
+      gauges(data.stats); series(data.stats, data.time); histogram(data.stats.wait_time);
+      counters(data.stats); checkouts(data.checkouts); endpoints(data.endpoints);
+      text($("status"), "updated " + new Date(data.time * 1000).toLocaleTimeString());
+      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+    } catch (error) {
+      text($("status"), "cannot load data: " + error.message);
+    }
+  }
+
+  refresh();
+  setInterval(refresh, 1000);
+})();
