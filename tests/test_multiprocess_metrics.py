@@ -105,6 +105,7 @@ def test_flask_endpoint_in_multiprocess_mode(
             if s.name == "flask_dbpool_checkouts_total"
         ]
         assert [(s.labels["pid"], s.value) for s in samples] == [(str(os.getpid()), 1)]
+        assert "flask_dbpool_endpoint_hold_time_seconds" not in text  # per process only
         assert (tmp_path / f"flask_dbpool_{os.getpid()}.json").exists()
     finally:
         app.extensions["dbpool"].close()

@@ -194,17 +194,19 @@ def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
         writer = shared_writer(multiproc_dir)
         writer.add(pool)
         registry.register(MultiProcessCollector(multiproc_dir))
+        # Per-endpoint times stay per process: one worker's alone would mislead, so they are
+        # left out here (DBPool.endpoint_times(app) still has them in each worker).
     else:
         registry.register(collector)
-    registry.register(
-        EndpointCollector(
-            pool.name,
-            lambda: {
-                name: (times.wait, times.hold)
-                for name, times in DBPool.endpoint_times(app).items()
-            },
+        registry.register(
+            EndpointCollector(
+                pool.name,
+                lambda: {
+                    name: (times.wait, times.hold)
+                    for name, times in DBPool.endpoint_times(app).items()
+                },
+            )
         )
-    )
 
     def dbpool_metrics() -> Response:
         if writer is not None:
