@@ -27,6 +27,7 @@ SEMCONV = {
     "db.client.connection.timeouts",
     "db.client.connection.wait_time",
     "db.client.connection.create_time",
+    "db.client.connection.use_time",
 }
 
 
@@ -69,6 +70,8 @@ def test_semantic_convention_instruments(backend: Backend, make_pool: MakePool) 
     assert found["db.client.connection.timeouts"][0].value == 1
     (waits,) = found["db.client.connection.wait_time"]
     assert waits.count == 1 and waits.sum >= 0.01
+    (uses,) = found["db.client.connection.use_time"]
+    assert uses.count == 1  # one checkout returned so far
     (creates,) = found["db.client.connection.create_time"]
     assert creates.count == 3 and creates.sum > 0
     for conn in held:

@@ -82,3 +82,26 @@ def test_since_gives_interval_figures(backend: Backend, make_pool: MakePool) -> 
     assert first.created == first.create_time.count == 1
     assert interval.open == pool.stats().open == 0  # gauges are the current ones
     assert pool.stats().acquired == 9  # totals themselves are never reset
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_use_time_once_tracked(backend: Backend, make_pool: MakePool) -> None:
+    pool = make_pool(backend.url, pool_size=2)
+    with pool.connection():
+        pass
+    assert pool.stats().use_time.count == 0  # off by default: nothing on the return path
+    pool.track_use_time()
+    with pool.connection() as conn:
+        time.sleep(0.03)
+        query(conn, "SELECT 1")
+    conn2 = pool.acquire()
+    conn2.close()
+    with pytest.raises(ZeroDivisionError):
+        with pool.connection():
+            1 / 0  # noqa: B018 -- returned through the exception path
+    held = pool.acquire()
+    held.invalidate()  # discarded, not returned: not a use
+    s = pool.stats()
+    assert s.use_time.count == 3, s.use_time
+    assert s.use_time.max >= 0.03
+    assert pool.stats().acquired == 5

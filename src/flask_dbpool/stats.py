@@ -156,6 +156,8 @@ class PoolStats:
     """How long callers that had to wait waited (successful or timed out)."""
     create_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
     """How long opening a new connection took (successful ones)."""
+    use_time: HistogramSnapshot = field(default_factory=HistogramSnapshot)
+    """How long checkouts were held, once :meth:`Pool.track_use_time` was called."""
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a plain dict, ready for JSON."""
@@ -163,6 +165,7 @@ class PoolStats:
         data["closed_by_reason"] = dict(self.closed_by_reason)
         data["wait_time"] = self.wait_time.as_dict()
         data["create_time"] = self.create_time.as_dict()
+        data["use_time"] = self.use_time.as_dict()
         return data
 
     def since(self, earlier: PoolStats) -> PoolStats:
@@ -178,6 +181,7 @@ class PoolStats:
         }
         changes["wait_time"] = self.wait_time.since(earlier.wait_time)
         changes["create_time"] = self.create_time.since(earlier.create_time)
+        changes["use_time"] = self.use_time.since(earlier.use_time)
         return replace(self, **changes)
 
 

@@ -54,6 +54,7 @@ class SnapshotWriter:
 
     def add(self, pool: Pool) -> None:
         """Report ``pool`` (held weakly) and make sure the writer runs in this process."""
+        pool.track_use_time()
         with self._lock:
             self._pools.add(pool)
             if self._thread is None or self._pid != os.getpid():  # new, or a forked child
@@ -163,6 +164,7 @@ class _Stats:
         self.__dict__.update(data)
         self.wait_time = _histogram_from(data["wait_time"])
         self.create_time = _histogram_from(data["create_time"])
+        self.use_time = _histogram_from(data["use_time"])
 
 
 def _histogram_from(data: dict[str, Any]) -> HistogramSnapshot:

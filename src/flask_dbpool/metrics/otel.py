@@ -8,8 +8,9 @@ carries ``db.client.connection.pool.name``::
     instrument_pool(pool)                      # the global MeterProvider
     instrument_pool(pool, meter_provider=mp)   # or a given one
 
-Gauge-like figures are observed at collection time from :meth:`Pool.stats`; the wait and
-create time histograms are recorded as they happen (slow paths only).
+Gauge-like figures are observed at collection time from :meth:`Pool.stats`; the wait,
+create and use time histograms are recorded as they happen (use time turns on
+:meth:`Pool.track_use_time`, which costs a little on every return).
 """
 
 from __future__ import annotations
@@ -119,7 +120,12 @@ def instrument_pool(pool: Pool, meter_provider: Any = None) -> None:
         unit="s",
         description="The time it took to create a new connection.",
     )
-    histograms = {"wait": wait_time, "create": create_time}
+    use_time = meter.create_histogram(
+        "db.client.connection.use_time",
+        unit="s",
+        description="The time between borrowing a connection and returning it to the pool.",
+    )
+    histograms = {"wait": wait_time, "create": create_time, "use": use_time}
 
     def record(event: str, seconds: float) -> None:
         histogram = histograms.get(event)
@@ -130,3 +136,4 @@ def instrument_pool(pool: Pool, meter_provider: Any = None) -> None:
                 pass
 
     pool.add_observer(record)
+    pool.track_use_time()

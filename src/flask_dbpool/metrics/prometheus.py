@@ -40,8 +40,10 @@ class PoolCollector:
     ``idle`` | ``used``), ``db_client_connection_max``, ``db_client_connection_idle_max``,
     ``db_client_connection_idle_min``, ``db_client_connection_pending_requests`` (gauges),
     ``db_client_connection_timeouts_total`` (counter),
-    ``db_client_connection_wait_time_seconds`` and ``db_client_connection_create_time_seconds``
-    (histograms), plus flask-dbpool's own counters ``flask_dbpool_connections_created_total``,
+    ``db_client_connection_wait_time_seconds``, ``db_client_connection_create_time_seconds``
+    and ``db_client_connection_use_time_seconds`` (histograms; registering a pool turns on
+    :meth:`Pool.track_use_time`), plus flask-dbpool's own counters
+    ``flask_dbpool_connections_created_total``,
     ``flask_dbpool_connections_closed_total`` (``reason`` label),
     ``flask_dbpool_checkouts_total``, ``flask_dbpool_rejected_total``,
     ``flask_dbpool_connect_errors_total``, ``flask_dbpool_pings_failed_total``,
@@ -53,9 +55,12 @@ class PoolCollector:
     def __init__(self, *pools: Pool) -> None:
         self._core = _prometheus_core()
         self._pools = list(pools)
+        for pool in pools:
+            pool.track_use_time()
 
     def add(self, pool: Pool) -> None:
-        """Also report ``pool``."""
+        """Also report ``pool`` (and start tracking its use time)."""
+        pool.track_use_time()
         self._pools.append(pool)
 
     def describe(self) -> Iterable[Any]:
@@ -106,6 +111,10 @@ class PoolCollector:
             "create_time": histogram(
                 "db_client_connection_create_time_seconds", "Time it took to open a new connection."
             ),
+            "use_time": histogram(
+                "db_client_connection_use_time_seconds",
+                "Time between borrowing a connection and returning it to the pool.",
+            ),
             "created": counter("flask_dbpool_connections_created", "Connections opened."),
             "acquired": counter("flask_dbpool_checkouts", "Successful checkouts."),
             "rejected": counter("flask_dbpool_rejected", "Checkouts refused by max_waiting."),
@@ -143,6 +152,7 @@ class PoolCollector:
         families["timeouts"].add_metric(labels, stats.timeouts)
         families["wait_time"].add_metric(labels, *_histogram(stats.wait_time))
         families["create_time"].add_metric(labels, *_histogram(stats.create_time))
+        families["use_time"].add_metric(labels, *_histogram(stats.use_time))
         for field in (
             "created",
             "acquired",
