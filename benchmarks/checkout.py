@@ -450,6 +450,12 @@ def single_thread(target: Target, args: argparse.Namespace, stack: ExitStack) ->
     keys = ("acquire/release", "with connection()", "")
     for (cycle, loop), key in zip(loops.items(), keys, strict=True):
         cases.append(Case("flask-dbpool Pool", cycle, loop, key))
+    # The same pool type with metrics on (what the Prometheus/OTel exporters turn on).
+    tracked, *_rest, close = build_dbpool(target, size, overflow, 30.0, False)
+    stack.callback(close)
+    tracked.track_use_time()
+    cycle, loop = next(iter(dbpool_loops(tracked).items()))
+    cases.append(Case("flask-dbpool Pool, use time tracked (metrics on)", cycle, loop, "metrics"))
 
     if (why := _importable("sqlalchemy")) is None:
         pool, checkout, _checkin, close = build_sqlalchemy(target, size, overflow, 30.0, False)
@@ -528,6 +534,14 @@ def single_thread(target: Target, args: argparse.Namespace, stack: ExitStack) ->
         ratio = statistics.median(case.samples) / floor
         verdict = "met" if ratio <= limit else "NOT met"
         print(f"- {label}: {ratio:.1f}x floor (target ≤ {limit:g}x): {verdict}")
+    plain = statistics.median(next(c for c in cases if c.key == "acquire/release").samples)
+    metered = statistics.median(next(c for c in cases if c.key == "metrics").samples)
+    extra = metered / plain - 1
+    verdict = "met" if extra < 0.15 else "NOT met"
+    print(
+        f"- metrics cost (use time tracked vs plain acquire/release): +{extra:.0%} "
+        f"(+{(metered - plain) * 1e6:.3f} µs; target < 15%): {verdict}"
+    )
     print()
 
 
