@@ -102,9 +102,7 @@ def describe_holder(
 ) -> str:
     """``held 3.2 s by thread 'worker-1' (GET /orders) at app.py:12 in view`` (with ``ago``:
     ``checked out 3.2 s ago by thread …``)."""
-    if names is None:
-        names = _thread_names()
-    name = holder.thread_name or names.get(holder.ident, f"thread {holder.ident} (finished)")
+    name = _thread_of(holder, _thread_names() if names is None else names)
     age = now - holder.lent_at
     text = f"checked out {age:.1f} s ago" if ago else f"held {age:.1f} s"
     text += f" by thread {name!r}"
@@ -121,6 +119,11 @@ def describe_holders(holders: Iterable[Holder], now: float, *, limit: int = 3) -
     names = _thread_names()
     longest = sorted(holders, key=lambda holder: holder.lent_at)[:limit]
     return "; ".join(describe_holder(holder, now, names) for holder in longest)
+
+
+def _thread_of(holder: Holder, names: dict[int, str]) -> str:
+    """The name of the thread that checked ``holder``'s connection out."""
+    return holder.thread_name or names.get(holder.ident, f"thread {holder.ident} (finished)")
 
 
 def _thread_names() -> dict[int, str]:
@@ -153,8 +156,7 @@ def checkouts_of(holders: Iterable[Holder], now: float) -> list[Checkout]:
     return [
         Checkout(
             held_seconds=now - holder.lent_at,
-            thread=holder.thread_name
-            or names.get(holder.ident, f"thread {holder.ident} (finished)"),
+            thread=_thread_of(holder, names),
             caller=holder.caller,
             site=short_site(holder.site) or None,
             stack=format_site(holder.site) or None,

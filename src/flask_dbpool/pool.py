@@ -494,7 +494,7 @@ class Pool:
     def _release_timed(self, conn: PooledConnection) -> None:
         """``release`` once use time is tracked: the same fast path, timing the checkout
         inside its critical section (a second function call or lock round would double the
-        cost)."""
+        cost). It mirrors :meth:`release` line for line: change both together."""
         if conn.__class__ is not PooledConnection:
             raise self._foreign(conn)
         entry = conn._entry

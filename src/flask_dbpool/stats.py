@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 __all__ = ["CLOSE_REASONS", "DURATION_BUCKETS", "Histogram", "HistogramSnapshot", "PoolStats"]
@@ -185,21 +185,17 @@ class PoolStats:
         return replace(self, **changes)
 
 
-_TOTALS = tuple(
-    f.name
-    for f in fields(PoolStats)
-    if f.name
-    in {
-        "acquired",
-        "created",
-        "closed",
-        "timeouts",
-        "rejected",
-        "waits",
-        "wait_seconds_total",
-        "connect_errors",
-        "pings_failed",
-        "leaks_detected",
-        "reclaimed",
-    }
+#: The counters ``PoolStats.since`` subtracts (gauges and maxima are kept as they are).
+_TOTALS = (
+    "acquired",
+    "created",
+    "closed",
+    "timeouts",
+    "rejected",
+    "waits",
+    "wait_seconds_total",
+    "connect_errors",
+    "pings_failed",
+    "leaks_detected",
+    "reclaimed",
 )
