@@ -105,3 +105,33 @@ def test_use_time_once_tracked(backend: Backend, make_pool: MakePool) -> None:
     assert s.use_time.count == 3, s.use_time
     assert s.use_time.max >= 0.03
     assert pool.stats().acquired == 5
+
+
+def test_use_time_buckets_match_the_histogram_at_every_bound(
+    sqlite_url: str, make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The return path records use time with its own inlined bucket choice; it must agree
+    # with Histogram.record (bisect over the bounds) exactly, at and around each bound.
+    import math
+
+    import flask_dbpool.pool as pool_module
+    from flask_dbpool.stats import Histogram
+
+    pool = make_pool(sqlite_url, pool_size=1)
+    pool.track_use_time()
+    holds = [0.0, 5e-7, 1e9]
+    for bound in DURATION_BUCKETS:
+        holds += [math.nextafter(bound, 0.0), bound, math.nextafter(bound, math.inf)]
+    clock = [0.0]
+    monkeypatch.setattr(pool_module, "_now", lambda: clock[0])
+    expected = Histogram()
+    for hold in holds:
+        clock[0] = 0.0  # (a later start would round the hold away from the bound)
+        conn = pool.acquire()
+        clock[0] = hold
+        pool.release(conn)  # the fast path: an idle connection going back to the pool
+        expected.record(hold)
+    monkeypatch.undo()
+    got = pool.stats().use_time
+    assert got == expected.snapshot()
+    assert got.count == len(holds) and all(got.counts)  # every bucket was exercised

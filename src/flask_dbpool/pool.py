@@ -109,7 +109,6 @@ class _Health:
         "retry_at",
         "suspects",
         "timeouts",
-        "use_time",
         "wait_max",
         "wait_time",
         "wait_total",
@@ -139,7 +138,6 @@ class _Health:
         self.closed_by: dict[str, int] = {}
         self.wait_time = Histogram()
         self.create_time = Histogram()
-        self.use_time = Histogram()  # recorded only once track_use_time() was called
 
 
 class Pool:
@@ -154,6 +152,44 @@ class Pool:
     ``open_timeout``). Use :meth:`connection` in a ``with`` block, or :meth:`acquire` /
     :meth:`release`. ``with Pool(...) as pool:`` closes the pool on exit.
     """
+
+    # Slots keep attribute access on the hot path at its cheapest: a plain instance dict
+    # shares its keys with other instances only up to a limit (30 names in CPython 3.11),
+    # and past it, or once an attribute is added after __init__, every access slows down
+    # (+0.08 µs per checkout, measured; docs/benchmarks.md).
+    __slots__ = (
+        "__weakref__",
+        "_acquired",
+        "_check_on_acquire",
+        "_checked_checkouts",
+        "_checking",
+        "_closed",
+        "_closed_count",
+        "_connecting",
+        "_connector",
+        "_created",
+        "_drained",
+        "_entries",
+        "_health",
+        "_idle",
+        "_keep",
+        "_lock",
+        "_maintenance",
+        "_max_open",
+        "_observers",
+        "_open",
+        "_rollback_on_return",
+        "_session_reset",
+        "_slow_returns",
+        "_take_idle",
+        "_timeout",
+        "_to_check",
+        "_track_use",
+        "_use_time",
+        "_waiters",
+        "config",
+        "name",
+    )
 
     def __init__(
         self,
@@ -226,8 +262,11 @@ class Pool:
 
         self._closed = False
         self._observers: tuple[Callable[[str, float], object], ...] = ()
+        # Modes are flags read on the hot path, not methods swapped in as instance
+        # attributes (which slots rule out, and which cost more than a flag before them).
+        self._check_on_acquire = False  # see _select_acquire
+        self._track_use = False  # see track_use_time
         self._init_state()
-        self._acquire_checked_installed = False
         self._select_acquire()
         track(self)
         if config.min_idle:
@@ -253,6 +292,7 @@ class Pool:
         self._keep = 0 if self._closed else self.config.pool_size  # most idle ones kept
         self._drained = threading.Event()  # set once closed and every slot is free
         self._health = _Health()
+        self._use_time = Histogram()  # recorded only once track_use_time() was called
         self._maintenance: Maintenance | None = None
 
         self._acquired = 0
@@ -284,6 +324,8 @@ class Pool:
         """
         if timeout is not None:
             _check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
+        if self._check_on_acquire:
+            return self._acquire_checked(timeout)
         # The hot path. lock.acquire()/try/finally is measurably cheaper than ``with``.
         lock = self._lock
         lock.acquire()
@@ -331,6 +373,22 @@ class Pool:
             try:
                 if conn._entry is entry:  # claimed under the lock: a racing release loses
                     set_entry(conn, None)
+                    if self._track_use:
+                        # Histogram.record written out, because every nanosecond here is
+                        # paid on each return (docs/benchmarks.md). What it costs matters
+                        # relative to the hold: a hold under the first bound (100 µs) pays
+                        # one comparison, a longer one a bisect (~50 ns, under 0.05% of it).
+                        held = _now() - entry.lent_at
+                        use = self._use_time
+                        if held <= 0.0001:  # DURATION_BUCKETS[0]; a test checks the buckets
+                            use.first += 1
+                        else:
+                            use.counts[_bucket(_DURATION_BUCKETS, held)] += 1
+                        use.sum += held
+                        if held > use.max:
+                            use.max = held
+                        if self._observers:
+                            self._notify_use(held)
                     if self._waiters and self._open <= self._max_open:
                         self._hand_off(entry)
                         return
@@ -479,56 +537,17 @@ class Pool:
                 closed_by_reason=dict(self._health.closed_by),
                 wait_time=self._health.wait_time.snapshot(),
                 create_time=self._health.create_time.snapshot(),
-                use_time=self._health.use_time.snapshot(),
+                use_time=self._use_time.snapshot(),
             )
 
     def track_use_time(self) -> None:
         """Record how long each checkout is held (``stats().use_time``, observers' ``"use"``
         events). Off by default because it costs a clock read and a histogram update on every
-        return (about 0.15 µs, see docs/benchmarks.md); the metrics exporters turn it on.
+        return (about 0.1 µs, +13-14 % of the bare checkout+return cycle; docs/benchmarks.md);
+        the metrics exporters turn it on.
         Idempotent."""
-        # An instance attribute shadows the method, as for the checked acquire: pools that
-        # do not track use time keep the plain release.
-        self.release = self._release_timed  # type: ignore[method-assign]
-
-    def _release_timed(self, conn: PooledConnection) -> None:
-        """``release`` once use time is tracked: the same fast path, timing the checkout
-        inside its critical section (a second function call or lock round would double the
-        cost). It mirrors :meth:`release` line for line: change both together."""
-        if conn.__class__ is not PooledConnection:
-            raise self._foreign(conn)
-        entry = conn._entry
-        if entry is not None and entry.pool is self and entry.tx_state(entry.raw) == IDLE:
-            held = _now() - entry.lent_at
-            lock = self._lock
-            lock.acquire()
-            try:
-                if conn._entry is entry:
-                    set_entry(conn, None)
-                    use = self._health.use_time  # Histogram.record, inlined
-                    use.counts[_bucket(_DURATION_BUCKETS, held)] += 1
-                    use.count += 1
-                    use.sum += held
-                    if held > use.max:
-                        use.max = held
-                    if self._observers:
-                        self._notify_use(held)
-                    if self._waiters and self._open <= self._max_open:
-                        self._hand_off(entry)
-                        return
-                    if len(self._idle) < self._keep:
-                        self._idle.append(entry)
-                        return
-                    self._forget_locked(entry, "pool_closed" if self._closed else "overflow")
-                    surplus = entry
-                else:
-                    surplus = None
-            finally:
-                lock.release()
-            if surplus is not None:
-                self._close_raw(surplus)
-                return
-        self._release_slow(conn, None, timed=True)
+        with self._lock:
+            self._track_use = True
 
     def _notify_use(self, held: float) -> None:
         for observer in self._observers:
@@ -536,7 +555,7 @@ class Pool:
 
     def _record_use(self, held: float) -> None:
         with self._lock:
-            self._health.use_time.record(held)
+            self._use_time.record(held)
             self._notify_use(held)
 
     def add_observer(self, observer: Callable[[str, float], object]) -> None:
@@ -633,14 +652,8 @@ class Pool:
     # ------------------------------------------------------------------ acquiring
 
     def _select_acquire(self) -> None:
-        """Use the checked ``acquire`` only while something needs work at checkout."""
-        if self._checked_checkouts or self._health.suspects:
-            # An instance attribute shadows the method: the default pool keeps the plain one.
-            self.acquire = self._acquire_checked  # type: ignore[method-assign]
-        elif self._acquire_checked_installed:
-            # (Not through __dict__: materialising it would slow every attribute access.)
-            del self.acquire
-        self._acquire_checked_installed = self._checked_checkouts or self._health.suspects
+        """Take the checked ``acquire`` only while something needs work at checkout."""
+        self._check_on_acquire = self._checked_checkouts or self._health.suspects
 
     def _acquire_checked(self, timeout: float | None = None) -> PooledConnection:
         """``acquire`` with pre-ping, suspect checks, leak tracking and ``on_checkout``."""
@@ -650,7 +663,7 @@ class Pool:
         deadline = _now() + timeout
         config = self.config
         while True:
-            conn = Pool.acquire(self, max(0.0, deadline - _now()))
+            conn = self._acquire_slow(max(0.0, deadline - _now()))
             entry = conn._entry
             assert entry is not None
             now = entry.lent_at
@@ -1055,12 +1068,9 @@ class Pool:
             set_entry(conn, None)
             return entry
 
-    def _release_slow(
-        self, conn: PooledConnection, exc: BaseException | None, *, timed: bool = False
-    ) -> None:
+    def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
         entry = self._claim(conn)
-        if timed or (exc is not None and "release" in self.__dict__):
-            # Use time is tracked (returns with an exception come here directly).
+        if self._track_use:  # (returns with an exception come here directly)
             self._record_use(_now() - entry.lent_at)
         try:
             driver = entry.driver
