@@ -148,6 +148,8 @@ def loops_for(pool: Any) -> list[tuple[str, Callable[[int], float]]]:
             t0 = perf_counter()
             for _ in range(n):
                 # acquire(timeout=None)
+                if p._check_on_acquire:  # pre-ping, hooks, leak tracking: not here
+                    raise AssertionError
                 lock = p._lock
                 lock.acquire()
                 try:
@@ -176,6 +178,8 @@ def loops_for(pool: Any) -> list[tuple[str, Callable[[int], float]]]:
                     try:
                         if conn._entry is e:
                             set_entry(conn, None)
+                            if p._track_use:  # use-time histogram: off here
+                                raise AssertionError
                             if p._waiters:
                                 raise AssertionError
                             if len(p._idle) < p._keep:

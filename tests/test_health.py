@@ -326,6 +326,25 @@ def test_checkout_and_checkin_hooks_run_once_per_checkout_and_return(
     assert all(raw is raws[0] for _, raw in calls), "called with the driver connection"
 
 
+def test_start_up_checkouts_do_not_run_on_checkout(sqlite_url: str, make_pool: MakePool) -> None:
+    # open_timeout / wait_ready check connections out to open them: not a use, so a hook
+    # that only works inside the application (or is not ready yet) must not run, nor fail.
+    calls: list[Any] = []
+    pool = make_pool(
+        sqlite_url, pool_size=2, min_idle=2, open_timeout=5, on_checkout=calls.append
+    )
+    pool.wait_ready(5)
+    assert calls == [] and pool.stats().open == 2
+    with pool.connection():
+        assert len(calls) == 1, "a real checkout runs it"
+
+    def not_ready(raw: Any) -> None:
+        raise RuntimeError("hook used at start-up")
+
+    pool = make_pool(sqlite_url, open_timeout=5, on_checkout=not_ready)
+    assert pool.stats().open == 1
+
+
 @pytest.mark.parametrize("backend", ALL, indirect=True)
 def test_failing_on_checkout_reaches_the_caller_and_rolls_the_connection_back_into_the_pool(
     backend: Backend, make_pool: MakePool

@@ -16,8 +16,8 @@ Health work (lifetimes, idle timeouts, keepalive, reconnecting, leaks) runs in a
 thread (:mod:`flask_dbpool.maintenance`). Features that need
 work at checkout (``pre_ping``, ``on_checkout``, ``leak_threshold``, and checking connections
 suspected dead after a disconnect) switch the pool to a checked ``acquire``; features that
-need work on return route that entry's returns to the slow path. The default hot path never
-tests for any of them.
+need work on return route that entry's returns to the slow path. The default hot path tests
+two flags for them (checked acquire, use time tracked) and nothing else.
 """
 
 from __future__ import annotations
@@ -447,7 +447,8 @@ class Pool:
         held: list[PooledConnection] = []
         try:
             for _ in range(max(1, self.config.min_idle)):
-                held.append(Pool.acquire(self, max(0.0, deadline - _now())))
+                # The plain checkout: start-up is not a use (no on_checkout, no ping).
+                held.append(self._acquire_slow(max(0.0, deadline - _now())))
         except PoolTimeout as error:
             raise PoolTimeout(f"not ready after {timeout:.1f} s: {error}") from error.__cause__
         finally:
@@ -543,7 +544,7 @@ class Pool:
     def track_use_time(self) -> None:
         """Record how long each checkout is held (``stats().use_time``, observers' ``"use"``
         events). Off by default because it costs a clock read and a histogram update on every
-        return (about 0.1 µs, +13-14 % of the bare checkout+return cycle; docs/benchmarks.md);
+        return (about 0.1 µs, +13-16 % of the bare checkout+return cycle; docs/benchmarks.md);
         the metrics exporters turn it on.
         Idempotent."""
         with self._lock:
