@@ -1,5 +1,5 @@
 """The dashboard's HTTP side (page, assets, JSON, access control) with Flask's test client
-against real databases. (A browser test with headless Chromium is still to come.)"""
+against real databases (tests/test_dashboard_browser.py loads it in headless Chromium)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,34 @@
 """``flask dbpool …``: status, check and doctor commands for the app's pool.
 
 Registered on the app by :meth:`DBPool.init_app`. The commands run in a CLI process, so they
-see that process's pool (fresh), not the pools of running server workers.
+see that process's pool (fresh), not the pools of running server workers; ``status --from``
+reads a running worker's pool through its dashboard's JSON instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit, urlunsplit
+from urllib.request import Request, urlopen
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from flask_dbpool.errors import PoolError, one_line
-from flask_dbpool.flask.extension import DBPool
+from flask_dbpool.flask.dashboard import dashboard_data
+from flask_dbpool.flask.extension import CONFIG_PREFIX, DBPool
 from flask_dbpool.pool import Pool
 from flask_dbpool.sizing import fleet_advice
+from flask_dbpool.stats import DURATION_BUCKETS, PoolStats
 
 __all__ = ["dbpool_cli"]
 
-_CONFIG_KEYS = frozenset({"name", "pool_size", "max_overflow"})
 
 dbpool_cli = AppGroup("dbpool", help="Inspect and check the flask-dbpool connection pool.")
 
@@ -36,35 +43,185 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 
 @dbpool_cli.command("status")
-def status() -> None:
-    """Show the pool's settings, state and counters."""
-    pool = _pool()
-    config = pool.config
-    stats = pool.stats()
-    click.echo(f"pool {pool.name!r}: {pool.target}{' (closed)' if pool.closed else ''}")
+@click.option(
+    "--from",
+    "source",
+    metavar="URL",
+    help="Read a running server's pool through its dashboard (DBPOOL_DASHBOARD), e.g. "
+    "http://127.0.0.1:5000/_dbpool. Default: this CLI process's own pool.",
+)
+@click.option(
+    "--token",
+    envvar="DBPOOL_DASHBOARD_TOKEN",
+    help="The dashboard's token, needed from other hosts (default: $DBPOOL_DASHBOARD_TOKEN, "
+    "else the app's DBPOOL_DASHBOARD_TOKEN).",
+)
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for --from.")
+def status(source: str | None, token: str | None, timeout: float) -> None:
+    """Show the pool's settings, state, counters, timings and checked-out connections.
+
+    Without --from it shows this CLI process's pool, which has done little; --from shows the
+    pool of the server worker that answers. Exits with status 1 when --from fails.
+    """
+    if source is None:
+        data = dashboard_data(_pool(), None)
+        where = "this CLI process's pool; each server worker has its own: see --from"
+    else:
+        if token is None:
+            token = current_app.config.get(f"{CONFIG_PREFIX}DASHBOARD_TOKEN")
+        data = _fetch_dashboard_data(source, token, timeout)
+        where = f"read from {_without_query(source)}: the worker that answered"
+    _echo_status(data, where)
+
+
+def _without_query(url: str) -> str:
+    """``url`` without its query (which may carry ``?token=``) or user info."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dict[str, Any]:
+    shown = _without_query(source)
+    parts = urlsplit(source)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(
+            f"expected an http(s) URL of the dashboard, got {shown!r}", param_hint="--from"
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/data"):
+        path += "/data"
+    url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    request = Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urlopen(request, timeout=timeout) as response:  # (scheme checked above)
+            body = response.read()
+    except HTTPError as error:
+        error.close()  # (it holds the response)
+        if error.code == 403:
+            hint = "pass --token" if not token else "the token was not accepted"
+            why = f"refused (403): served to loopback or with the dashboard's token; {hint}"
+        elif error.code == 404:
+            why = "no dashboard there (404): is DBPOOL_DASHBOARD on, at DBPOOL_DASHBOARD_PATH?"
+        else:
+            why = f"HTTP {error.code} {error.reason}"
+        raise click.ClickException(f"{shown}: {why}") from None
+    except (URLError, OSError) as error:
+        reason = error.reason if isinstance(error, URLError) else error
+        raise click.ClickException(f"cannot reach {shown}: {reason}") from None
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("stats"), dict):
+            raise ValueError("no stats")
+    except ValueError:
+        raise click.ClickException(
+            f"{shown} did not answer with flask-dbpool dashboard data"
+        ) from None
+    return data
+
+
+def _echo_status(data: dict[str, Any], where: str) -> None:
+    stats: dict[str, Any] = data["stats"]
+    settings: dict[str, Any] = data.get("settings", {})
+    closed = " (closed)" if data.get("closed") else ""
+    click.echo(f"pool {data.get('pool')!r}: {data.get('target')}{closed}")
+    click.echo(f"({where})")
+    click.echo("")
+    rows: list[tuple[str, object]] = [
+        ("pool_size", stats["pool_size"]),
+        ("max_overflow", stats["max_overflow"]),
+        ("min_idle", stats.get("min_idle", 0)),
+    ]
+    if settings:
+        rows += [
+            ("timeout", _seconds(settings["timeout"])),
+            ("pre_ping", settings["pre_ping"]),
+            ("max_lifetime", _seconds(settings["max_lifetime"])),
+            ("idle_timeout", _seconds(settings["idle_timeout"])),
+            ("leak_threshold", _seconds(settings["leak_threshold"])),
+        ]
+    click.echo(_table(rows))
+    click.echo("")
+    state = ("open", "idle", "in_use", "connecting", "checking", "waiting")
+    click.echo(_table([(key, stats[key]) for key in state if key in stats]))
+    click.echo("")
+    reasons = stats.get("closed_by_reason") or {}
+    totals: list[tuple[str, object]] = []
+    # In as_dict() order (a server's JSON comes with sorted keys), then anything newer.
+    known = [key for key in PoolStats.__dataclass_fields__ if key in stats]
+    for key in known + sorted(set(stats) - set(known)):
+        value = stats[key]
+        if key in state or key in _NOT_TOTALS or isinstance(value, dict):
+            continue
+        if key == "closed" and reasons:
+            value = f"{value} ({', '.join(f'{k} {n}' for k, n in sorted(reasons.items()))})"
+        elif isinstance(value, float):
+            value = _duration(value)
+        totals.append((key, value))
+    click.echo(_table(totals))
+    click.echo("")
     click.echo(
         _table(
             [
-                ("pool_size", config.pool_size),
-                ("max_overflow", config.max_overflow),
-                ("timeout", f"{config.timeout:g} s"),
-                ("pre_ping", config.pre_ping),
-                ("max_lifetime", _seconds(config.max_lifetime)),
-                ("idle_timeout", _seconds(config.idle_timeout)),
-                ("min_idle", config.min_idle),
-                ("leak_threshold", _seconds(config.leak_threshold)),
+                (name, _distribution(stats[name]))
+                for name in ("wait_time", "use_time", "create_time")
+                if isinstance(stats.get(name), dict)
             ]
         )
     )
+    checkouts = data.get("checkouts") or []
     click.echo("")
-    shown = {key: value for key, value in stats.as_dict().items() if key not in _CONFIG_KEYS}
-    click.echo(_table(list(shown.items())))
-    click.echo("")
-    click.echo("(this CLI process's pool; running server workers each have their own)")
+    if not checkouts:
+        click.echo("checked out now: none")
+        return
+    click.echo(f"checked out now: {len(checkouts)}, longest held first")
+    for checkout in checkouts:
+        held = _duration(float(checkout.get("held_seconds", 0.0)))
+        what = checkout.get("caller") or "-"
+        site = f"  at {checkout['site']}" if checkout.get("site") else ""
+        click.echo(f"  {held:>10}  {checkout.get('thread', '?')}  {what}{site}")
+
+
+#: as_dict() keys that are not totals (settings, or shown in a section of their own).
+_NOT_TOTALS = frozenset({"name", "pool_size", "max_overflow", "min_idle", "closed_by_reason"})
 
 
 def _seconds(value: float | None) -> str:
     return "off" if value is None else f"{value:g} s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0"
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def _distribution(histogram: dict[str, Any]) -> str:
+    """``count 12, mean 1.2 ms, max 8 ms, p50 <= 1 ms, p99 <= 10 ms`` from ``as_dict()``."""
+    count = int(histogram.get("count", 0))
+    if not count:
+        return "none recorded"
+    parts = [
+        f"count {count}",
+        f"mean {_duration(histogram['sum'] / count)}",
+        f"max {_duration(histogram['max'])}",
+    ]
+    buckets = histogram.get("buckets", [])
+    for quantile in (0.5, 0.99):
+        seen = 0
+        for bucket in buckets:
+            seen += bucket["count"]
+            if seen >= quantile * count:
+                bound = bucket["le"]
+                last = _duration(DURATION_BUCKETS[-1])
+                label = f"<= {_duration(bound)}" if bound != "+Inf" else f"> {last}"
+                parts.append(f"p{quantile * 100:g} {label}")
+                break
+    return ", ".join(parts)
 
 
 @dbpool_cli.command("check")

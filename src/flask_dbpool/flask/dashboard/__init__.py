@@ -51,10 +51,19 @@ def _asset(name: str) -> Response:
 
 def dashboard_data(pool: Pool, endpoints: EndpointTimes | None) -> dict[str, Any]:
     """What the page shows: stats, checkouts and per-endpoint times, ready for JSON."""
+    config = pool.config
     return {
         "pool": pool.name,
         "target": pool.target,
+        "closed": pool.closed,
         "time": time.time(),
+        "settings": {
+            "timeout": config.timeout,
+            "pre_ping": config.pre_ping,
+            "max_lifetime": config.max_lifetime,
+            "idle_timeout": config.idle_timeout,
+            "leak_threshold": config.leak_threshold,
+        },
         "stats": pool.stats().as_dict(),
         "checkouts": [checkout.as_dict() for checkout in pool.checkouts()],
         "endpoints": {
