@@ -11,6 +11,7 @@ from flask import Flask
 
 from backends import Backend, query
 from flask_dbpool import ConfigError, DBPool
+from flask_dbpool.flask.dashboard import PROXY_HEADERS, dashboard_data
 
 TOKEN = "a-long-enough-secret-token"
 MakeApp = Callable[..., Flask]
@@ -66,6 +67,19 @@ def test_page_assets_and_data(backend: Backend, make_app: MakeApp) -> None:
             held.close()
     assert len(out) == 1 and out[0]["thread"] == "MainThread"
     assert "test_page_assets_and_data" in out[0]["stack"]
+    assert out[0]["label"] is None  # checked out outside a request, not via db.connection
+
+    # A request holding db.connection is listed with its endpoint, without leak tracking.
+    plain = make_app(backend.url)
+    db = DBPool()  # (make_app initialised the app; this one only reads db.connection)
+
+    @plain.get("/invoices/<int:number>")
+    def invoice(number: int) -> str:
+        query(db.connection, "SELECT 1")
+        (row,) = dashboard_data(DBPool.get_pool(plain), None)["checkouts"]
+        return f"{row['label']}|{row['caller']}"
+
+    assert plain.test_client().get("/invoices/42").get_data(as_text=True) == "invoice|None"
 
 
 def test_access_is_refused_unless_loopback_or_token(sqlite_url: str, make_app: MakeApp) -> None:
@@ -75,7 +89,9 @@ def test_access_is_refused_unless_loopback_or_token(sqlite_url: str, make_app: M
     assert client.get("/_dbpool/data", environ_base=remote).status_code == 403
     assert client.get("/_dbpool/", environ_base=remote).status_code == 403
     # Through a local reverse proxy the peer is loopback, but the request is not local.
-    assert client.get("/_dbpool/data", headers={"X-Forwarded-For": "1.2.3.4"}).status_code == 403
+    for header in PROXY_HEADERS:
+        proxied = client.get("/_dbpool/data", headers={header: "1.2.3.4"})
+        assert proxied.status_code == 403, header
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.get("/_dbpool/data", environ_base=remote, headers=auth).status_code == 200
     ok = client.get(f"/_dbpool/data?token={TOKEN}", environ_base=remote)
@@ -83,6 +99,13 @@ def test_access_is_refused_unless_loopback_or_token(sqlite_url: str, make_app: M
     wrong = client.get("/_dbpool/data?token=wrong-token-wrong-token", environ_base=remote)
     assert wrong.status_code == 403
     assert client.get("/_dbpool/data").status_code == 200  # plain loopback
+    # A browser opening /_dbpool/?token=… from elsewhere fetches the page's assets without
+    # the token: they hold no data and must load, or the page stays empty.
+    page = client.get(f"/_dbpool/?token={TOKEN}", environ_base=remote).get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', page)
+    assert sorted(assets) == ["static/dashboard.css", "static/dashboard.js"]
+    for asset in assets:
+        assert client.get(f"/_dbpool/{asset}", environ_base=remote).status_code == 200, asset
 
 
 def test_no_password_on_the_dashboard(make_app: MakeApp) -> None:

@@ -323,3 +323,21 @@ def test_checkouts_lists_who_holds_what(
         assert checkouts[0].site is None and checkouts[0].stack is None
     assert checkouts[0].as_dict()["thread"] == "MainThread"
     assert pool.checkouts() == []
+
+
+def test_a_checkout_label_lasts_for_that_checkout_only(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    pool = make_pool(sqlite_url, pool_size=1, max_overflow=0)
+    conn = pool.acquire()
+    pool.label_checkout(conn, "nightly-report")
+    (listed,) = pool.checkouts()
+    assert listed.label == "nightly-report" and listed.as_dict()["label"] == "nightly-report"
+    conn.close()
+    pool.label_checkout(conn, "too late")  # a returned handle: ignored
+    again = pool.acquire()  # the same connection, a new checkout: no stale label
+    try:
+        (listed,) = pool.checkouts()
+        assert listed.label is None
+    finally:
+        again.close()

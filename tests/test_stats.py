@@ -135,3 +135,43 @@ def test_use_time_buckets_match_the_histogram_at_every_bound(
     got = pool.stats().use_time
     assert got == expected.snapshot()
     assert got.count == len(holds) and all(got.counts)  # every bucket was exercised
+
+
+def test_acquired_never_goes_down_when_a_woken_waiter_is_interrupted(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    # A connection handed to a waiter that is interrupted (KeyboardInterrupt, gevent
+    # Timeout) before taking it goes back to the pool; counters must stay monotonic.
+    import ctypes
+
+    class Interrupt(BaseException):
+        pass
+
+    pool = make_pool(sqlite_url, pool_size=1, max_overflow=0, min_idle=1, timeout=10)
+    assert pool.stats().min_idle == 1
+    held = pool.acquire()
+    outcome: list[str] = []
+
+    def wait_for_it() -> None:
+        try:
+            pool.acquire()
+            outcome.append("got it")
+        except Interrupt:
+            outcome.append("interrupted")
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    wait_until(lambda: pool.stats().waiting == 1, 5, "the waiter")
+    # Delivered when the waiter runs Python code again, i.e. once the hand-off woke it.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(waiter.ident or 0), ctypes.py_object(Interrupt)
+    )
+    seen = [pool.stats().acquired]
+    pool.release(held)
+    seen.append(pool.stats().acquired)
+    waiter.join(5)
+    seen.append(pool.stats().acquired)
+    assert outcome == ["interrupted"]
+    assert seen == sorted(seen) and seen[-1] == 1, seen
+    s = pool.stats()
+    assert (s.idle, s.in_use) == (1, 0), "the handed-over connection came back"

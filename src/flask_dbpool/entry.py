@@ -39,6 +39,8 @@ class Entry:
         "expires_at",
         "holder",
         "idle_since",
+        "label",
+        "label_for",
         "lent_at",
         "pool",
         "raw",
@@ -83,3 +85,7 @@ class Entry:
         self.caller: str | None = None
         self.thread_name: str | None = None
         self.warned_for = -1.0
+        # Pool.label_checkout: a label for one checkout (the one lent at label_for), so a
+        # later checkout never shows a stale label and nothing needs clearing on return.
+        self.label: str | None = None
+        self.label_for = -1.0

@@ -90,11 +90,13 @@ class Holder(NamedTuple):
     thread_name: str | None
     caller: str | None
     site: StackSummary | None
+    label: str | None = None
 
 
 def holder_of(entry: Entry) -> Holder:
     """A snapshot of ``entry``'s current checkout (call with the pool lock held)."""
-    return Holder(entry.lent_at, entry.holder, entry.thread_name, entry.caller, entry.site)
+    label = entry.label if entry.label_for == entry.lent_at else None
+    return Holder(entry.lent_at, entry.holder, entry.thread_name, entry.caller, entry.site, label)
 
 
 def describe_holder(
@@ -138,6 +140,9 @@ class Checkout:
     """How long it has been out."""
     thread: str
     """The name of the thread that checked it out."""
+    label: str | None
+    """What :meth:`Pool.label_checkout` attached (in Flask: the endpoint name of the request
+    that checked out ``db.connection``)."""
     caller: str | None
     """What ``describe_caller`` said at checkout (in Flask: ``"GET /path"``), if tracked."""
     site: str | None
@@ -157,6 +162,7 @@ def checkouts_of(holders: Iterable[Holder], now: float) -> list[Checkout]:
         Checkout(
             held_seconds=now - holder.lent_at,
             thread=_thread_of(holder, names),
+            label=holder.label,
             caller=holder.caller,
             site=short_site(holder.site) or None,
             stack=format_site(holder.site) or None,

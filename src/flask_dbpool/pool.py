@@ -495,10 +495,21 @@ class Pool:
             len(surplus),
         )
 
+    def label_checkout(self, conn: PooledConnection, label: str) -> None:
+        """Attach ``label`` (short; e.g. the Flask endpoint or a job name) to ``conn``'s
+        current checkout, for :meth:`checkouts` and the dashboard. It lasts until the
+        connection is returned. Costs nothing on the pool's hot path."""
+        with self._lock:
+            entry = conn._entry
+            if entry is not None and entry.pool is self:
+                entry.label = label
+                entry.label_for = entry.lent_at
+
     def checkouts(self) -> list[Checkout]:
         """The connections checked out right now, longest-held first: how long, by which
-        thread and (with ``leak_threshold``) from where and for which request. For
-        dashboards and debugging; costs a scan of the pool's connections."""
+        thread, their :meth:`label_checkout` label, and (with ``leak_threshold``) from where
+        and for which request. For dashboards and debugging; costs a scan of the pool's
+        connections."""
         with self._lock:
             idle = set(self._idle)
             holders = [
@@ -517,6 +528,7 @@ class Pool:
                 name=self.name,
                 pool_size=self.config.pool_size,
                 max_overflow=self.config.max_overflow,
+                min_idle=self.config.min_idle,
                 open=self._open,
                 idle=idle,
                 in_use=self._open - idle - self._connecting - checking,
@@ -806,6 +818,10 @@ class Pool:
                         self._waiters.remove(waiter)
                         break
                     self._count_wait_locked(now - start)
+                    if isinstance(item, Entry):
+                        # Counted when taken, not when handed over: an acquisition counter
+                        # must never go down, even for a waiter interrupted right here.
+                        self._acquired += 1
                 if item is CLOSED:
                     raise PoolClosed(
                         f"pool {self.name!r} was closed while waiting for a connection"
@@ -840,8 +856,6 @@ class Pool:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 return
-            if isinstance(item, Entry):
-                self._acquired -= 1  # counted at the hand-off; it was never used
         if item is NEW_SLOT:
             self._free_slot(connecting=True)
         elif isinstance(item, Entry):
@@ -981,8 +995,6 @@ class Pool:
         waiter.item = item
         if item is NEW_SLOT:
             self._connecting += 1
-        elif item is not CLOSED:
-            self._acquired += 1
         waiter.wake.release()
 
     def _fill_waiters_locked(self) -> None:

@@ -118,6 +118,8 @@ class PoolStats:
     """Connections kept open once created."""
     max_overflow: int
     """Extra connections allowed under bursts."""
+    min_idle: int
+    """Idle connections maintenance keeps open (0: none)."""
     open: int
     """Connections open or being opened (never above ``pool_size + max_overflow``)."""
     idle: int

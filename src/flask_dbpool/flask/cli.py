@@ -179,7 +179,9 @@ def _echo_status(data: dict[str, Any], where: str) -> None:
     click.echo(f"checked out now: {len(checkouts)}, longest held first")
     for checkout in checkouts:
         held = _duration(float(checkout.get("held_seconds", 0.0)))
-        what = checkout.get("caller") or "-"
+        what = " ".join(
+            str(checkout[key]) for key in ("label", "caller") if checkout.get(key)
+        ) or "-"
         site = f"  at {checkout['site']}" if checkout.get("site") else ""
         click.echo(f"  {held:>10}  {checkout.get('thread', '?')}  {what}{site}")
 

@@ -161,6 +161,7 @@ class DBPool:
             checked_out = perf_counter()
             setattr(g, _G_KEY, conn)
             endpoint = endpoint_label()
+            pool.label_checkout(conn, endpoint)  # the dashboard's "endpoint" column
             setattr(g, _G_CHECKOUT, (endpoint, checked_out))
             app.extensions[ENDPOINTS_KEY].record_wait(endpoint, checked_out - started)
         return conn

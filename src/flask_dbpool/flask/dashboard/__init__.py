@@ -2,8 +2,10 @@
 
 Off by default. ``DBPOOL_DASHBOARD = True`` mounts it at ``DBPOOL_DASHBOARD_PATH`` (default
 ``/_dbpool``). A request is served only if it comes straight from loopback (not through a
-proxy: a request carrying ``X-Forwarded-For`` or ``Forwarded`` is not considered local) or
-carries ``DBPOOL_DASHBOARD_TOKEN`` (``Authorization: Bearer <token>`` or ``?token=``).
+proxy: a request carrying ``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP`` or
+``X-Forwarded-Host`` is not considered local) or carries ``DBPOOL_DASHBOARD_TOKEN``
+(``Authorization: Bearer <token>`` or ``?token=``). Its static script and stylesheet are
+served to anyone (they hold no data).
 Passwords never appear: the pool's target is the redacted URL.
 """
 
@@ -19,15 +21,19 @@ from flask import Blueprint, Flask, Response, abort, current_app, jsonify, reque
 from flask_dbpool.flask.endpoints import EndpointTimes
 from flask_dbpool.pool import Pool
 
-__all__ = ["LOOPBACK", "register_dashboard"]
+__all__ = ["LOOPBACK", "PROXY_HEADERS", "register_dashboard"]
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 _ASSETS = files(__package__) / "static"
 _CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 
+#: Headers a reverse proxy adds: a request carrying any of them is not treated as local.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
+
+
 def _allowed(token: str | None) -> bool:
-    proxied = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    proxied = any(name in request.headers for name in PROXY_HEADERS)
     if request.remote_addr in LOOPBACK and not proxied:
         return True
     if not token:
@@ -81,6 +87,10 @@ def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> 
 
     @blueprint.before_request
     def guard() -> None:
+        # The page's script and stylesheet hold no data, and a browser fetches them without
+        # the token that opened the page: serve them to anyone.
+        if request.endpoint == f"{blueprint.name}.asset":
+            return
         if not _allowed(token):
             abort(403, "the flask-dbpool dashboard is served to loopback or with its token")
 

@@ -76,7 +76,8 @@
     const body = $("checkouts").tBodies[0]; body.innerHTML = "";
     for (const c of list) {
       const row = body.insertRow();
-      cell(row, fmt(c.held_seconds), "num"); cell(row, c.thread); cell(row, c.caller || "");
+      cell(row, fmt(c.held_seconds), "num"); cell(row, c.thread); cell(row, c.label || "");
+      cell(row, c.caller || "");
       const where = cell(row, c.site || "(set leak_threshold to record)");
       if (c.stack) {
         const details = document.createElement("details");
