@@ -6,6 +6,7 @@ import pytest
 
 from backends import Backend, MakePool, query
 from flask_dbpool import PoolTimeout
+from flask_dbpool.stats import CLOSE_REASONS
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -51,6 +52,8 @@ def test_scrape_matches_stats(backend: Backend, make_pool: MakePool) -> None:
     assert samples["flask_dbpool_connections_created_total"][orders] == 3
     closed = samples["flask_dbpool_connections_closed_total"]
     assert closed[(*orders, ("reason", "invalidated"))] == 1
+    assert closed[(*orders, ("reason", "idle"))] == 0  # every reason has a series from the start
+    assert {dict(labels)["reason"] for labels in closed} == set(CLOSE_REASONS)
     wait = samples["db_client_connection_wait_time_seconds_count"][orders]
     assert wait == s.wait_time.count == 1
     create_buckets = {

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flask_dbpool.errors import ConfigError
-from flask_dbpool.stats import DURATION_BUCKETS, HistogramSnapshot
+from flask_dbpool.stats import CLOSE_REASONS, DURATION_BUCKETS, HistogramSnapshot
 
 if TYPE_CHECKING:
     from flask_dbpool.pool import Pool
@@ -144,7 +144,9 @@ class PoolCollector:
         """Add one pool's figures (a :class:`PoolStats` or an object with its attributes)."""
         labels = [name, *(extra or [])]
         families["count"].add_metric([*labels, "idle"], stats.idle)
-        families["count"].add_metric([*labels, "used"], stats.open - stats.idle)
+        # Open connections not idle: lent out, or taken aside by maintenance for a check.
+        # Slots still connecting are not connections yet.
+        families["count"].add_metric([*labels, "used"], stats.in_use + stats.checking)
         families["max"].add_metric(labels, stats.pool_size + stats.max_overflow)
         families["idle_max"].add_metric(labels, stats.pool_size)
         families["idle_min"].add_metric(labels, min_idle)
@@ -163,8 +165,10 @@ class PoolCollector:
             "reclaimed",
         ):
             families[field].add_metric(labels, getattr(stats, field))
-        for reason, value in sorted(stats.closed_by_reason.items()):
-            families["closed"].add_metric([*labels, reason], value)
+        # Every reason from the start, at 0: rate() needs a series before its first close.
+        closed = stats.closed_by_reason
+        for reason in (*CLOSE_REASONS, *sorted(set(closed) - set(CLOSE_REASONS))):
+            families["closed"].add_metric([*labels, reason], closed.get(reason, 0))
 
 
 class EndpointCollector:
