@@ -181,3 +181,30 @@ def test_per_endpoint_wait_and_hold(backend: Backend) -> None:
         assert all("/" not in endpoint for endpoint in holds)
     finally:
         app.extensions["dbpool"].close()
+
+
+def test_a_timed_out_wait_counts_for_its_endpoint(sqlite_url: str) -> None:
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("timeouts-app")
+    app.config.update(DBPOOL_URL=sqlite_url, DBPOOL_POOL_SIZE=1, DBPOOL_MAX_OVERFLOW=0)
+    app.config["DBPOOL_TIMEOUT"] = 0.05
+    db = DBPool(app)
+
+    @app.get("/report")
+    def report() -> str:
+        query(db.connection, "SELECT 1")
+        return "ok"
+
+    pool = DBPool.get_pool(app)
+    try:
+        held = pool.acquire()
+        assert app.test_client().get("/report").status_code == 500  # PoolTimeout
+        held.close()
+        wait = DBPool.endpoint_times(app)["report"].wait
+        assert wait.count == 1 and wait.sum >= 0.05
+        assert pool.stats().timeouts == 1
+    finally:
+        pool.close()

@@ -14,7 +14,7 @@ from time import perf_counter
 from flask import Flask, Response, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
-from flask_dbpool.errors import ConfigError
+from flask_dbpool.errors import ConfigError, PoolTimeout
 from flask_dbpool.flask.endpoints import EndpointTimes, EndpointTimesSnapshot, endpoint_label
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
@@ -157,7 +157,12 @@ class DBPool:
             app = current_app._get_current_object()  # type: ignore[attr-defined]
             pool = self.get_pool(app)
             started = perf_counter()
-            conn = pool.acquire()
+            try:
+                conn = pool.acquire()
+            except PoolTimeout:  # the wait that ran out counts for this endpoint too
+                times: EndpointTimes = app.extensions[ENDPOINTS_KEY]
+                times.record_wait(endpoint_label(), perf_counter() - started)
+                raise
             checked_out = perf_counter()
             setattr(g, _G_KEY, conn)
             endpoint = endpoint_label()
