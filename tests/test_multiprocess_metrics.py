@@ -3,19 +3,31 @@ processes write their pools' snapshots, one collector reports both, dead ones dr
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from backends import wait_until
+from backends import Backend, MakePool, query, wait_until
+from flask_dbpool import Pool
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from flask_dbpool.metrics.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
+from flask_dbpool.metrics.multiprocess import (  # noqa: E402
+    MultiProcessCollector,
+    SnapshotWriter,
+    mark_process_dead,
+)
+
+CHILD_TIMEOUT = 30.0
 
 WORKER = textwrap.dedent(
     """
@@ -109,3 +121,129 @@ def test_flask_endpoint_in_multiprocess_mode(
         assert (tmp_path / f"flask_dbpool_{os.getpid()}.json").exists()
     finally:
         app.extensions["dbpool"].close()
+
+
+def _scrape_until(
+    directory: Path, expected: dict[tuple[str, str], float], timeout: float = 10.0
+) -> dict[tuple[str, str], float]:
+    """Scrape until the result is ``expected`` or ``timeout`` passed; the last scrape."""
+    deadline = time.monotonic() + timeout
+    while (found := _scrape(directory)) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
+def test_a_process_is_reported_from_the_start(tmp_path: Path, sqlite_url: str) -> None:
+    """A worker that has not served yet is reported (at zero): the fleet's maximum counts it;
+    the writer's thread alone keeps the figures current."""
+    with Pool(sqlite_url, name="app", pool_size=1) as pool:
+        SnapshotWriter(tmp_path, interval=0.05).add(pool)
+        assert _scrape(tmp_path) == {("app", str(os.getpid())): 0}
+        with pool.connection() as conn:
+            query(conn, "SELECT 1")
+        expected = {("app", str(os.getpid())): 1}
+        assert _scrape_until(tmp_path, expected) == expected
+
+
+class _ForkedWorker:
+    """A child forked the way gunicorn forks a worker: it checks out ``checkouts``
+    connections, says so, then stays alive (bounded) until :meth:`stop`."""
+
+    def __init__(self, pool: Pool, checkouts: int) -> None:
+        ready_r, ready_w = os.pipe()
+        stop_r, stop_w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                for _ in range(checkouts):
+                    with pool.connection() as conn:
+                        query(conn, "SELECT 1")
+                os.write(ready_w, b"ready")
+                select.select([stop_r], [], [], CHILD_TIMEOUT)
+                code = 0
+            except BaseException as exc:
+                os.write(ready_w, f"ERROR {type(exc).__name__}: {exc}".encode())
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        os.close(stop_r)
+        self.pid = pid
+        self._ready = ready_r
+        self._stop: int | None = stop_w
+        self._exit_code: int | None = None
+
+    def wait_ready(self) -> None:
+        if not select.select([self._ready], [], [], CHILD_TIMEOUT)[0]:
+            pytest.fail(f"forked worker {self.pid} not ready after {CHILD_TIMEOUT} s")
+        assert os.read(self._ready, 4096) == b"ready"
+
+    def stop(self) -> int:
+        """Let the child exit; its exit code (it is killed if it does not exit in time)."""
+        if self._exit_code is not None:
+            return self._exit_code
+        if self._stop is not None:
+            os.write(self._stop, b"x")
+            os.close(self._stop)
+            os.close(self._ready)
+            self._stop = None
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while True:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self._exit_code = os.waitstatus_to_exitcode(status)
+                return self._exit_code
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                self._exit_code = -signal.SIGKILL
+                pytest.fail(f"forked worker {self.pid} still running after {CHILD_TIMEOUT} s")
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_preload_fork_reports_each_worker_and_not_the_master(
+    backend: Backend, make_pool: MakePool, tmp_path: Path
+) -> None:
+    """gunicorn --preload: init_app (so the writer) runs in the master, which then forks the
+    workers. Each worker is reported with its own pool; the master, which never serves, is
+    not, although it used the database while loading the app."""
+    directory = tmp_path / "prom"
+    pool = make_pool(backend.url, name="app", pool_size=2)
+    with pool.connection() as conn:  # e.g. a query while the app loads, before the fork
+        query(conn, "SELECT 1")
+    SnapshotWriter(directory, interval=0.05).add(pool)  # what init_app does
+    master = str(os.getpid())
+    assert _scrape(directory) == {("app", master): 1}  # so far, a process using its pool
+
+    workers: list[_ForkedWorker] = []
+    try:
+        for checkouts in (3, 7):
+            workers.append(_ForkedWorker(pool, checkouts))
+        for worker in workers:
+            worker.wait_ready()
+        expected = {("app", str(workers[0].pid)): 3, ("app", str(workers[1].pid)): 7}
+        # Nothing but the fork started the workers' writers.
+        assert _scrape_until(directory, expected) == expected
+        assert not (directory / f"flask_dbpool_{master}.json").exists()
+
+        # gunicorn's child_exit hook removes a worker's file at once...
+        mark_process_dead(workers[0].pid, directory)
+        assert _scrape(directory) == {("app", str(workers[1].pid)): 7}
+        assert workers[0].stop() == 0
+        assert _scrape(directory) == {("app", str(workers[1].pid)): 7}
+        assert not (directory / f"flask_dbpool_{workers[0].pid}.json").exists()
+        # ...and an exited worker's file is dropped when found dead.
+        assert workers[1].stop() == 0
+        assert _scrape(directory) == {}
+        assert list(directory.glob("flask_dbpool_*.json")) == []
+
+        # A forking process that does check out connections after the fork is reported.
+        with pool.connection() as conn:
+            query(conn, "SELECT 1")
+        assert _scrape_until(directory, {("app", master): 2}) == {("app", master): 2}
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -7,6 +7,14 @@ from a daemon thread, and at each scrape), and :class:`MultiProcessCollector` re
 back, labelling each series with the worker's ``pid``. Files of processes that are gone are
 skipped and removed; call :func:`mark_process_dead` from gunicorn's ``child_exit`` hook to
 remove them at once.
+
+Which processes are reported: every process with a writer, from the start, except one that
+has forked: it drops out at the fork and comes back only at its next checkout. With
+``gunicorn --preload`` the writer is set up in the master, before the fork: each forked
+worker gets a running writer of its own (its pools start empty there, counters at zero) and
+is reported at once, idle or not; the master's file is removed when it forks, so the master,
+which serves no requests, is not reported as a ``pid`` of its own even if it used the
+database while loading the app (connections it opened then stay open in it, unreported).
 """
 
 from __future__ import annotations
@@ -42,43 +50,58 @@ def mark_process_dead(pid: int, directory: str | os.PathLike[str] | None = None)
 
 
 class SnapshotWriter:
-    """Writes this process's pools to ``directory`` every ``interval`` seconds."""
+    """Writes this process's pools to ``directory`` every ``interval`` seconds (see the module
+    docstring for a process that forks). Runs on in forked children."""
 
     def __init__(self, directory: str | os.PathLike[str], interval: float = 1.0) -> None:
         self._directory = Path(directory)
         self._interval = interval
-        self._pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+        # Each pool (held weakly) with its checkout count when this process last forked
+        # (None: it has not): a process that forked is reported again once one pool has
+        # counted more.
+        self._pools: weakref.WeakKeyDictionary[Pool, int | None] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        _all_writers.add(self)
 
     def add(self, pool: Pool) -> None:
         """Report ``pool`` (held weakly) and make sure the writer runs in this process."""
         pool.track_use_time()
         with self._lock:
-            self._pools.add(pool)
+            self._pools.setdefault(pool, None)
             if self._thread is None or self._pid != os.getpid():  # new, or a forked child
-                self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="flask-dbpool metrics writer", daemon=True
-                )
-                self._thread.start()
+                self._start()
         self.write()
 
     def write(self) -> None:
-        """Write the snapshot now (atomically: readers never see half a file)."""
-        pools = list(self._pools)
-        data = {
-            "pid": os.getpid(),
-            "pools": [
-                {**pool.stats().as_dict(), "min_idle": pool.config.min_idle} for pool in pools
-            ],
-        }
-        self._directory.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=self._directory, prefix=".tmp-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.replace(temporary, _file_for(self._directory, os.getpid()))
+        """Write the snapshot now (atomically: readers never see half a file), unless this
+        process forked and has not checked out a connection since."""
+        with self._lock:  # one writer at a time, and none while _after_fork_in_parent runs
+            pools = [
+                (pool.stats(), since, pool.config.min_idle) for pool, since in self._pools.items()
+            ]
+            if not any(since is None or stats.acquired > since for stats, since, _ in pools):
+                return
+            data = {
+                "pid": os.getpid(),
+                "pools": [
+                    {**stats.as_dict(), "min_idle": min_idle} for stats, _, min_idle in pools
+                ],
+            }
+            self._directory.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=self._directory, prefix=".tmp-")
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle)
+            os.replace(temporary, _file_for(self._directory, os.getpid()))
+
+    def _start(self) -> None:
+        """Start the writing thread of this process (under the lock)."""
+        self._pid = os.getpid()
+        self._thread = threading.Thread(
+            target=self._run, name="flask-dbpool metrics writer", daemon=True
+        )
+        self._thread.start()
 
     def _run(self) -> None:
         event = threading.Event()
@@ -89,6 +112,50 @@ class SnapshotWriter:
                 self.write()
             except OSError:
                 pass  # the directory went away; try again next time
+
+    def _after_fork_in_parent(self) -> None:
+        """Stop reporting this process until it checks out a connection again, and remove
+        its file now: a pre-forking master must not stay reported as a phantom worker."""
+        with self._lock:
+            for pool in list(self._pools):
+                self._pools[pool] = pool.stats().acquired
+            try:
+                _file_for(self._directory, os.getpid()).unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def _after_fork_in_child(self) -> None:
+        """Run on in the child, for its own pools (which the pool already emptied)."""
+        self._lock = threading.Lock()  # another parent thread may have held it at the fork
+        self._thread = None
+        # The pools' counters restart at zero in the child. A new mapping: a parent thread
+        # may have been iterating over the old one (its iteration guard would never exit).
+        self._pools = weakref.WeakKeyDictionary(dict.fromkeys(list(self._pools), None))
+        if len(self._pools):
+            self._start()
+
+
+# Every writer of the process, for the fork hooks below (a started writer's thread keeps it).
+_all_writers: weakref.WeakSet[SnapshotWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_parent() -> None:
+    for writer in list(_all_writers):
+        writer._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    global _writers_lock
+    _writers_lock = threading.Lock()
+    for writer in list(_all_writers):
+        writer._after_fork_in_child()
+
+
+# flask_dbpool._fork registered its hook when flask_dbpool.pool was imported (by the package,
+# before this module): hooks run in the child in registration order, so the pools are reset
+# before their writers restart.
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 _writers: dict[str, SnapshotWriter] = {}
@@ -174,5 +241,3 @@ def _histogram_from(data: dict[str, Any]) -> HistogramSnapshot:
         float(data["sum"]),
         float(data["max"]),
     )
-
-
