@@ -186,13 +186,13 @@ def test_rollback_resets(case: DriverCase) -> None:
 def test_ping(case: DriverCase) -> None:
     raw = case.raw()
     try:
-        case.driver.ping(raw)
+        case.driver.ping(raw, 5.0)
         if case.driver is not MySQLdbDriver:
             assert case.driver.transaction_state(raw) == IDLE  # ping leaves it idle
         if case.backend.has_server:
             case.backend.kill(case.backend.session_id(raw))
             with pytest.raises(Exception):  # noqa: B017 -- the driver's own error
-                case.driver.ping(raw)
+                case.driver.ping(raw, 5.0)
     finally:
         try:
             raw.close()

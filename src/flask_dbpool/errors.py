@@ -7,7 +7,14 @@ them (to discard a broken connection) but never wraps them.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "PoolClosed", "PoolError", "PoolTimeout", "TooManyWaiters"]
+__all__ = [
+    "ConfigError",
+    "PingTimeout",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyWaiters",
+]
 
 
 class PoolError(Exception):
@@ -45,7 +52,14 @@ class ConfigError(PoolError, ValueError):
     """
 
 
-for _cls in (PoolError, PoolTimeout, TooManyWaiters, PoolClosed, ConfigError):
+class PingTimeout(PoolError, TimeoutError):
+    """A health check (``pre_ping``, keepalive, a check after a disconnect) got no answer in
+    time: the server or the network path stopped answering. The connection is unusable
+    afterwards and the pool closes it; callers see a ``PoolTimeout`` if no other connection
+    could be found within their own timeout."""
+
+
+for _cls in (PoolError, PoolTimeout, TooManyWaiters, PoolClosed, ConfigError, PingTimeout):
     _cls.__module__ = "flask_dbpool"
 del _cls
 

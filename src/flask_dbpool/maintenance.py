@@ -28,7 +28,14 @@ from flask_dbpool.leaks import Holder, find_orphans, holder_of, leak_report, orp
 if TYPE_CHECKING:
     from flask_dbpool.pool import Pool
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Maintenance", "backoff_delay", "housekeep"]
+__all__ = [
+    "BACKOFF_FIRST",
+    "BACKOFF_MAX",
+    "PING_TIMEOUT",
+    "Maintenance",
+    "backoff_delay",
+    "housekeep",
+]
 
 logger = logging.getLogger("flask_dbpool.maintenance")
 leak_logger = logging.getLogger("flask_dbpool.leaks")
@@ -39,6 +46,9 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 #: Sleep at most this long between runs, so that dropped handles and leaks are noticed.
 MAX_SLEEP = 5.0
+#: How long a maintenance health check (keepalive, a check after a disconnect) may wait for
+#: the server's answer before the connection is taken for dead.
+PING_TIMEOUT = 5.0
 
 _jitter = random.Random()
 
@@ -220,7 +230,7 @@ def housekeep(pool: Pool) -> float:
         while to_ping:
             entry = to_ping.pop()
             try:
-                entry.driver.ping(entry.raw)
+                entry.driver.ping(entry.raw, PING_TIMEOUT)
             except Exception as error:
                 with pool._lock:
                     pool._health.pings_failed += 1

@@ -75,6 +75,9 @@ _bucket = bisect_left
 _now = time.monotonic
 _get_ident = threading.get_ident
 
+#: A checkout ping gets at least this long, even when the caller's timeout is nearly spent.
+_MIN_PING_TIMEOUT = 0.05
+
 
 def _check_timeout(timeout: object) -> None:
     if (
@@ -685,7 +688,9 @@ class Pool:
                     config.pre_ping and now - entry.used_at >= config.ping_interval
                 ):
                     try:
-                        entry.driver.ping(entry.raw)
+                        # Bounded by what is left of the caller's timeout (with a floor, so
+                        # that a caller out of time still gets a fair check of this one).
+                        entry.driver.ping(entry.raw, max(deadline - now, _MIN_PING_TIMEOUT))
                     except Exception as error:
                         self._ping_failed(conn, error)
                         continue  # another one, within the caller's deadline

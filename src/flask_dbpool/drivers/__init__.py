@@ -20,7 +20,9 @@ __all__ = [
     "IN_TRANSACTION",
     "Connector",
     "Driver",
+    "connection_rejected",
     "driver_for_connection",
+    "driver_for_error",
     "resolve_target",
     "supported_schemes",
 ]
@@ -94,3 +96,14 @@ def resolve_target(target: str | Callable[[], Any]) -> Connector:
 def driver_for_connection(raw: Any) -> type[Driver]:
     """The driver matching ``raw``'s class, or the generic :class:`Driver`."""
     return _BY_MODULE.get(type(raw).__module__.partition(".")[0], Driver)
+
+
+def driver_for_error(exc: BaseException) -> type[Driver]:
+    """The driver whose module raised ``exc``, or the generic :class:`Driver`."""
+    return _BY_MODULE.get(type(exc).__module__.partition(".")[0], Driver)
+
+
+def connection_rejected(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while opening a connection, is a refusal for good (wrong
+    credentials, unknown database or role, invalid option) rather than an outage."""
+    return driver_for_error(exc).is_rejection(exc)

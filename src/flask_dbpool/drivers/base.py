@@ -125,10 +125,14 @@ class Driver:
         raw.rollback()
 
     @classmethod
-    def ping(cls, raw: Any) -> None:
+    def ping(cls, raw: Any, timeout: float) -> None:
         """Check the connection with a round trip; raise the driver's error if it is dead.
 
-        Leaves an idle connection idle (no transaction is left open).
+        Gives up after ``timeout`` seconds (> 0) and raises
+        :class:`~flask_dbpool.errors.PingTimeout`: a server or network path that stopped
+        answering must not block the caller beyond its own timeout. After a ``PingTimeout``
+        the connection may be unusable (its socket shut down); the pool closes it. Leaves an
+        idle connection idle (no transaction is left open).
         """
         was_idle = cls.transaction_state(raw) == IDLE
         cur = raw.cursor()
@@ -144,6 +148,47 @@ class Driver:
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         """Whether ``exc``, raised while using ``raw``, means the connection is unusable."""
         return False
+
+    @staticmethod
+    def is_rejection(exc: BaseException) -> bool:
+        """Whether ``exc``, raised while *opening* a connection, means the server (or the
+        driver) refused this login for good: wrong password, unknown role or database, an
+        invalid connection option. Such errors reach the caller at once instead of being
+        retried like an outage until the caller's timeout. Transient refusals (too many
+        connections, the server starting up or shutting down) are not rejections."""
+        return False
+
+    # Client-side session settings a borrower may change (``autocommit``, ``row_factory``,
+    # ``isolation_level`` …). The pool saves them after ``on_connect`` and, when a borrower
+    # may have changed them, restores them on return. Writes of attributes through the
+    # handle always count as a change; reads of ``watched_names`` go through :meth:`watch`,
+    # so that method calls that change settings (PyMySQL ``autocommit(True)``) count too.
+    # Nothing of this runs on a return where nothing was changed.
+
+    watched_names: ClassVar[frozenset[str]] = frozenset()
+    """Attribute names whose reads through the handle are passed to :meth:`watch`."""
+
+    @classmethod
+    def watch(cls, name: str, value: Any, changed: Callable[[], None]) -> Any:
+        """A borrower reads ``name`` (one of :attr:`watched_names`) through its handle:
+        return what it gets (``value``, or a wrapper of it), and call ``changed()`` (now, or
+        later from the wrapper) if the borrower may change session settings with it."""
+        changed()
+        return value
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> Any:
+        """Snapshot the client-side settings of a new connection (after ``on_connect``), to
+        be given back to :meth:`restore_settings`. No I/O."""
+        return None
+
+    @classmethod
+    def restore_settings(cls, raw: Any, saved: Any) -> None:
+        """Put back what :meth:`save_settings` saw, after a borrower may have changed it.
+
+        Called on return, after the rollback, only when something may have changed. If it
+        raises, the connection is discarded.
+        """
 
     supports_session_reset: ClassVar[bool] = False
     """Whether :meth:`reset_session` is implemented (``reset_on_return="discard"``)."""

@@ -175,8 +175,8 @@ class PyMySQLDriver(_MySQLDriver):
             return IN_TRANSACTION
         return IN_TRANSACTION if raw.server_status & _SERVER_STATUS_IN_TRANS else IDLE
 
-    @staticmethod
-    def ping(raw: Any) -> None:
+    @classmethod
+    def ping(cls, raw: Any, timeout: float) -> None:
         raw.ping(reconnect=False)
 
     @staticmethod
@@ -206,6 +206,6 @@ class MySQLdbDriver(_MySQLDriver):
     def transaction_state(raw: Any) -> int:
         return IN_TRANSACTION if raw.open else BROKEN
 
-    @staticmethod
-    def ping(raw: Any) -> None:
+    @classmethod
+    def ping(cls, raw: Any, timeout: float) -> None:
         raw.ping()

@@ -245,7 +245,7 @@ def check(timeout: float, count: int) -> None:
             trips = []
             for _ in range(max(1, count)):
                 begin = time.perf_counter()
-                entry.driver.ping(entry.raw)
+                entry.driver.ping(entry.raw, timeout)
                 trips.append((time.perf_counter() - begin) * 1000)
     except Exception as error:
         cause = error.__cause__ if isinstance(error, PoolError) and error.__cause__ else None
