@@ -3,11 +3,26 @@
 Both read the libpq transaction status locally, so returning an idle connection costs no
 round trip. URL parts are passed to libpq as separate parameters, never as one string, so the
 password cannot surface in a connection-string parse error.
+
+Pings are bounded: psycopg 3 drives libpq non-blocking against a deadline; psycopg2 (whose
+connections block inside libpq) registers the deadline with one shared watchdog thread that
+shuts the socket down when it passes, which makes libpq's blocked read return.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import _socket
+import heapq
+import os
+import re
+import select
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, NamedTuple
 
 from flask_dbpool.drivers.base import (
     BROKEN,
@@ -19,7 +34,7 @@ from flask_dbpool.drivers.base import (
     ServerLimits,
     run_query,
 )
-from flask_dbpool.errors import ConfigError
+from flask_dbpool.errors import ConfigError, PingTimeout
 from flask_dbpool.url import DatabaseURL
 
 __all__ = ["Psycopg2Driver", "PsycopgDriver"]
@@ -50,21 +65,39 @@ def libpq_params(url: DatabaseURL) -> dict[str, Any]:
 # still running, e.g. an unfinished COPY) and UNKNOWN (connection bad) cannot be reused. A tuple
 # lookup keeps this read, done on every return, to one step.
 _STATE_BY_LIBPQ = (IDLE, BROKEN, IN_TRANSACTION, FAILED, BROKEN)
+#: psycopg2.extensions.STATUS_READY: psycopg2 believes no transaction is open.
+_STATUS_READY = 1
 
 
 def _discard_all(raw: Any) -> None:
     # DISCARD ALL refuses to run in a transaction block: run it in autocommit. It goes through
     # the driver (not libpq directly) so that psycopg forgets its prepared statements too.
+    _in_autocommit(raw, "DISCARD ALL")
+
+
+def _in_autocommit(raw: Any, sql: str) -> None:
+    """Run ``sql`` outside a transaction block, then put ``autocommit`` back as it was.
+
+    If running it fails or is interrupted (``gevent.Timeout``, ``KeyboardInterrupt``), that
+    error propagates: putting ``autocommit`` back would raise too on an interrupted
+    connection (a command still in flight) and must not replace the caller's error. The pool
+    discards the connection in that case, so its ``autocommit`` no longer matters.
+    """
     was_autocommit = raw.autocommit
-    raw.autocommit = True
+    if not was_autocommit:
+        raw.autocommit = True
+    cur = raw.cursor()
     try:
-        cur = raw.cursor()
+        cur.execute(sql)
+    except BaseException:
         try:
-            cur.execute("DISCARD ALL")
-        finally:
             cur.close()
-    finally:
-        raw.autocommit = was_autocommit
+        except Exception:
+            pass
+        raise
+    cur.close()
+    if not was_autocommit:
+        raw.autocommit = False
 
 
 def _server_version(raw: Any) -> str:
@@ -95,8 +128,286 @@ def _server_limits(raw: Any) -> ServerLimits:
     )
 
 
+# ---------------------------------------------------------------------------- rejections
+
+# SQLSTATEs of a login refused for good: invalid authorization (wrong password, unknown role,
+# pg_hba.conf), unknown database, no CONNECT privilege, an invalid startup option. Transient
+# refusals (53300 too many connections, 57P0x starting up / shutting down / terminated) are
+# not listed: those are retried like an outage.
+_REJECTED_SQLSTATES = frozenset({"28000", "28P01", "3D000", "42501", "42704", "22023"})
+
+# libpq keeps no SQLSTATE for errors during the connection start-up (psycopg and psycopg2 both
+# report none), so the message text decides. Servers and libpq translate their messages: a
+# message that matches nothing here counts as an outage, the safe side (retried, as before).
+_REJECTED_TEXT = re.compile(
+    r"password authentication failed"
+    r"|authentication failed for user"  # ident, peer, ldap, cert …
+    r"|role \".*\" does not exist"
+    r"|database \".*\" does not exist"
+    r"|no pg_hba\.conf entry"
+    r"|pg_hba\.conf rejects"
+    r"|is not permitted to log in"
+    r"|permission denied for database"
+    r"|unrecognized configuration parameter"
+    r"|invalid value for parameter"
+    r"|invalid connection option"
+    r"|invalid dsn"
+    r"|invalid [\w ]*value"  # libpq: invalid sslmode value, invalid integer value …
+    r"|invalid port number"
+    r"|missing \"=\" after"
+    r"|no password supplied"
+    r"|ssl was required"
+    r"|certificate verify failed",
+    re.IGNORECASE,
+)
+# Outage markers, checked first: with several hosts libpq reports one failure per host, and
+# one host down while another refuses the login is still worth retrying.
+_TRANSIENT_TEXT = re.compile(
+    r"too many (clients|connections)"
+    r"|remaining connection slots"
+    r"|starting up|shutting down|in recovery mode|not yet accepting connections"
+    r"|administrator command"
+    r"|connection refused|timeout expired|timed out|no route to host|network is unreachable"
+    r"|could not translate host name|server closed the connection"
+    r"|connection reset",
+    re.IGNORECASE,
+)
+
+
+def _is_rejection(sqlstate: str | None, message: str) -> bool:
+    if sqlstate:
+        return sqlstate in _REJECTED_SQLSTATES
+    if _TRANSIENT_TEXT.search(message):
+        return False
+    return _REJECTED_TEXT.search(message) is not None
+
+
+# ---------------------------------------------------------------------------- pings
+
+
+def _timed_out(timeout: float) -> PingTimeout:
+    return PingTimeout(f"the server did not answer a ping within {timeout:.3g} s")
+
+
+def _wait_socket(fd: int, write: bool, deadline: float, timeout: float) -> None:
+    """Wait until ``fd`` is readable (writable); raise :class:`PingTimeout` at ``deadline``.
+
+    ``select.poll`` when there is one (any fd number), else ``select.select``; both are the
+    cooperative versions under gevent's monkey-patching.
+    """
+    remaining = deadline - monotonic()
+    if remaining <= 0:
+        raise _timed_out(timeout)
+    poll = getattr(select, "poll", None)
+    if poll is not None:
+        poller = poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        if not poller.poll(remaining * 1000.0):
+            raise _timed_out(timeout)
+    elif not any(select.select([] if write else [fd], [fd] if write else [], [], remaining)):
+        raise _timed_out(timeout)
+
+
+class _Alarm:
+    """One ping's deadline in the watchdog's heap."""
+
+    __slots__ = ("deadline", "fd", "state")
+
+    def __init__(self, deadline: float, fd: int) -> None:
+        self.deadline = deadline
+        self.fd = fd
+        self.state = _ARMED
+
+    def __lt__(self, other: _Alarm) -> bool:
+        return self.deadline < other.deadline
+
+
+_ARMED, _CANCELLED, _FIRED = 0, 1, 2
+
+
+def _shut_down(fd: int) -> None:
+    # shutdown() acts on the connection, not on one descriptor: shutting a duplicate down
+    # makes libpq's blocked poll/recv on the original return (EOF). The C-level socket type
+    # is used because gevent may have patched the socket module, and this runs in a real
+    # thread that must not touch a hub.
+    try:
+        sock = _socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(_socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _thread_primitives() -> tuple[Callable[[], Any], Callable[..., Any]]:
+    """``allocate_lock`` and ``start_new_thread`` of real OS threads, even under gevent.
+
+    A psycopg2 connection without a green wait callback blocks the whole gevent hub inside
+    libpq, so the watchdog must be a real thread to run at all.
+    """
+    import _thread
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        get_original = monkey.get_original
+        lock, start = get_original("_thread", ["allocate_lock", "start_new_thread"])
+        return lock, start
+    return _thread.allocate_lock, _thread.start_new_thread
+
+
+class _Watchdog:
+    """One daemon thread for every psycopg2 ping of the process: a heap of deadlines; the
+    socket of a ping still running at its deadline is shut down.
+
+    A ping costs two short lock holds and a heap push; the thread is woken only when a new
+    deadline comes before every pending one, and it sleeps otherwise. Cancelled alarms stay
+    in the heap until they surface (or until they are half of it: then it is compacted), so
+    that back-to-back pings do not wake the thread each time.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        allocate_lock, self._start = _thread_primitives()
+        self._lock = allocate_lock()
+        self._wake = allocate_lock()
+        self._wake.acquire()
+        self._heap: list[_Alarm] = []
+        self._cancelled = 0
+        self._running = False
+
+    def arm(self, fd: int, deadline: float) -> _Alarm:
+        """Shut ``fd``'s connection down at ``deadline`` unless :meth:`disarm` comes first."""
+        alarm = _Alarm(deadline, fd)
+        with self._lock:
+            if not self._running:
+                self._start(self._run, ())
+                self._running = True
+            heapq.heappush(self._heap, alarm)
+            first = self._heap[0] is alarm
+        if first:
+            self._poke()
+        return alarm
+
+    def disarm(self, alarm: _Alarm) -> bool:
+        """Cancel ``alarm``; ``True`` if it fired already (the socket is shut down)."""
+        with self._lock:
+            if alarm.state == _FIRED:
+                return True
+            alarm.state = _CANCELLED
+            self._cancelled += 1
+            if self._cancelled > 64 and 2 * self._cancelled > len(self._heap):
+                self._heap = [a for a in self._heap if a.state == _ARMED]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+        return False
+
+    def _poke(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released: the thread will look at the heap anyway
+            pass
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                heap = self._heap
+                now = monotonic()
+                while heap and (heap[0].state != _ARMED or heap[0].deadline <= now):
+                    alarm = heapq.heappop(heap)
+                    if alarm.state == _CANCELLED:
+                        self._cancelled -= 1
+                        continue
+                    alarm.state = _FIRED  # under the lock: the pinger sees it on disarm
+                    _shut_down(alarm.fd)
+                wait = heap[0].deadline - now if heap else -1.0
+            self._wake.acquire(True, min(wait, 3600.0) if wait >= 0 else 3600.0)
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    # The thread does not survive a fork, and its lock may have been held at that moment.
+    os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+
+# ---------------------------------------------------------------------------- settings
+
+# Connections on which a borrower created a named (server-side) cursor: a WITH HOLD one
+# outlives the transaction, so the next borrower could meet its name (DuplicateCursor).
+_NAMED_CURSORS: weakref.WeakSet[Any] = weakref.WeakSet()
+_NAMED_CURSORS_LOCK = threading.Lock()
+
+
+def _watch_cursor(cursor: Callable[..., Any], changed: Callable[[], None]) -> Callable[..., Any]:
+    """Wrap a connection's bound ``cursor`` method: a named cursor marks the checkout."""
+
+    def watched_cursor(*args: Any, **kwargs: Any) -> Any:
+        if (args and args[0]) or kwargs.get("name"):  # the only cost for a plain cursor()
+            changed()
+            with _NAMED_CURSORS_LOCK:
+                _NAMED_CURSORS.add(cursor.__self__)  # type: ignore[attr-defined]
+        return cursor(*args, **kwargs)
+
+    return watched_cursor
+
+
+def _close_named_cursors(raw: Any) -> None:
+    """``CLOSE ALL`` if a borrower created a named cursor on ``raw`` (one round trip)."""
+    with _NAMED_CURSORS_LOCK:
+        if raw not in _NAMED_CURSORS:
+            return
+        _NAMED_CURSORS.discard(raw)
+    _in_autocommit(raw, "CLOSE ALL")
+
+
+def _clear_notices(raw: Any) -> None:
+    """Empty psycopg2's ``notices`` (a list, or a deque a user installed)."""
+    notices = raw.notices
+    if isinstance(notices, (list, deque)) and notices:
+        notices.clear()
+
+
+class _PsycopgSettings(NamedTuple):
+    values: tuple[Any, ...]
+    notice_handlers: tuple[Any, ...]
+    notify_handlers: tuple[Any, ...]
+
+
+class _Psycopg2Settings(NamedTuple):
+    session: tuple[Any, ...]
+    cursor_factory: Any
+    notices: Any
+    encoding: str
+
+
+# psycopg 3 attributes restored on return, in this order (after the rollback: none of them
+# needs a round trip to set on an idle connection).
+_PSYCOPG_ATTRIBUTES = (
+    "autocommit",
+    "isolation_level",
+    "read_only",
+    "deferrable",
+    "row_factory",
+    "cursor_factory",
+    "server_cursor_factory",
+    "prepare_threshold",
+    "prepared_max",
+)
+
+
+def _psycopg2_session(raw: Any) -> tuple[Any, ...]:
+    return (raw.autocommit, raw.isolation_level, raw.readonly, raw.deferrable)
+
+
 class _PostgresDriver(Driver):
-    """What psycopg and psycopg2 share: the server's identity and limits."""
+    """What psycopg and psycopg2 share: the server's identity and limits, the full reset."""
+
+    supports_session_reset = True
+    reset_session = staticmethod(_discard_all)
 
     @classmethod
     def server_version(cls, raw: Any) -> str:
@@ -113,8 +424,6 @@ class PsycopgDriver(_PostgresDriver):
     name = "psycopg"
     module = "psycopg"
     extra = "postgres"
-    supports_session_reset = True
-    reset_session = staticmethod(_discard_all)
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
@@ -123,7 +432,8 @@ class PsycopgDriver(_PostgresDriver):
         try:  # libpq checks option names now, so a typo fails when the pool is built
             psycopg.conninfo.make_conninfo(**params)
         except psycopg.ProgrammingError as error:
-            raise ConfigError(f"{url.redacted()}: {error}") from None
+            # libpq ends its messages with a newline
+            raise ConfigError(f"{url.redacted()}: {str(error).strip()}") from None
 
         def connect() -> Any:
             return psycopg.connect(**params)
@@ -134,9 +444,110 @@ class PsycopgDriver(_PostgresDriver):
     def transaction_state(raw: Any) -> int:
         return _STATE_BY_LIBPQ[raw.pgconn.transaction_status]
 
+    # psycopg's rollback() reads libpq's status, so it ends a transaction opened with SQL
+    # BEGIN in autocommit mode too: the inherited rollback is enough.
+
+    @classmethod
+    def ping(cls, raw: Any, timeout: float) -> None:
+        """One ``SELECT 1`` round trip, sent by libpq directly (non-blocking) so that the
+        wait has a deadline: raises :class:`PingTimeout` after ``timeout`` seconds without an
+        answer (the query is then still in flight: the connection is unusable, and closing
+        it does not block). Raises the driver's error for a dead connection. An idle
+        connection stays idle (no BEGIN is sent)."""
+        from psycopg import OperationalError, pq
+        from psycopg.errors import error_from_result
+
+        if raw.closed:
+            raise OperationalError("the connection is closed")
+        deadline = monotonic() + timeout
+        pgconn = raw.pgconn
+        with raw.lock:  # psycopg's own lock: nothing else may use the connection meanwhile
+            if not pgconn.nonblocking:
+                pgconn.nonblocking = 1
+            pgconn.send_query(b"SELECT 1")
+            fd = pgconn.socket
+            while pgconn.flush():
+                _wait_socket(fd, True, deadline, timeout)
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                _wait_socket(fd, False, deadline, timeout)
+                pgconn.consume_input()
+            failed = None
+            while (result := pgconn.get_result()) is not None:
+                if failed is None and result.status == pq.ExecStatus.FATAL_ERROR:
+                    failed = result
+        if failed is not None:
+            raise error_from_result(failed, encoding=raw.info.encoding)
+
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed or raw.broken)
+
+    @staticmethod
+    def is_rejection(exc: BaseException) -> bool:
+        """Wrong password, unknown role or database, pg_hba.conf refusal, no ``CONNECT``
+        privilege, an invalid option (to libpq or to the server): by SQLSTATE when psycopg
+        has one, else by the message (a connection start-up error carries none)."""
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            return False
+        if not exc.sqlstate and isinstance(exc, psycopg.ProgrammingError):
+            return True  # a connection string libpq cannot parse
+        return _is_rejection(exc.sqlstate, str(exc))
+
+    watched_names = frozenset(
+        {
+            "cursor",
+            "set_autocommit",
+            "set_isolation_level",
+            "set_read_only",
+            "set_deferrable",
+            "add_notice_handler",
+            "remove_notice_handler",
+            "add_notify_handler",
+            "remove_notify_handler",
+        }
+    )
+
+    @classmethod
+    def watch(cls, name: str, value: Any, changed: Callable[[], None]) -> Any:
+        """``cursor``: wrapped, so that only a named (server-side) cursor marks the checkout
+        (its ``WITH HOLD`` variant survives the transaction); the ``set_*`` and handler
+        methods mark it at once."""
+        if name == "cursor":
+            return _watch_cursor(value, changed)
+        changed()
+        return value
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> Any:
+        """``autocommit``, ``isolation_level``, ``read_only``, ``deferrable``, the row and
+        cursor factories, ``prepare_threshold``, ``prepared_max`` and the notice and notify
+        handlers (no I/O)."""
+        return _PsycopgSettings(
+            tuple(getattr(raw, name) for name in _PSYCOPG_ATTRIBUTES),
+            tuple(getattr(raw, "_notice_handlers", ())),
+            tuple(getattr(raw, "_notify_handlers", ())),
+        )
+
+    @classmethod
+    def restore_settings(cls, raw: Any, saved: Any) -> None:
+        """Set back what :meth:`save_settings` saw (no I/O), then ``CLOSE ALL`` (one round
+        trip) if a borrower created a named cursor. Raises psycopg's error if the connection
+        is still in a transaction or the round trip fails."""
+        for name, value in zip(_PSYCOPG_ATTRIBUTES, saved.values, strict=True):
+            if getattr(raw, name) != value:
+                setattr(raw, name, value)
+        # psycopg has no public way to list the handlers: the lists are its private ones.
+        for attribute, handlers in (
+            ("_notice_handlers", saved.notice_handlers),
+            ("_notify_handlers", saved.notify_handlers),
+        ):
+            current = getattr(raw, attribute, None)
+            if current is not None and tuple(current) != handlers:
+                current[:] = handlers
+        _close_named_cursors(raw)
 
     @staticmethod
     def socket_fd(raw: Any) -> int | None:
@@ -152,8 +563,6 @@ class Psycopg2Driver(_PostgresDriver):
     name = "psycopg2"
     module = "psycopg2"
     extra = "postgres2"
-    supports_session_reset = True
-    reset_session = staticmethod(_discard_all)
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
@@ -162,7 +571,7 @@ class Psycopg2Driver(_PostgresDriver):
         try:  # libpq checks option names now, so a typo fails when the pool is built
             psycopg2.extensions.parse_dsn(psycopg2.extensions.make_dsn(**params))
         except psycopg2.ProgrammingError as error:
-            raise ConfigError(f"{url.redacted()}: {error}".strip()) from None
+            raise ConfigError(f"{url.redacted()}: {str(error).strip()}") from None
 
         def connect() -> Any:
             return psycopg2.connect(**params)
@@ -171,10 +580,145 @@ class Psycopg2Driver(_PostgresDriver):
 
     @staticmethod
     def transaction_state(raw: Any) -> int:
+        """libpq's status, plus two cases that libpq reports idle but must take the slow
+        path: psycopg2 believing a transaction is open (a borrower ran ``COMMIT`` or
+        ``ROLLBACK`` as SQL: without a resync psycopg2 would send no ``BEGIN`` and the next
+        borrower's statements would autocommit) and server notices left in ``notices``."""
         if raw.closed:
             return BROKEN
-        return _STATE_BY_LIBPQ[raw.info.transaction_status]
+        state = _STATE_BY_LIBPQ[raw.get_transaction_status()]
+        if state == IDLE:
+            if raw.status != _STATUS_READY:
+                return FAILED  # always resynchronised, whatever reset_on_return says
+            if raw.notices:
+                return IN_TRANSACTION
+        return state
+
+    @staticmethod
+    def rollback(raw: Any) -> None:
+        """Roll back, whatever psycopg2 believes: its ``rollback()`` sends nothing in
+        autocommit mode (or when it thinks no transaction is open) even if a borrower opened
+        one with SQL ``BEGIN``; then ``ROLLBACK`` is sent as SQL. Also resynchronises
+        psycopg2 after a SQL ``COMMIT``, and empties ``notices``."""
+        raw.rollback()
+        if raw.get_transaction_status() != 0:  # still in a transaction on the server
+            cur = raw.cursor()
+            try:
+                cur.execute("ROLLBACK")
+            finally:
+                cur.close()
+            raw.rollback()  # ends the BEGIN psycopg2 may have sent before that statement
+        _clear_notices(raw)
+
+    @classmethod
+    def ping(cls, raw: Any, timeout: float) -> None:
+        """One ``SELECT 1`` round trip (in autocommit mode, so no ``BEGIN``/``ROLLBACK``,
+        unless non-default session characteristics make switching it cost round trips).
+
+        psycopg2 blocks inside libpq, so the deadline is kept by a shared watchdog thread
+        that shuts the socket down after ``timeout`` seconds: the blocked read then returns
+        and this raises :class:`PingTimeout`; the connection is unusable afterwards and
+        closes without blocking. Raises the driver's error for a dead connection.
+        """
+        alarm = _WATCHDOG.arm(raw.fileno(), monotonic() + timeout)
+        try:
+            _ping_psycopg2(raw)
+        except Exception as error:
+            if _WATCHDOG.disarm(alarm):
+                raise _timed_out(timeout) from error
+            raise
+        except BaseException:
+            _WATCHDOG.disarm(alarm)
+            raise
+        if _WATCHDOG.disarm(alarm):  # answered just as the socket was being shut down
+            raise _timed_out(timeout)
 
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed)
+
+    @staticmethod
+    def is_rejection(exc: BaseException) -> bool:
+        """Wrong password, unknown role or database, pg_hba.conf refusal, no ``CONNECT``
+        privilege, an invalid option (to libpq or to the server): by SQLSTATE when psycopg2
+        has one, else by the message (a connection start-up error carries none)."""
+        import psycopg2
+
+        if not isinstance(exc, psycopg2.Error):
+            return False
+        return _is_rejection(exc.pgcode, str(exc))
+
+    watched_names = frozenset(
+        {"cursor", "set_session", "set_isolation_level", "set_client_encoding"}
+    )
+
+    @classmethod
+    def watch(cls, name: str, value: Any, changed: Callable[[], None]) -> Any:
+        """``cursor``: wrapped, so that only a named (server-side) cursor marks the checkout;
+        ``set_session``, ``set_isolation_level`` and ``set_client_encoding`` mark it at
+        once."""
+        if name == "cursor":
+            return _watch_cursor(value, changed)
+        changed()
+        return value
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> Any:
+        """``autocommit``, ``isolation_level``, ``readonly``, ``deferrable``,
+        ``cursor_factory``, the ``notices`` object and the client encoding (no I/O). Empties
+        ``notices``: what ``on_connect`` caused is nobody's business."""
+        _clear_notices(raw)
+        return _Psycopg2Settings(
+            _psycopg2_session(raw), raw.cursor_factory, raw.notices, raw.encoding
+        )
+
+    @classmethod
+    def restore_settings(cls, raw: Any, saved: Any) -> None:
+        """Set back what :meth:`save_settings` saw and empty ``notices``. No I/O, except a
+        ``SET`` that psycopg2 sends itself when the session characteristics were changed in
+        autocommit mode (it had applied them with ``SET``), a ``SET client_encoding`` when
+        the borrower changed it, and ``CLOSE ALL`` when it created a named cursor. Raises
+        psycopg2's error if the connection is still in a transaction or a round trip fails.
+        """
+        if _psycopg2_session(raw) != saved.session:
+            autocommit, isolation_level, readonly, deferrable = saved.session
+            # One call, so psycopg2 moves between autocommit and not with the right SETs;
+            # None would mean "unchanged" here, "DEFAULT" means the server's default.
+            raw.set_session(
+                isolation_level="DEFAULT" if isolation_level is None else isolation_level,
+                readonly="DEFAULT" if readonly is None else readonly,
+                deferrable="DEFAULT" if deferrable is None else deferrable,
+                autocommit=autocommit,
+            )
+        if raw.cursor_factory is not saved.cursor_factory:
+            raw.cursor_factory = saved.cursor_factory
+        if raw.notices is not saved.notices:
+            raw.notices = saved.notices
+        if raw.encoding != saved.encoding:
+            raw.set_client_encoding(saved.encoding)
+        _close_named_cursors(raw)
+        _clear_notices(raw)
+
+
+def _select_one(raw: Any) -> None:
+    cur = raw.cursor()
+    try:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    finally:
+        cur.close()
+
+
+def _ping_psycopg2(raw: Any) -> None:
+    if raw.autocommit or raw.status != _STATUS_READY:  # or inside a transaction already
+        _select_one(raw)
+    elif raw.isolation_level is None and raw.readonly is None and raw.deferrable is None:
+        # Out of a transaction psycopg2 would send BEGIN (and the ping then need a ROLLBACK):
+        # in autocommit mode it is one round trip. With default session characteristics,
+        # switching autocommit costs no I/O.
+        raw.autocommit = True
+        _select_one(raw)
+        raw.autocommit = False
+    else:
+        _select_one(raw)
+        raw.rollback()
