@@ -555,3 +555,19 @@ def test_item12_unknown_libpq_option_message_has_no_trailing_newline(
     message = str(info.value)
     assert "bogus" in message
     assert message == message.strip(), repr(message)
+
+
+def test_item3_on_connect_sql_commit_leaves_the_driver_in_step(pg: PG) -> None:
+    """``on_connect`` ending with a SQL COMMIT: the first borrower gets a connection whose
+    driver is in step (psycopg2's is resynchronised by the commit after on_connect)."""
+    table = pg.backend.new_table()
+
+    def on_connect(raw: Any) -> None:
+        _run(raw, "SET application_name = 'dbpool_on_connect'")
+        _run(raw, "COMMIT")
+
+    with pg.pool(on_connect=on_connect) as pool:
+        with pytest.raises(RuntimeError), pool.connection() as conn:
+            _run(conn, f"INSERT INTO {table} VALUES (1, 'rolled back')")
+            raise RuntimeError("the block fails: its insert must go")
+    assert pg.backend.count_rows(table) == 0

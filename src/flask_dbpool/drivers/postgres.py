@@ -580,18 +580,18 @@ class Psycopg2Driver(_PostgresDriver):
 
     @staticmethod
     def transaction_state(raw: Any) -> int:
-        """libpq's status, plus two cases that libpq reports idle but must take the slow
-        path: psycopg2 believing a transaction is open (a borrower ran ``COMMIT`` or
-        ``ROLLBACK`` as SQL: without a resync psycopg2 would send no ``BEGIN`` and the next
-        borrower's statements would autocommit) and server notices left in ``notices``."""
+        """libpq's status, plus two cases that libpq reports idle but that must take the
+        slow path (reported as ``IN_TRANSACTION``, so the return rolls back): psycopg2
+        believing a transaction is open (a borrower ran ``COMMIT`` or ``ROLLBACK`` as SQL:
+        without a resync psycopg2 would send no ``BEGIN`` and the next borrower's statements
+        would autocommit) and server notices left in ``notices``. A few attribute reads."""
         if raw.closed:
             return BROKEN
         state = _STATE_BY_LIBPQ[raw.get_transaction_status()]
-        if state == IDLE:
-            if raw.status != _STATUS_READY:
-                return FAILED  # always resynchronised, whatever reset_on_return says
-            if raw.notices:
-                return IN_TRANSACTION
+        # Not FAILED: after on_connect this is committed (which resynchronises too), whereas
+        # an aborted transaction there is an error.
+        if state == IDLE and (raw.status != _STATUS_READY or raw.notices):
+            return IN_TRANSACTION
         return state
 
     @staticmethod
