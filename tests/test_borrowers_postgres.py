@@ -557,6 +557,105 @@ def test_item12_unknown_libpq_option_message_has_no_trailing_newline(
     assert message == message.strip(), repr(message)
 
 
+# ---------------------------------------------------------------------- item 5 (pool)
+
+
+@pytest.fixture
+def pool_restores_settings() -> None:
+    """These go through the pool's part of item 5 (save on connect, restore on return)."""
+    from flask_dbpool.entry import Entry
+
+    if not hasattr(Entry, "mark_changed"):
+        pytest.skip("this Pool does not restore client-side settings yet (issue 17 item 5)")
+
+
+def test_item5_psycopg_settings_restored_through_pool(
+    pg3: PG, pool_restores_settings: None
+) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    heard: list[str] = []
+    with pg3.pool() as pool:
+        with pool.connection() as conn:
+            first = pg3.backend.session_id(conn)
+            conn.commit()
+            conn.autocommit = True
+            conn.read_only = True
+            conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+            conn.deferrable = True
+            conn.row_factory = dict_row
+            conn.prepare_threshold = None
+            conn.add_notice_handler(lambda diag: heard.append(diag.message_primary or ""))
+        with pool.connection() as conn:
+            assert pg3.backend.session_id(conn) == first  # the same connection, reset
+            assert (conn.autocommit, conn.read_only, conn.isolation_level) == (False, None, None)
+            assert (conn.deferrable, conn.prepare_threshold) == (None, 5)
+            assert conn.execute("SELECT 1 AS one").fetchall() == [(1,)]
+            assert conn.execute("SHOW transaction_read_only").fetchall() == [("off",)]
+            conn.execute("DO $$ BEGIN RAISE NOTICE 'second borrower'; END $$")
+        assert heard == []
+
+
+def test_item5_psycopg2_settings_restored_through_pool(
+    pg2: PG, pool_restores_settings: None
+) -> None:
+    from collections import deque
+
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    with pg2.pool() as pool:
+        with pool.connection() as conn:
+            first = pg2.backend.session_id(conn)
+            conn.commit()
+            conn.set_session(readonly=True, isolation_level="SERIALIZABLE", autocommit=True)
+            conn.cursor_factory = psycopg2.extras.DictCursor
+            conn.set_client_encoding("LATIN1")
+            conn.notices = deque(maxlen=5)
+        with pool.connection() as conn:
+            assert pg2.backend.session_id(conn) == first
+            assert (conn.autocommit, conn.readonly, conn.isolation_level) == (False, None, None)
+            assert type(conn.cursor()) is psycopg2.extensions.cursor
+            assert conn.encoding == "UTF8"
+            assert type(conn.notices) is list
+            assert query(conn, "SHOW transaction_read_only") == [("off",)]
+            conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+        with pool.connection() as conn:
+            assert conn.autocommit is False
+
+
+def test_item5_with_hold_cursor_same_code_twice_through_pool(
+    pg: PG, pool_restores_settings: None
+) -> None:
+    """The same function on two checkouts: a WITH HOLD cursor it leaves open made the second
+    run fail with DuplicateCursor."""
+    cursors: list[Any] = []
+    pool = pg.pool()
+    try:
+        for _ in range(2):
+            with pool.connection() as conn:
+                assert _named_cursor_twice(conn, cursors) == [(1,)]
+    finally:
+        pool.close()
+        for cur in cursors:  # the connections are closed: no I/O, just marked closed
+            with contextlib.suppress(Exception):
+                cur.close()
+
+
+def test_item5_on_connect_settings_are_what_is_restored(
+    pg: PG, pool_restores_settings: None
+) -> None:
+    def on_connect(raw: Any) -> None:
+        raw.autocommit = True
+
+    with pg.pool(on_connect=on_connect) as pool:
+        with pool.connection() as conn:
+            conn.autocommit = False
+        with pool.connection() as conn:
+            assert conn.autocommit is True
+
+
 def test_item3_on_connect_sql_commit_leaves_the_driver_in_step(pg: PG) -> None:
     """``on_connect`` ending with a SQL COMMIT: the first borrower gets a connection whose
     driver is in step (psycopg2's is resynchronised by the commit after on_connect)."""
