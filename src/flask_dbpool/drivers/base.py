@@ -8,14 +8,20 @@ else, so driver differences never leak into the pool.
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import importlib.util
+import itertools
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from flask_dbpool.errors import ConfigError
+from flask_dbpool.errors import ConfigError, PingTimeout
 from flask_dbpool.url import DatabaseURL
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "ConnectFn",
     "Driver",
     "ServerLimits",
+    "bounded_call",
     "run_query",
 ]
 
@@ -38,6 +45,8 @@ BROKEN = 2
 FAILED = 3
 
 ConnectFn = Callable[[], Any]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,15 @@ class Driver:
         answering must not block the caller beyond its own timeout. After a ``PingTimeout``
         the connection may be unusable (its socket shut down); the pool closes it. Leaves an
         idle connection idle (no transaction is left open).
+
+        The generic version runs ``SELECT 1`` bounded by :func:`bounded_call` on the
+        connection's :meth:`socket_fd`; a connection without a socket descriptor is pinged
+        without a bound.
         """
+        bounded_call(cls.socket_fd(raw), timeout, lambda: cls._select_one(raw))
+
+    @classmethod
+    def _select_one(cls, raw: Any) -> None:
         was_idle = cls.transaction_state(raw) == IDLE
         cur = raw.cursor()
         try:
@@ -224,6 +241,121 @@ class Driver:
         except Exception:
             return None
         return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+class _Watch:
+    """One armed deadline: the socket (a duplicate of the connection's descriptor) to shut
+    down when it passes. ``done``/``fired`` change under the watchdog's lock only."""
+
+    __slots__ = ("deadline", "done", "fired", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.done = False
+        self.fired = False
+
+
+class _Watchdog:
+    """One daemon thread for the whole process that shuts down the sockets of calls that
+    overran their deadline, so that a read blocked in a driver (even in C) returns.
+
+    Deadlines wait in a heap; a call that finishes in time only marks its entry done (it is
+    dropped when it reaches the top), so arming costs no thread and no wake-up beyond a
+    ``notify`` when the new deadline is the nearest one.
+    """
+
+    def __init__(self) -> None:
+        self._reinit()
+        if hasattr(os, "register_at_fork"):
+            # The thread does not survive fork() and the lock may be held by one that did
+            # not either: a child starts afresh (its copies of the sockets are its own).
+            os.register_at_fork(after_in_child=self._reinit)
+
+    def _reinit(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int, timeout: float) -> _Watch | None:
+        """Watch ``fd`` for ``timeout`` seconds; ``None`` if it is not a socket."""
+        # A duplicate, so that a descriptor closed and reused by then is never touched:
+        # shutdown() acts on the socket itself, whichever descriptor names it.
+        try:
+            dup = os.dup(fd)
+        except OSError:  # already closed
+            return None
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            return None
+        watch = _Watch(sock, time.monotonic() + timeout)
+        with self._lock:
+            heapq.heappush(self._heap, (watch.deadline, next(self._order), watch))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="flask-dbpool-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is watch:
+                self._wake.notify()
+        return watch
+
+    def disarm(self, watch: _Watch) -> bool:
+        """Stop watching; whether the deadline passed (the socket was shut down)."""
+        with self._lock:
+            watch.done = True
+            fired = watch.fired
+        watch.sock.close()  # after ``done``: the thread never shuts down a closed socket
+        return fired
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                heap = self._heap
+                now = time.monotonic()
+                while heap and (heap[0][2].done or heap[0][0] <= now):
+                    watch = heapq.heappop(heap)[2]
+                    if not watch.done:
+                        watch.done = watch.fired = True
+                        try:
+                            watch.sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:  # already closed by the peer
+                            pass
+                self._wake.wait(heap[0][0] - now if heap else None)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def bounded_call(fd: int | None, timeout: float, call: Callable[[], _T]) -> _T:
+    """Run ``call`` (one round trip on the socket ``fd``), giving up after ``timeout``.
+
+    When the deadline passes, a shared watchdog thread shuts the socket down (both ways), so
+    the blocked read in the driver returns with an error, and :class:`PingTimeout` is raised
+    instead of that error. The connection is unusable afterwards. With ``fd`` ``None`` (or
+    not a socket) ``call`` runs without a bound.
+    """
+    watch = _WATCHDOG.arm(fd, timeout) if fd is not None else None
+    if watch is None:
+        return call()
+    try:
+        result = call()
+    except Exception as exc:
+        if _WATCHDOG.disarm(watch):
+            raise PingTimeout(
+                f"no answer within {timeout:.3g} s; the connection was shut down"
+            ) from exc
+        raise
+    except BaseException:  # the caller's own interruption (gevent.Timeout …) wins
+        _WATCHDOG.disarm(watch)
+        raise
+    if _WATCHDOG.disarm(watch):  # answered, but too late: the socket is shut down already
+        raise PingTimeout(f"no answer within {timeout:.3g} s; the connection was shut down")
+    return result
 
 
 def query_options(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from flask_dbpool.drivers.base import (
     BROKEN,
@@ -11,10 +14,12 @@ from flask_dbpool.drivers.base import (
     ConnectFn,
     Driver,
     ServerLimits,
+    bounded_call,
     parse_bool,
     query_options,
     run_query,
 )
+from flask_dbpool.errors import PingTimeout, PoolError
 from flask_dbpool.url import DatabaseURL
 
 __all__ = ["MySQLdbDriver", "PyMySQLDriver"]
@@ -32,7 +37,24 @@ DISCONNECT_CODES = frozenset(
         4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
     }
 )
+#: Server and client error codes meaning this login is refused for good (retrying the same
+#: credentials, database and options cannot succeed).
+REJECTION_CODES = frozenset(
+    {
+        1044,  # ER_DBACCESS_DENIED_ERROR: no access to the database
+        1045,  # ER_ACCESS_DENIED_ERROR: wrong user or password
+        1049,  # ER_BAD_DB_ERROR: unknown database
+        1130,  # ER_HOST_NOT_PRIVILEGED: this host may not connect
+        1251,  # ER_NOT_SUPPORTED_AUTH_MODE: the client cannot do the account's auth plugin
+        1698,  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+        1862,  # ER_MUST_CHANGE_PASSWORD_LOGIN: expired password
+        2059,  # CR_AUTH_PLUGIN_CANNOT_LOAD
+        3118,  # ER_ACCOUNT_HAS_BEEN_LOCKED (MySQL)
+        4151,  # ER_ACCOUNT_HAS_BEEN_LOCKED (MariaDB)
+    }
+)
 _SERVER_STATUS_IN_TRANS = 0x0001
+_SERVER_STATUS_AUTOCOMMIT = 0x0002
 
 _URL_OPTIONS: dict[str, Any] = {
     "charset": str,
@@ -95,6 +117,27 @@ def _tracking_class(pymysql: Any) -> type:
 
     class TrackedConnection(base):  # type: ignore[misc,valid-type]
         dbpool_statement_failed = False
+        _read_timeout: float | None
+        _write_timeout: float | None
+        connect_timeout: float | None
+
+        def connect(self, sock: Any = None) -> None:
+            # PyMySQL's connect_timeout covers only the TCP connect; the handshake and login
+            # then read with read_timeout (None: forever), so a server that accepts but
+            # never answers would hold the pool's caller for good. Bound them by
+            # connect_timeout too, then give the user's timeouts back (PyMySQL applies them
+            # again before its next read or write).
+            read_timeout, write_timeout = self._read_timeout, self._write_timeout
+            bound = self.connect_timeout
+            if bound is not None:
+                self._read_timeout = bound if read_timeout is None else min(bound, read_timeout)
+                self._write_timeout = (
+                    bound if write_timeout is None else min(bound, write_timeout)
+                )
+            try:
+                super().connect(sock)
+            finally:
+                self._read_timeout, self._write_timeout = read_timeout, write_timeout
 
         def query(self, sql: Any, unbuffered: bool = False) -> Any:
             self.dbpool_statement_failed = True
@@ -107,8 +150,35 @@ def _tracking_class(pymysql: Any) -> type:
     return TrackedConnection
 
 
+def _is_server_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from an error packet of the server (which ends the statement and
+    leaves the protocol in step), rather than from the client library (codes 2000-2999)."""
+    code = _error_code(exc)
+    return code is not None and code > 0 and not 2000 <= code < 3000
+
+
+@dataclass(frozen=True)
+class _PyMySQLSettings:
+    """The client-side settings of a PyMySQL connection as the pool set them up."""
+
+    autocommit: bool | None
+    charset: str
+    collation: str | None
+    cursorclass: Any
+    encoders: dict[Any, Any]
+    decoders: dict[Any, Any]
+
+
 class _MySQLDriver(Driver):
     """What PyMySQL and mysqlclient share: error codes, the ``open`` flag, server limits."""
+
+    @staticmethod
+    def is_rejection(exc: BaseException) -> bool:
+        """Access denied (1044, 1045, 1698), unknown database (1049), host not allowed
+        (1130), authentication plugin refused or not loadable (1251, 2059), expired password
+        or locked account. Too many connections (1040), cannot connect (2003), lost
+        connection (2013) and timeouts are outages, not rejections."""
+        return _error_code(exc) in REJECTION_CODES
 
     @classmethod
     def server_version(cls, raw: Any) -> str:
@@ -168,21 +238,123 @@ class PyMySQLDriver(_MySQLDriver):
     def transaction_state(raw: Any) -> int:
         if not raw.open:
             return BROKEN
+        # A multi-result reply (a CALL, a multi-statement) not read to its end: PyMySQL's
+        # flags describe only the results read so far, the rest (a transaction the
+        # procedure opened, an error packet) would reach the next borrower. ``_result`` is
+        # PyMySQL's last result (private, but its own cursors rely on it the same way).
+        result = raw._result
+        if result is not None and (result.has_next or result.unbuffered_active):
+            return IN_TRANSACTION
         # PyMySQL refreshes server_status only from successful replies, so after a failed
         # statement (which may have opened a transaction and taken locks) the flag is stale.
         # Connections the pool opens record failures (see _tracking_class); assume the worst.
         if getattr(raw, "dbpool_statement_failed", False):
             return IN_TRANSACTION
-        return IN_TRANSACTION if raw.server_status & _SERVER_STATUS_IN_TRANS else IDLE
+        status = raw.server_status
+        if status & _SERVER_STATUS_IN_TRANS:
+            return IN_TRANSACTION
+        # A SQL ``SET autocommit = 1`` behind the driver's back: rollback() puts it back.
+        mode = raw.autocommit_mode
+        if mode is not None and bool(status & _SERVER_STATUS_AUTOCOMMIT) != mode:
+            return IN_TRANSACTION
+        return IDLE
+
+    @classmethod
+    def rollback(cls, raw: Any) -> None:
+        """Read and drop any unread results, roll back, and put autocommit back to what
+        PyMySQL was told (a SQL ``SET autocommit`` changed only the server's side).
+
+        An error packet among the unread results (a later statement of the procedure
+        failed) ended that reply and is dropped; any other error while draining means the
+        protocol state is unknown and is raised (the pool then discards the connection).
+        """
+        result = raw._result
+        if result is not None:
+            try:
+                if result.unbuffered_active:
+                    # An unbuffered (SSCursor) result not read to its end: PyMySQL itself
+                    # reads it out before the next command; do it here, without its warning.
+                    result._finish_unbuffered_query()
+                while raw._result is not None and raw._result.has_next:
+                    raw.next_result()
+            except cls.import_module().MySQLError as exc:
+                if not (raw.open and _is_server_error(exc)):
+                    raise
+        raw.rollback()
+        if raw.autocommit_mode is not None:
+            # No round trip unless the server's flag (fresh from ROLLBACK) differs.
+            raw.autocommit(raw.autocommit_mode)
 
     @classmethod
     def ping(cls, raw: Any, timeout: float) -> None:
-        raw.ping(reconnect=False)
+        """One ``COM_PING`` round trip, bounded by ``timeout`` through the socket timeout
+        PyMySQL applies before each read and write; on expiry PyMySQL closes the socket and
+        :class:`PingTimeout` is raised."""
+        # _read_timeout/_write_timeout are PyMySQL's private settings, applied by its own
+        # I/O code (which tracks what the socket has): set them for the ping, then put the
+        # user's back (the next read or write applies them again).
+        read_timeout, write_timeout = raw._read_timeout, raw._write_timeout
+        raw._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
+        raw._write_timeout = timeout if write_timeout is None else min(timeout, write_timeout)
+        try:
+            raw.ping(reconnect=False)
+        except cls.import_module().OperationalError as exc:
+            if isinstance(exc.__context__, (TimeoutError, socket.timeout)):
+                raise PingTimeout(
+                    f"no answer to the ping within {timeout:.3g} s; the connection was closed"
+                ) from exc
+            raise
+        finally:
+            raw._read_timeout, raw._write_timeout = read_timeout, write_timeout
 
     @staticmethod
     def socket_fd(raw: Any) -> int | None:
         sock = raw._sock
         return sock.fileno() if sock is not None else None
+
+    # autocommit(True) and set_character_set() change settings by a method call; encoders
+    # and decoders are dicts a borrower may change in place.
+    watched_names: ClassVar[frozenset[str]] = frozenset(
+        {"autocommit", "set_character_set", "set_charset", "encoders", "decoders"}
+    )
+
+    @classmethod
+    def watch(cls, name: str, value: Any, changed: Callable[[], None]) -> Any:
+        changed()
+        return value
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> _PyMySQLSettings:
+        """``autocommit`` mode, character set and collation, ``cursorclass``, and copies of
+        the ``encoders`` and ``decoders`` maps."""
+        return _PyMySQLSettings(
+            autocommit=raw.autocommit_mode,
+            charset=raw.charset,
+            collation=raw.collation,
+            cursorclass=raw.cursorclass,
+            encoders=dict(raw.encoders),
+            decoders=dict(raw.decoders),
+        )
+
+    @classmethod
+    def restore_settings(cls, raw: Any, saved: Any) -> None:
+        """Put back what :meth:`save_settings` saw: a round trip only for ``autocommit`` or
+        the character set, and only when they differ. Raises :class:`PoolError` when the
+        pool connected with the server's default autocommit (``autocommit=None``) and a
+        borrower changed it: that default cannot be restored without asking the server."""
+        assert isinstance(saved, _PyMySQLSettings)
+        if saved.autocommit is not None:
+            raw.autocommit(saved.autocommit)  # no round trip if the server's flag matches
+        elif raw.autocommit_mode is not None:
+            raise PoolError("autocommit was changed from the server default")
+        if raw.charset != saved.charset or raw.collation != saved.collation:
+            raw.set_character_set(saved.charset, saved.collation)
+        if raw.cursorclass is not saved.cursorclass:
+            raw.cursorclass = saved.cursorclass
+        if raw.encoders != saved.encoders:
+            raw.encoders = dict(saved.encoders)
+        if raw.decoders != saved.decoders:
+            raw.decoders = dict(saved.decoders)
 
 
 class MySQLdbDriver(_MySQLDriver):
@@ -208,4 +380,7 @@ class MySQLdbDriver(_MySQLDriver):
 
     @classmethod
     def ping(cls, raw: Any, timeout: float) -> None:
-        raw.ping()
+        """One ``mysql_ping`` round trip. It blocks in C, where no socket timeout of ours
+        applies: the shared watchdog shuts the socket (``fileno()``) down when ``timeout``
+        passes, and :class:`PingTimeout` is raised."""
+        bounded_call(cls.socket_fd(raw), timeout, raw.ping)

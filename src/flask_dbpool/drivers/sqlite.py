@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+import threading
 from typing import Any
 
 from flask_dbpool.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectFn, Driver, query_options
@@ -13,6 +14,40 @@ from flask_dbpool.url import DatabaseURL
 __all__ = ["SQLiteDriver"]
 
 _memory_ids = itertools.count(1)
+
+#: Connection attributes a borrower may set, restored on return when it did. ``autocommit``
+#: exists from Python 3.12 on.
+_SETTINGS = ("row_factory", "text_factory", "isolation_level", "autocommit")
+_ABSENT = object()
+
+
+class _MemoryDatabase:
+    """The connect callable of a ``:memory:`` pool: opens connections to one private
+    shared-cache in-memory database, which it keeps alive with an anchor connection.
+
+    SQLite frees a shared-cache in-memory database when its last connection closes, so
+    without the anchor ``idle_timeout`` (or any moment with no connection open) would empty
+    it. The anchor is opened on the first connect (once, under a lock), is not a pool
+    connection (never lent, not counted), and is freed with this object, i.e. when the pool
+    that owns it is garbage-collected.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        name = f"flask-dbpool-memory-{os.getpid()}-{next(_memory_ids)}"
+        self.uri = f"file:{name}?mode=memory&cache=shared"
+        self.timeout = timeout
+        self.anchor: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.uri, timeout=self.timeout, check_same_thread=False, uri=True)
+
+    def __call__(self) -> sqlite3.Connection:
+        if self.anchor is None:
+            with self._lock:
+                if self.anchor is None:
+                    self.anchor = self._open()
+        return self._open()
 
 
 class SQLiteDriver(Driver):
@@ -23,9 +58,15 @@ class SQLiteDriver(Driver):
 
     ``:memory:`` (or an empty path) gives each *pool* one private in-memory database shared by
     all of its connections (SQLite's shared cache), instead of a separate empty database per
-    connection. It lives as long as the pool keeps a connection open. Shared-cache databases
+    connection. It lives as long as the pool: an extra connection, opened with the first one
+    and not counted in the pool's statistics, keeps it when the pool closes all of its own
+    (``idle_timeout``); it is freed when the pool is garbage-collected. Shared-cache databases
     use table-level locks, so concurrent writers may see ``database table is locked``: use a
     file for concurrent write workloads.
+
+    ``row_factory``, ``text_factory``, ``isolation_level`` (and ``autocommit`` on Python
+    3.12+) set by a borrower through its handle are restored on return. SQLite has no
+    network: :meth:`ping` needs no bound and takes ``timeout`` only for the interface.
     """
 
     name = "sqlite3"
@@ -37,15 +78,11 @@ class SQLiteDriver(Driver):
         timeout = options.get("timeout", 5.0)
         path = url.database or ":memory:"
         if path == ":memory:":
-            name = f"flask-dbpool-memory-{os.getpid()}-{next(_memory_ids)}"
-            target = f"file:{name}?mode=memory&cache=shared"
-            uri = True
-        else:
-            target = path
-            uri = path.startswith("file:")
+            return _MemoryDatabase(timeout)
+        uri = path.startswith("file:")
 
         def connect() -> sqlite3.Connection:
-            return sqlite3.connect(target, timeout=timeout, check_same_thread=False, uri=uri)
+            return sqlite3.connect(path, timeout=timeout, check_same_thread=False, uri=uri)
 
         return connect
 
@@ -60,6 +97,11 @@ class SQLiteDriver(Driver):
         except sqlite3.ProgrammingError:  # closed connection
             return BROKEN
 
+    @classmethod
+    def ping(cls, raw: Any, timeout: float) -> None:
+        """``SELECT 1`` without a bound (no network, nothing to wait for)."""
+        cls._select_one(raw)
+
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         if isinstance(exc, sqlite3.ProgrammingError):
@@ -69,3 +111,16 @@ class SQLiteDriver(Driver):
                 return True
         return False
 
+    @classmethod
+    def save_settings(cls, raw: Any) -> tuple[Any, ...]:
+        """``row_factory``, ``text_factory``, ``isolation_level`` and ``autocommit``."""
+        return tuple(getattr(raw, name, _ABSENT) for name in _SETTINGS)
+
+    @classmethod
+    def restore_settings(cls, raw: Any, saved: Any) -> None:
+        """Set back each of :meth:`save_settings`' attributes that differs (no I/O: the
+        connection is idle after the rollback, so changing ``isolation_level`` or
+        ``autocommit`` commits nothing)."""
+        for name, value in zip(_SETTINGS, saved, strict=True):
+            if value is not _ABSENT and getattr(raw, name) != value:
+                setattr(raw, name, value)
