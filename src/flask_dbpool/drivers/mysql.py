@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -131,9 +130,7 @@ def _tracking_class(pymysql: Any) -> type:
             bound = self.connect_timeout
             if bound is not None:
                 self._read_timeout = bound if read_timeout is None else min(bound, read_timeout)
-                self._write_timeout = (
-                    bound if write_timeout is None else min(bound, write_timeout)
-                )
+                self._write_timeout = bound if write_timeout is None else min(bound, write_timeout)
             try:
                 super().connect(sock)
             finally:
@@ -253,9 +250,10 @@ class PyMySQLDriver(_MySQLDriver):
         status = raw.server_status
         if status & _SERVER_STATUS_IN_TRANS:
             return IN_TRANSACTION
-        # A SQL ``SET autocommit = 1`` behind the driver's back: rollback() puts it back.
-        mode = raw.autocommit_mode
-        if mode is not None and bool(status & _SERVER_STATUS_AUTOCOMMIT) != mode:
+        # A SQL ``SET autocommit = 1`` behind the driver's back (the server's flag disagrees
+        # with the mode PyMySQL was given; never true for a mode of None): rollback() puts
+        # it back.
+        if (not status & _SERVER_STATUS_AUTOCOMMIT) == raw.autocommit_mode:
             return IN_TRANSACTION
         return IDLE
 
@@ -313,15 +311,11 @@ class PyMySQLDriver(_MySQLDriver):
         return sock.fileno() if sock is not None else None
 
     # autocommit(True) and set_character_set() change settings by a method call; encoders
-    # and decoders are dicts a borrower may change in place.
+    # and decoders are dicts a borrower may change in place. Reading any of them through
+    # the handle marks the checkout changed (Driver.watch).
     watched_names: ClassVar[frozenset[str]] = frozenset(
         {"autocommit", "set_character_set", "set_charset", "encoders", "decoders"}
     )
-
-    @classmethod
-    def watch(cls, name: str, value: Any, changed: Callable[[], None]) -> Any:
-        changed()
-        return value
 
     @classmethod
     def save_settings(cls, raw: Any) -> _PyMySQLSettings:
@@ -377,6 +371,19 @@ class MySQLdbDriver(_MySQLDriver):
     @staticmethod
     def transaction_state(raw: Any) -> int:
         return IN_TRANSACTION if raw.open else BROKEN
+
+    # autocommit(True) is a method call: watched so that the return restores it.
+    watched_names: ClassVar[frozenset[str]] = frozenset({"autocommit"})
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> bool:
+        """The autocommit mode (``get_autocommit()`` reads the last reply's flags: no I/O)."""
+        return bool(raw.get_autocommit())
+
+    @classmethod
+    def restore_settings(cls, raw: Any, saved: Any) -> None:
+        """Set autocommit back (a round trip only if it differs)."""
+        raw.autocommit(bool(saved))
 
     @classmethod
     def ping(cls, raw: Any, timeout: float) -> None:
