@@ -113,6 +113,28 @@ def test_item4_pymysql_unread_error_packet_is_not_raised_at_next_borrower(
     assert mysql.count_rows(table) == 0
 
 
+def test_item4_pymysql_drain_that_fails_discards_the_connection(
+    mysql: MySQLBackend, make_pool: MakePool
+) -> None:
+    """Unread results that cannot be read (the session died meanwhile): the protocol state
+    is unknown, so the connection is discarded instead of lent again."""
+    proc = _procedure(mysql, "SELECT 1; SELECT 2;")
+    pool = _one_connection_pool(make_pool, mysql.url)
+
+    first = pool.acquire()
+    session = mysql.session_id(first)
+    cur = first.cursor()
+    cur.execute(f"CALL {proc}()")
+    assert cur.fetchall() == ((1,),)
+    mysql.kill(session)
+    pool.release(first)
+
+    second = pool.acquire()
+    assert mysql.session_id(second) != session
+    assert query(second, "SELECT 3") == [(3,)]
+    pool.release(second)
+
+
 def test_item4_pymysql_unread_unbuffered_result_is_drained_on_return(
     mysql: MySQLBackend, make_pool: MakePool
 ) -> None:
