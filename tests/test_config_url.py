@@ -221,9 +221,10 @@ def test_callable_killed_connection_is_discarded(backend: Backend, make_pool: Ma
 def test_sqlite_callable_target_for_memory_database(make_pool: MakePool) -> None:
     pool = make_pool(lambda: sqlite3.connect(":memory:", check_same_thread=False), pool_size=1)
     assert "lambda" in pool.target
-    with pool.connection() as conn:
-        conn.execute("CREATE TABLE t (x INTEGER)")
-        conn.execute("INSERT INTO t VALUES (1)")
+    conn = pool.acquire()
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    pool.release(conn)  # without a commit (a ``with`` block would commit)
     with pool.connection() as conn:
         # Same connection (pool_size=1), and the uncommitted insert was rolled back.
         assert conn.execute("SELECT COUNT(*) FROM t").fetchall() == [(0,)]

@@ -205,7 +205,7 @@ def test_flask_leak_report_names_the_request(
         assert app.test_client().post("/orders/7").status_code == 200
     app.extensions["dbpool"].close()
     report = next(r.getMessage() for r in caplog.records if "possible leak" in r.getMessage())
-    assert "(POST /orders/7)" in report
+    assert "(POST /orders/<int:order>)" in report  # the route, never the raw path (item 13)
     assert "in slow" in report  # the view that checked it out
 
 

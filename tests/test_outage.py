@@ -941,24 +941,24 @@ def test_open_timeout_and_wait_ready(server: Server, flavor: Flavor, pools: list
 
 def test_open_timeout_server_error(server: Server, flavor: Flavor, pools: list[Pool]) -> None:
     """The server answers but refuses the session (the cluster trusts every user, so: a
-    database that does not exist): PoolTimeout carries the server's message."""
+    database that does not exist): a rejection, not an outage. The driver's own error reaches
+    the caller at once (issue 17 item 8), from the constructor with ``open_timeout`` and from
+    ``acquire``, instead of a ``PoolTimeout`` after retrying until the timeout."""
     missing = f"no_such_db_{uuid.uuid4().hex[:8]}"
     url = server.url(flavor, server.new_tag(), dbname=missing)
     expected = f'database "{missing}" does not exist'
 
     start = time.monotonic()
-    with pytest.raises(PoolTimeout) as info:
-        pools.append(Pool(url, pool_size=2, open_timeout=2))
-    assert time.monotonic() - start <= 4.0
-    assert_timeout_carries_cause(info.value, flavor, expected)
+    with pytest.raises(flavor.operational_error, match=expected):
+        pools.append(Pool(url, pool_size=2, open_timeout=20))
+    assert time.monotonic() - start <= 4.0  # a bound far below open_timeout
 
     pool = Pool(url, pool_size=2)
     pools.append(pool)
     start = time.monotonic()
-    with pytest.raises(PoolTimeout) as info:
-        pool.acquire(timeout=1)
-    assert time.monotonic() - start <= 3.0
-    assert_timeout_carries_cause(info.value, flavor, expected)
+    with pytest.raises(flavor.operational_error, match=expected):
+        pool.acquire(timeout=20)
+    assert time.monotonic() - start <= 4.0
 
 
 def test_failed_open_leaves_nothing_connecting(server: Server, pools: list[Pool]) -> None:

@@ -439,10 +439,12 @@ def test_idle_return_sends_no_rollback(backend: Backend, make_pool: MakePool) ->
     for _ in range(5):
         with pool.connection() as conn:
             query(conn, "SELECT 1")
-    with pool.connection() as conn:
-        assert backend.rollback_count(conn) == before  # type: ignore[attr-defined]
-        # And it does count a real reset, so the assertion above can fail.
-        query(conn, backend.sql(f"INSERT INTO {table} VALUES (%s, %s)"), (1, "x"))
+    conn = pool.acquire()
+    assert backend.rollback_count(conn) == before  # type: ignore[attr-defined]
+    # And it does count a real reset, so the assertion above can fail. (A release with
+    # the transaction open rolls back; a ``with`` block would commit it.)
+    query(conn, backend.sql(f"INSERT INTO {table} VALUES (%s, %s)"), (1, "x"))
+    pool.release(conn)
     with pool.connection() as conn:
         assert backend.rollback_count(conn) == before + 1  # type: ignore[attr-defined]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from flask_dbpool.entry import Entry
 
-__all__ = ["CLOSED", "NEW_SLOT", "Token", "Waiter"]
+__all__ = ["CLOSED", "NEW_SLOT", "Refusal", "Token", "Waiter"]
 
 
 class Token:
@@ -27,6 +27,17 @@ class Token:
 NEW_SLOT: Final = Token("NEW_SLOT")
 #: Handed to a waiter: "the pool was closed".
 CLOSED: Final = Token("CLOSED")
+
+
+class Refusal(Token):
+    """Handed to a waiter: "the database rejected the connection (wrong credentials, unknown
+    database …) and nothing is open to wait for": it raises ``error`` at once."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__("REFUSAL")
+        self.error = error
 
 
 class Waiter:

@@ -42,15 +42,19 @@ class Entry:
         "label",
         "label_for",
         "lent_at",
+        "pinned_for",
         "pool",
         "raw",
         "retire",
+        "saved_settings",
         "seen_lent_at",
+        "settings_changed",
         "site",
         "thread_name",
         "tx_state",
         "used_at",
         "warned_for",
+        "watched",
     )
 
     def __init__(
@@ -89,3 +93,18 @@ class Entry:
         # later checkout never shows a stale label and nothing needs clearing on return.
         self.label: str | None = None
         self.label_for = -1.0
+        # Pool.pin: the checkout (lent at pinned_for) whose ``with`` blocks end the
+        # transaction but do not return the connection (Flask's per-request connection).
+        self.pinned_for = -1.0
+        # Client-side settings as the pool set them up, and whether a borrower may have
+        # changed them (set through the handle; restored on return, see Driver.save_settings).
+        self.saved_settings: Any = None
+        self.settings_changed = False
+        self.watched: frozenset[str] = driver.watched_names
+        """Attribute names whose reads through a handle go to ``driver.watch``."""
+
+    def mark_changed(self) -> None:
+        """A borrower may have changed client-side settings: restore them on return (the
+        return takes the slow path)."""
+        self.settings_changed = True
+        self.tx_state = slow_return

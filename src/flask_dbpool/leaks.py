@@ -179,6 +179,7 @@ class TimeoutReport(NamedTuple):
     state: str
     failures: int
     cause: BaseException | None
+    rejected: bool
     holders: list[Holder]
 
 
@@ -190,9 +191,10 @@ def timeout_error(pool: str, target: str, report: TimeoutReport, now: float) -> 
         f"for a connection: {report.state} (this caller included)"
     )
     if report.cause is not None:
+        what = "rejected the connection" if report.rejected else "cannot be reached"
         message += (
-            f"; the database cannot be reached: {report.failures} connection "
-            f"attempt(s) failed, the last with {one_line(report.cause)}"
+            f"; the database {what}: {report.failures} connection attempt(s) failed, the last with "
+            f"{one_line(report.cause)}"
         )
     if report.holders:
         message += "; longest held: " + describe_holders(report.holders, now)

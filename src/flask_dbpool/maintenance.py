@@ -204,6 +204,7 @@ def housekeep(pool: Pool) -> float:
             if threshold is not None and entry.warned_for != entry.lent_at:
                 if now - entry.lent_at >= threshold:
                     entry.warned_for = entry.lent_at
+                    entry.tx_state = slow_return  # its return is logged (Pool._release_slow)
                     pool._health.leaks_detected += 1
                     leaks.append(holder_of(entry))
                 else:
@@ -287,7 +288,7 @@ def housekeep(pool: Pool) -> float:
                 delay,
             )
             return delay
-        if opened is not None:
+        if isinstance(opened, Entry):
             pool._health.refill_failures = 0
             pool._check_in(opened)
             return 0.0  # there may be more to open

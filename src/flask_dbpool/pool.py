@@ -22,6 +22,7 @@ two flags for them (checked acquire, use time tracked) and nothing else.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from flask_dbpool._fork import INHERITED, abandon_inherited, track
-from flask_dbpool._handoff import CLOSED, NEW_SLOT, Token, Waiter
+from flask_dbpool._handoff import CLOSED, NEW_SLOT, Refusal, Token, Waiter
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
     BROKEN,
@@ -40,6 +41,7 @@ from flask_dbpool.drivers import (
     IDLE,
     IN_TRANSACTION,
     Connector,
+    connection_rejected,
     driver_for_connection,
     resolve_target,
 )
@@ -69,6 +71,7 @@ from flask_dbpool.stats import Histogram, PoolStats
 __all__ = ["Pool"]
 
 logger = logging.getLogger("flask_dbpool.pool")
+leak_logger = logging.getLogger("flask_dbpool.leaks")
 
 _new_proxy = object.__new__
 _bucket = bisect_left
@@ -77,6 +80,16 @@ _get_ident = threading.get_ident
 
 #: A checkout ping gets at least this long, even when the caller's timeout is nearly spent.
 _MIN_PING_TIMEOUT = 0.05
+
+
+def _detached(error: BaseException) -> BaseException:
+    """A copy of ``error`` without its traceback, to keep or to raise in another caller
+    (one exception object raised in several threads would collect all their frames)."""
+    try:
+        twin = copy.copy(error)
+    except Exception:  # an exception type that cannot be copied: share the original
+        return error.with_traceback(None)
+    return twin.with_traceback(None) if isinstance(twin, BaseException) else error
 
 
 def _check_timeout(timeout: object) -> None:
@@ -109,6 +122,7 @@ class _Health:
         "refill_at",
         "refill_failures",
         "rejected",
+        "rejection",
         "retry_at",
         "suspects",
         "timeouts",
@@ -123,6 +137,9 @@ class _Health:
         self.suspects = False  # whether some may still be lent or idle unchecked
         self.connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
         self.connect_error: BaseException | None = None
+        # The last attempt's error when the server refused the login for good (see
+        # Driver.is_rejection): callers get it at once instead of waiting out an "outage".
+        self.rejection: BaseException | None = None
         self.retry_at = 0.0  # when the next attempt to connect is due
         self.failed_at = 0.0  # when the last attempt failed
         self.probing = False  # an attempt to reconnect is under way
@@ -217,7 +234,10 @@ class Pool:
         leak_threshold: float | None = None,
         open_timeout: float | None = None,
         describe_caller: Callable[[], str | None] | None = None,
+        **unknown: object,
     ) -> None:
+        if unknown:  # a ConfigError naming the option, not Python's bare TypeError
+            PoolConfig.from_options(unknown)
         self.config: PoolConfig = PoolConfig.from_options(
             {
                 "pool_size": pool_size,
@@ -359,16 +379,21 @@ class Pool:
         """
         return self.acquire(timeout)
 
-    def release(self, conn: PooledConnection) -> None:
+    def release(self, conn: PooledConnection, error: BaseException | None = None) -> None:
         """Return ``conn`` to the pool.
 
         An open transaction is rolled back (if ``reset_on_return``); a broken connection, or
-        one whose rollback fails, is closed and its slot freed. Raises
-        :class:`~flask_dbpool.PoolError` if ``conn`` was already returned or belongs to
-        another pool.
+        one whose rollback fails, is closed and its slot freed. ``error``: the exception that
+        ended the holder's work, if any; the transaction is then rolled back whatever the
+        driver's flags say, and the connection discarded if the error shows it is gone.
+        Raises :class:`~flask_dbpool.PoolError` if ``conn`` was already returned or belongs
+        to another pool.
         """
         if conn.__class__ is not PooledConnection:
             raise self._foreign(conn)
+        if error is not None:
+            self._release_slow(conn, error)
+            return
         entry = conn._entry
         if entry is not None and entry.pool is self and entry.tx_state(entry.raw) == IDLE:
             lock = self._lock
@@ -428,9 +453,8 @@ class Pool:
                 self._open += 1
                 self._connecting += 1
             entry = self._connect_in_slot()
-            if entry is None:
-                assert self._health.connect_error is not None
-                raise self._health.connect_error
+            if not isinstance(entry, Entry):
+                raise entry  # this attempt's own error (not a racing attempt's)
             self._check_in(entry)
             opened += 1
 
@@ -507,6 +531,22 @@ class Pool:
             if entry is not None and entry.pool is self:
                 entry.label = label
                 entry.label_for = entry.lent_at
+
+    def pin(self, conn: PooledConnection) -> None:
+        """Keep ``conn`` checked out across ``with conn:`` blocks for this checkout.
+
+        A ``with`` block on a pinned handle still commits (or rolls back, if it raised) as
+        the driver's own ``with conn:`` does, but the connection stays with its holder until
+        :meth:`release` or ``conn.close()``. Flask's per-request ``db.connection`` is pinned,
+        so that ``with db.connection: …`` commits without handing the request's connection
+        back mid-request. Raises :class:`~flask_dbpool.PoolError` for a handle that was
+        returned or belongs to another pool.
+        """
+        # No lock: only the holder uses its handle, and the stamp concerns this checkout only.
+        entry = conn._entry if conn.__class__ is PooledConnection else None
+        if entry is None or entry.pool is not self:
+            raise self._foreign(conn)
+        entry.pinned_for = entry.lent_at
 
     def checkouts(self) -> list[Checkout]:
         """The connections checked out right now, longest-held first: how long, by which
@@ -743,6 +783,15 @@ class Pool:
                     self._acquired += 1
                     return self._lend(entry)
                 failing = self._health.connect_failures
+                if (
+                    self._health.rejection is not None
+                    and not self._entries
+                    and (self._health.probing or now < self._health.retry_at)
+                ):
+                    # The server refused the last login and nothing is open that could come
+                    # back: waiting would only wait out the timeout. Back-off still spaces
+                    # the attempts (the next caller after retry_at tries again).
+                    raise _detached(self._health.rejection)
                 if self._open < self._max_open and (
                     (not failing and not self._waiters)
                     # The database was unreachable: one caller at a time tries again once the
@@ -833,6 +882,8 @@ class Pool:
                     )
                 if item is NEW_SLOT:
                     return self._open_in_slot(waiter=waiter)
+                if isinstance(item, Refusal):
+                    raise _detached(item.error)
                 assert isinstance(item, Entry)
                 conn = self._lend(item)
                 waiter.item = None
@@ -879,7 +930,9 @@ class Pool:
         """Open a connection in a slot already reserved and lend it; ``None`` if the database
         could not be reached (the slot is released and the failure recorded)."""
         entry = self._connect_in_slot(probe=probe, waiter=waiter)
-        if entry is None:
+        if not isinstance(entry, Entry):
+            if self._is_rejection(entry):
+                raise entry  # refused for good: the caller gets the driver's error now
             return None
         with self._lock:
             if not self._closed:
@@ -891,13 +944,14 @@ class Pool:
 
     def _connect_in_slot(
         self, *, probe: bool = False, waiter: Waiter | None = None
-    ) -> Entry | None:
+    ) -> Entry | Exception:
         """Connect in a reserved slot (counted in open and connecting).
 
-        Returns the new entry, accounted for but not lent; ``None`` if connecting failed (the
-        slot is released and back-off starts); raises what ``on_connect`` raised (the slot is
-        released, to a waiter if one exists). ``probe``: this is the one attempt allowed
-        while the database is unreachable. ``waiter``: the slot was handed to this waiter.
+        Returns the new entry, accounted for but not lent; the driver's error if connecting
+        failed (the slot is released and back-off starts); raises what ``on_connect`` raised
+        (the slot is released, to a waiter if one exists). ``probe``: this is the one attempt
+        allowed while the database is unreachable. ``waiter``: the slot was handed to this
+        waiter.
         """
         started = _now()
         try:
@@ -906,7 +960,7 @@ class Pool:
             raw = self._connector.connect()
         except Exception as error:
             self._connect_failed(error, probe, started)
-            return None
+            return error
         except BaseException:
             self._free_slot(connecting=True, probe=probe)
             raise
@@ -923,6 +977,7 @@ class Pool:
             lifetime = self.config.max_lifetime
             expires = FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
             entry = Entry(self, raw, driver, now, expires)
+            entry.saved_settings = driver.save_settings(raw)
             if self._slow_returns:
                 entry.tx_state = slow_return  # every return takes the slow path
             with self._lock:
@@ -939,6 +994,7 @@ class Pool:
                 if recovered:
                     self._health.connect_failures = 0
                     self._health.connect_error = None
+                    self._health.rejection = None
                     self._fill_waiters_locked()  # the database is back: waiters connect too
         except BaseException:
             if not accounted:  # interrupted before the pool knew of it
@@ -961,12 +1017,19 @@ class Pool:
             raise
         return entry
 
+    def _is_rejection(self, error: BaseException) -> bool:
+        driver = self._connector.driver
+        return driver.is_rejection(error) if driver is not None else connection_rejected(error)
+
     def _connect_failed(self, error: Exception, probe: bool, started: float) -> None:
         """Release the slot of a failed connection attempt and schedule a retry."""
+        rejected = self._is_rejection(error)
+        # Kept without its traceback: the frames would keep callers' locals alive.
+        kept = _detached(error)
         with self._lock:
             self._health.connect_errors += 1
-            # Without its traceback: the frames would keep callers' locals alive.
-            self._health.connect_error = error.with_traceback(None)
+            self._health.connect_error = kept
+            self._health.rejection = kept if rejected else None
             now = _now()
             # Attempts under way when the outage began fail together: they are one failure
             # for the back-off, not several.
@@ -980,11 +1043,16 @@ class Pool:
                 self._health.probing = False
             self._connecting -= 1
             self._open -= 1
+            if rejected and not self._entries:
+                # Nothing open could come back to them: waiters get the refusal now.
+                while self._waiters:
+                    self._hand_off(Refusal(kept))
             self._after_shrink_locked()
         log = logger.warning if failures == 1 else logger.debug
         log(
-            "pool %r: cannot connect to %s (%s); attempt %d, retrying in %.2f s",
+            "pool %r: %s %s (%s); attempt %d, retrying in %.2f s",
             self.name,
+            "the database rejected the connection to" if rejected else "cannot connect to",
             self.target,
             one_line(error),
             failures,
@@ -1088,8 +1156,20 @@ class Pool:
 
     def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
         entry = self._claim(conn)
+        held = _now() - entry.lent_at
         if self._track_use:  # (returns with an exception come here directly)
-            self._record_use(_now() - entry.lent_at)
+            self._record_use(held)
+        if entry.warned_for == entry.lent_at:
+            # It was reported as a possible leak: say how it ended, so that a slow request
+            # and a real leak can be told apart.
+            leak_logger.warning(
+                "pool %r: the connection held longer than leak_threshold=%g s by thread %r "
+                "came back after %.1f s",
+                self.name,
+                self.config.leak_threshold,
+                entry.thread_name,
+                held,
+            )
         try:
             driver = entry.driver
             if self.config.on_checkin is not None:
@@ -1113,6 +1193,10 @@ class Pool:
                 or (state == IN_TRANSACTION and self._rollback_on_return)
             ):
                 driver.rollback(entry.raw)
+            if entry.settings_changed:
+                # After the rollback: some settings cannot change inside a transaction.
+                driver.restore_settings(entry.raw, entry.saved_settings)
+                entry.settings_changed = False
             if self._session_reset is not None:
                 reset_session(
                     self._session_reset, self.config.on_connect, self.name, entry.raw, driver
@@ -1128,6 +1212,7 @@ class Pool:
         if entry.checked_at < self._health.disconnect_at:
             self._send_to_check(entry)  # lent across a disconnect: maintenance pings it
         else:
+            self._restore_tx_state(entry)
             self._check_in(entry)
 
     def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
@@ -1240,8 +1325,9 @@ class Pool:
             raise
 
     def _restore_tx_state(self, entry: Entry) -> None:
-        """A suspect entry passed its check: let its returns take the fast path again."""
-        if not self._slow_returns and not entry.retire:
+        """A suspect entry passed its check, or a return that needed the slow path is done:
+        let its returns take the fast path again."""
+        if not self._slow_returns and not entry.retire and not entry.settings_changed:
             entry.tx_state = entry.driver.transaction_state
 
     # ------------------------------------------------------------------ messages
@@ -1266,6 +1352,7 @@ class Pool:
             self._state_locked(),
             self._health.connect_failures,
             self._health.connect_error if self._health.connect_failures else None,
+            self._health.rejection is not None,
             [
                 holder_of(entry)
                 for entry in self._entries

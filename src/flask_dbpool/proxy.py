@@ -6,6 +6,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from flask_dbpool.drivers.base import IDLE
 from flask_dbpool.errors import PoolError
 
 if TYPE_CHECKING:
@@ -21,10 +22,17 @@ class PooledConnection:
 
     Every attribute of the driver connection works through it (``cursor()``, ``execute()``,
     ``commit()``, ``autocommit = True`` …). ``close()`` returns it to the pool (idempotent),
-    ``invalidate()`` discards it, and ``with`` returns it on exit, rolling back first if the
-    block raised. Once returned, any use raises :class:`~flask_dbpool.PoolError`: a handle is
-    good for one checkout only. Cursors obtained from it are the driver's own objects and must
-    not be used after the connection is returned.
+    ``invalidate()`` discards it. ``with conn:`` behaves like the driver's own connection:
+    the block's transaction is committed when it ends normally and rolled back when it
+    raises; then the connection goes back to the pool (unless the checkout is pinned, like
+    Flask's per-request ``db.connection``, which stays until teardown). Once returned, any
+    use raises :class:`~flask_dbpool.PoolError` (reading ``closed`` gives ``True``): a handle
+    is good for one checkout only. Cursors obtained from it are the driver's own objects and
+    must not be used after the connection is returned.
+
+    Client-side settings changed through the handle (``conn.autocommit = True``,
+    ``conn.row_factory = …``, and methods the driver watches, such as PyMySQL's
+    ``autocommit(True)``) are put back to what the pool set up when the connection returns.
     """
 
     __slots__ = ("_entry",)
@@ -42,13 +50,19 @@ class PooledConnection:
             raise AttributeError(name)
         entry = self._entry
         if entry is None:
+            if name == "closed":
+                return True  # psycopg-style `if not conn.closed: conn.close()` keeps working
             raise PoolError(_RETURNED)
-        return getattr(entry.raw, name)
+        value = getattr(entry.raw, name)
+        if name in entry.watched:  # e.g. PyMySQL's autocommit(): may change a setting
+            return entry.driver.watch(name, value, entry.mark_changed)
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         entry = self._entry
         if entry is None:
             raise PoolError(_RETURNED)
+        entry.mark_changed()  # before the write: a write that half-failed is restored too
         setattr(entry.raw, name, value)
 
     @property
@@ -96,16 +110,36 @@ class PooledConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # As the drivers' own ``with conn:`` (sqlite3, psycopg2, psycopg 3): commit when the
+        # block ended normally, roll back when it raised. Then give the connection back,
+        # unless the checkout is pinned (it is returned later, by its owner).
         entry = self._entry
-        if entry is not None:
-            if exc is None:
+        if entry is None:
+            return
+        pinned = entry.pinned_for == entry.lent_at
+        if exc is None:
+            raw = entry.raw
+            if entry.driver.transaction_state(raw) != IDLE:
                 try:
-                    entry.pool.release(self)  # the common case, one frame less
-                except PoolError:
-                    if self._entry is not None:  # not a racing return: a real error
-                        raise
-            else:
-                entry.pool._release_quietly(self, exc)
+                    raw.commit()
+                except BaseException as error:
+                    if not pinned:
+                        entry.pool._release_quietly(self, error)
+                    raise
+            if pinned:
+                return
+            try:
+                entry.pool.release(self)
+            except PoolError:
+                if self._entry is not None:  # not a racing return: a real error
+                    raise
+        elif pinned:
+            try:
+                entry.driver.rollback(entry.raw)
+            except Exception:  # as the drivers do: the block's own error matters more; a
+                pass  # connection this leaves broken is discarded when it is returned
+        else:
+            entry.pool._release_quietly(self, exc)
 
     def __repr__(self) -> str:
         entry = self._entry

@@ -95,7 +95,14 @@ def parse_url(url: str) -> DatabaseURL:
             database=unquote(path) or None,
             query=tuple(parse_qsl(query, keep_blank_values=True)),
         )
-    parts = urlsplit(f"x://{rest}")
+    try:
+        parts = urlsplit(f"x://{rest}")
+    except ValueError as error:  # e.g. "Invalid IPv6 URL" for an unclosed '['
+        raise ConfigError(
+            f"database URL {redact(url)!r} cannot be parsed ({error}); an IPv6 host goes in "
+            "brackets, e.g. 'postgresql://user@[::1]:5432/db', and special characters in "
+            "the user name and password are percent-encoded"
+        ) from None
     if "@" in parts.path or parts.fragment or "@" in parts.query.partition("=")[0]:
         # An unescaped '/', '?' or '#' in the password cut the URL in the wrong place.
         raise ConfigError(

@@ -14,7 +14,7 @@ from time import perf_counter
 from flask import Flask, Response, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
-from flask_dbpool.errors import ConfigError, PoolTimeout
+from flask_dbpool.errors import ConfigError, PoolError, PoolTimeout
 from flask_dbpool.flask.endpoints import EndpointTimes, EndpointTimesSnapshot, endpoint_label
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
@@ -149,7 +149,9 @@ class DBPool:
 
         The same object for the whole request (or app context); returned at teardown, rolled
         back first if the request raised, or if it left a transaction open (unless
-        ``DBPOOL_RESET_ON_RETURN`` is false). Commit what you want to keep. Waits and raises
+        ``DBPOOL_RESET_ON_RETURN`` is false). Commit what you want to keep, or use
+        ``with db.connection: …``, which commits when the block ends normally and rolls back
+        when it raises, keeping the connection for the rest of the request. Waits and raises
         like :meth:`Pool.acquire`. Needs an app context.
         """
         conn: PooledConnection | None = g.get(_G_KEY)
@@ -164,6 +166,9 @@ class DBPool:
                 times.record_wait(endpoint_label(), perf_counter() - started)
                 raise
             checked_out = perf_counter()
+            # `with db.connection:` commits like the driver's own block, but the connection
+            # stays with the request until teardown.
+            pool.pin(conn)
             setattr(g, _G_KEY, conn)
             endpoint = endpoint_label()
             pool.label_checkout(conn, endpoint)  # the dashboard's "endpoint" column
@@ -238,6 +243,12 @@ def _return_connection(exc: BaseException | None) -> None:
             endpoint, checked_out = checkout
             times: EndpointTimes = current_app.extensions[ENDPOINTS_KEY]
             times.record_hold(endpoint, perf_counter() - checked_out)
-        conn.__exit__(None if exc is None else type(exc), exc, None)
+        # Not conn.__exit__: a ``with`` block commits, the end of a request rolls back what
+        # was not committed.
+        try:
+            DBPool.get_pool(current_app).release(conn, exc)
+        except PoolError:
+            if not conn.returned:  # not a racing return: a real error
+                raise
 
 
