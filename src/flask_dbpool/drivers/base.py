@@ -8,13 +8,13 @@ else, so driver differences never leak into the pool.
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import heapq
 import importlib
 import importlib.util
-import itertools
 import os
-import socket
-import threading
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -245,87 +245,122 @@ class Driver:
 
 class _Watch:
     """One armed deadline: the socket (a duplicate of the connection's descriptor) to shut
-    down when it passes. ``done``/``fired`` change under the watchdog's lock only."""
+    down when it passes. ``state`` changes under the watchdog's lock only."""
 
-    __slots__ = ("deadline", "done", "fired", "sock")
+    __slots__ = ("deadline", "sock", "state")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: Any, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
-        self.done = False
-        self.fired = False
+        self.state = _ARMED
+
+    def __lt__(self, other: _Watch) -> bool:
+        return self.deadline < other.deadline
+
+
+_ARMED, _DISARMED, _FIRED = 0, 1, 2
+
+
+def _os_thread_api() -> tuple[Callable[[], Any], Callable[..., Any]]:
+    """``allocate_lock`` and ``start_new_thread`` of real OS threads, even when gevent has
+    patched the thread modules: a driver blocked in C blocks the gevent hub too, so a
+    greenlet watchdog would never run."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        allocate_lock, start = monkey.get_original("_thread", ["allocate_lock", "start_new_thread"])
+        return allocate_lock, start
+    return _thread.allocate_lock, _thread.start_new_thread
 
 
 class _Watchdog:
-    """One daemon thread for the whole process that shuts down the sockets of calls that
+    """One daemon OS thread for the whole process that shuts down the sockets of calls that
     overran their deadline, so that a read blocked in a driver (even in C) returns.
 
-    Deadlines wait in a heap; a call that finishes in time only marks its entry done (it is
-    dropped when it reaches the top), so arming costs no thread and no wake-up beyond a
-    ``notify`` when the new deadline is the nearest one.
+    Deadlines wait in a heap. A call that ends in time only marks its entry disarmed (it is
+    dropped when it surfaces, or when disarmed entries are half the heap), so arming costs a
+    descriptor duplicate, a short lock hold and a heap push, and the thread is woken only
+    when the new deadline comes first.
     """
 
     def __init__(self) -> None:
         self._reinit()
         if hasattr(os, "register_at_fork"):
-            # The thread does not survive fork() and the lock may be held by one that did
-            # not either: a child starts afresh (its copies of the sockets are its own).
+            # The thread does not survive fork() and the lock may have been held by one
+            # that did not either: a child starts afresh (its copies of sockets are its own).
             os.register_at_fork(after_in_child=self._reinit)
 
     def _reinit(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._heap: list[tuple[float, int, _Watch]] = []
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
+        allocate_lock, self._start = _os_thread_api()
+        self._lock = allocate_lock()
+        self._wake = allocate_lock()  # released to wake the thread before its timeout
+        self._wake.acquire()
+        self._heap: list[_Watch] = []
+        self._disarmed = 0
+        self._running = False
 
     def arm(self, fd: int, timeout: float) -> _Watch | None:
-        """Watch ``fd`` for ``timeout`` seconds; ``None`` if it is not a socket."""
-        # A duplicate, so that a descriptor closed and reused by then is never touched:
-        # shutdown() acts on the socket itself, whichever descriptor names it.
+        """Watch ``fd`` for ``timeout`` seconds; ``None`` if it is not an open socket."""
+        # A duplicate taken now, so that a descriptor the driver closes during the call
+        # (and the process reuses) is never touched: shutdown() acts on the socket itself,
+        # whichever descriptor names it. The C-level socket type: gevent may have patched
+        # the socket module, and the watchdog is not a greenlet.
         try:
             dup = os.dup(fd)
-        except OSError:  # already closed
+        except OSError:
             return None
         try:
-            sock = socket.socket(fileno=dup)
+            sock = _socket.socket(fileno=dup)
         except OSError:
             os.close(dup)
             return None
         watch = _Watch(sock, time.monotonic() + timeout)
         with self._lock:
-            heapq.heappush(self._heap, (watch.deadline, next(self._order), watch))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="flask-dbpool-watchdog", daemon=True
-                )
-                self._thread.start()
-            elif self._heap[0][2] is watch:
-                self._wake.notify()
+            if not self._running:
+                self._start(self._run, ())
+                self._running = True
+            heapq.heappush(self._heap, watch)
+            first = self._heap[0] is watch
+        if first:
+            self._poke()
         return watch
 
     def disarm(self, watch: _Watch) -> bool:
         """Stop watching; whether the deadline passed (the socket was shut down)."""
         with self._lock:
-            watch.done = True
-            fired = watch.fired
-        watch.sock.close()  # after ``done``: the thread never shuts down a closed socket
+            fired = watch.state == _FIRED
+            if not fired:
+                watch.state = _DISARMED
+                self._disarmed += 1
+                if self._disarmed > 64 and 2 * self._disarmed > len(self._heap):
+                    self._heap = [w for w in self._heap if w.state == _ARMED]
+                    heapq.heapify(self._heap)
+                    self._disarmed = 0
+        watch.sock.close()  # after the state change: the thread never shuts a closed one
         return fired
 
+    def _poke(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released: the thread looks at the heap anyway
+            pass
+
     def _run(self) -> None:
-        with self._lock:
-            while True:
+        while True:
+            with self._lock:
                 heap = self._heap
                 now = time.monotonic()
-                while heap and (heap[0][2].done or heap[0][0] <= now):
-                    watch = heapq.heappop(heap)[2]
-                    if not watch.done:
-                        watch.done = watch.fired = True
-                        try:
-                            watch.sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:  # already closed by the peer
-                            pass
-                self._wake.wait(heap[0][0] - now if heap else None)
+                while heap and (heap[0].state != _ARMED or heap[0].deadline <= now):
+                    watch = heapq.heappop(heap)
+                    if watch.state == _DISARMED:
+                        self._disarmed -= 1
+                        continue
+                    watch.state = _FIRED
+                    try:
+                        watch.sock.shutdown(_socket.SHUT_RDWR)
+                    except OSError:  # already closed by the peer
+                        pass
+                wait = min(heap[0].deadline - now, 3600.0) if heap else 3600.0
+            self._wake.acquire(True, wait)
 
 
 _WATCHDOG = _Watchdog()
