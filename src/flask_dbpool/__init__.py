@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flask_dbpool.config import PoolConfig
-from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from flask_dbpool.errors import (
+    ConfigError,
+    PingTimeout,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+)
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
 from flask_dbpool.stats import PoolStats
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "DBPool",
+    "PingTimeout",
     "Pool",
     "PoolClosed",
     "PoolConfig",
