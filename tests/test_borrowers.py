@@ -235,3 +235,37 @@ def test_item8_rejected_login_raises_the_driver_error_at_once(
     assert all(isinstance(e, psycopg.OperationalError) for e in errors), errors
     assert time.monotonic() - started < 10  # a bound, far below the 20 s timeout
     assert pool.stats().connect_errors <= 4  # back-off between attempts, not a storm
+
+
+# ------------------------------------------------------------------ item 11: driver APIs
+
+
+def test_item11_driver_connection_passes_c_level_driver_apis(
+    sqlite_url: str, postgres_url: str, make_pool: MakePool, tmp_path: Any
+) -> None:
+    """The README's examples: C-level driver functions refuse the proxy, take
+    ``conn.driver_connection``."""
+    import sqlite3
+    import uuid
+
+    psycopg2_extras = pytest.importorskip("psycopg2.extras")
+    seed = sqlite3.connect(tmp_path / "seed.db")
+    seed.execute("CREATE TABLE seeded (x INTEGER)")
+    seed.execute("INSERT INTO seeded VALUES (42)")
+    seed.commit()
+    pool = make_pool(sqlite_url)
+    with pool.connection() as conn:
+        with pytest.raises(TypeError):
+            seed.backup(conn)  # the proxy is refused...
+        seed.backup(conn.driver_connection)  # ...the driver's own object is not
+        assert conn.execute("SELECT x FROM seeded").fetchall() == [(42,)]
+    seed.close()
+
+    pg = make_pool(postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with pg.connection() as conn:
+        with pytest.raises(TypeError):
+            psycopg2_extras.register_uuid(conn_or_curs=conn)
+        psycopg2_extras.register_uuid(conn_or_curs=conn.driver_connection)
+        cur = conn.cursor()
+        cur.execute("SELECT %s::uuid", (uuid.UUID(int=1),))
+        assert cur.fetchone()[0] == uuid.UUID(int=1)
