@@ -1,8 +1,10 @@
 """Concurrency stress against every real backend, and a stateful model of the pool.
 
 The stress test runs 32 threads for a couple of seconds per backend with random hold times,
-exceptions (some inside a transaction), invalidations and commits, while checking that no
-connection is ever in two hands and that the pool's gauges stay consistent; afterwards
+exceptions (some inside a transaction), invalidations, commits (explicit, or by the end of the
+``with`` block), returns without commit and client-side settings changed by some borrowers,
+while checking that no connection is ever in two hands, that no borrower sees another's
+setting, and that the pool's gauges stay consistent; afterwards
 nothing is leaked, on the pool's side or on the server's, and exactly the committed rows are
 in the table.
 
@@ -60,8 +62,20 @@ def test_stress(backend: Backend, make_pool: MakePool) -> None:
     keys = itertools.count(1)
     counts_lock = threading.Lock()
     counts = dict.fromkeys(
-        ("checkouts", "committed", "boom_in_txn", "boom", "invalidated", "rolled_back"), 0
+        (
+            "checkouts",
+            "committed",
+            "boom_in_txn",
+            "boom",
+            "invalidated",
+            "rolled_back",
+            "committed_by_with",
+            "setting_changed",
+        ),
+        0,
     )
+    # A client-side setting some borrowers change: every checkout must see the default.
+    setting, default, changed = _client_setting(backend)
     stop = threading.Event()
     deadline = time.monotonic() + DURATION
 
@@ -82,8 +96,14 @@ def test_stress(backend: Backend, make_pool: MakePool) -> None:
                         if key in holders:
                             problems.append(f"{me} got a connection {holders[key]} holds")
                         holders[key] = me
+                    released = False
                     try:
                         bump("checkouts")
+                        if getattr(conn, setting) is not default:
+                            problems.append(f"{me} got a connection with {setting} changed")
+                        if rng.random() < 0.3:
+                            setattr(conn, setting, changed)
+                            bump("setting_changed")
                         hold = rng.uniform(0, 0.003)
                         if action < 0.45:
                             query(conn, "SELECT 1")
@@ -100,8 +120,17 @@ def test_stress(backend: Backend, make_pool: MakePool) -> None:
                             bump("invalidated")
                             conn.invalidate()  # discards, uncommitted work with it
                             continue
+                        if action < 0.75:
+                            # Left open at the end of the with block: committed by it, as
+                            # the driver's own `with conn:` does.
+                            bump("committed_by_with")
+                            continue
                         if action < 0.80:
-                            bump("rolled_back")  # left open: the reset on return undoes it
+                            bump("rolled_back")  # returned without commit: rolled back
+                            with holders_lock:
+                                del holders[key]
+                            released = True
+                            conn.close()
                             continue
                         conn.commit()
                         bump("committed")
@@ -110,7 +139,9 @@ def test_stress(backend: Backend, make_pool: MakePool) -> None:
                             raise Boom  # after the commit: the row stays
                     finally:
                         with holders_lock:
-                            if holders.get(key) == me:
+                            if released:
+                                pass
+                            elif holders.get(key) == me:
                                 del holders[key]
                             else:
                                 problems.append(f"{me} lost track of its connection")
@@ -143,7 +174,15 @@ def test_stress(backend: Backend, make_pool: MakePool) -> None:
 
     assert not problems, problems[:10]
     assert counts["checkouts"] > THREADS, counts
-    for what in ("committed", "boom_in_txn", "boom", "invalidated", "rolled_back"):
+    for what in (
+        "committed",
+        "boom_in_txn",
+        "boom",
+        "invalidated",
+        "rolled_back",
+        "committed_by_with",
+        "setting_changed",
+    ):
         assert counts[what] > 0, f"the run never did {what}: {counts}"
 
     s = pool.stats()
@@ -154,13 +193,29 @@ def test_stress(backend: Backend, make_pool: MakePool) -> None:
     assert s.closed >= counts["invalidated"]
     assert s.created - s.closed == s.open
     # Exactly the committed rows: nothing rolled back survived, nothing committed was lost.
-    assert backend.count_rows(table) == counts["committed"]
+    assert backend.count_rows(table) == counts["committed"] + counts["committed_by_with"]
     if count_sessions is not None:
         wait_until(lambda: count_sessions() == s.open, what="server sessions == pool's open")
     pool.close()
     assert pool.stats().open == 0
     if count_sessions is not None:
         wait_until(lambda: count_sessions() == 0, what="every session to end after close()")
+
+
+def _client_setting(backend: Backend) -> tuple[str, object, object]:
+    """(attribute, the driver's default, another value) of a client-side connection setting
+    that must never cross borrowers (issue 17 item 5)."""
+    if backend.name == "sqlite":
+        import sqlite3
+
+        return "row_factory", None, sqlite3.Row
+    if backend.name == "postgres":
+        from psycopg.rows import dict_row, tuple_row
+
+        return "row_factory", tuple_row, dict_row
+    import pymysql.cursors
+
+    return "cursorclass", pymysql.cursors.Cursor, pymysql.cursors.DictCursor
 
 
 # ---------------------------------------------------------------------- state machine
