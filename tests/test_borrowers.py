@@ -269,3 +269,36 @@ def test_item11_driver_connection_passes_c_level_driver_apis(
         cur = conn.cursor()
         cur.execute("SELECT %s::uuid", (uuid.UUID(int=1),))
         assert cur.fetchone()[0] == uuid.UUID(int=1)
+
+
+# ------------------------------------------------------------------ item 7: pool side
+
+
+def test_item7_pre_ping_on_a_frozen_path_keeps_the_callers_timeout(
+    postgres_url: str, make_pool: MakePool
+) -> None:
+    """A server that stops answering (frozen TCP path) must not block a pre-pinging checkout
+    past the caller's timeout (on 946ffcd it was still blocked after 6 s), nor maintenance."""
+    from urllib.parse import urlsplit
+
+    from flask_dbpool import PoolTimeout
+    from tcprelay import TCPRelay
+
+    parts = urlsplit(postgres_url)
+    with TCPRelay(parts.hostname or "127.0.0.1", parts.port or 5432) as relay:
+        url = f"postgresql://{parts.username}@127.0.0.1:{relay.port}{parts.path}?connect_timeout=1"
+        pool = make_pool(url, pool_size=1, max_overflow=0, pre_ping=True, ping_interval=0)
+        with pool.connection() as conn:
+            query(conn, "SELECT 1")
+        relay.freeze()
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            with pool.connection(timeout=1.0):
+                pass
+        # The ping gives up within the caller's 1 s; the reconnect attempt that follows is
+        # bounded by connect_timeout (1 s). A bound, not a speed assertion.
+        assert time.monotonic() - started < 5.0
+        assert pool.stats().pings_failed == 1
+        relay.thaw()
+        with pool.connection(timeout=10) as conn:  # and it heals once the path is back
+            assert query(conn, "SELECT 1") == [(1,)]
