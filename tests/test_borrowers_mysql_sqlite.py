@@ -12,6 +12,7 @@ import gc
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 import warnings
@@ -26,6 +27,7 @@ import pytest
 from backends import Backend, MakePool, MySQLBackend, Worker, query, wait_until
 from flask_dbpool import Pool, PoolTimeout
 from flask_dbpool.drivers import BROKEN, Driver, connection_rejected, resolve_target
+from flask_dbpool.drivers.base import _WATCHDOG, bounded_call
 from flask_dbpool.drivers.mysql import PyMySQLDriver
 from flask_dbpool.drivers.sqlite import SQLiteDriver
 from flask_dbpool.errors import PingTimeout
@@ -400,6 +402,7 @@ def test_item7_generic_ping_is_bounded_by_the_shared_watchdog(
         threads = _os_threads()
         for _ in range(50):
             Driver.ping(healthy, 1.0)
+        assert _WATCHDOG._heap == []  # finished pings leave no deadline behind
         if threads is not None:
             assert _os_threads() == threads
         assert query(healthy, "SELECT 1") == [(1,)]  # never shut down by a stale deadline
@@ -414,6 +417,93 @@ def test_item7_generic_ping_is_bounded_by_the_shared_watchdog(
         assert not lite.in_transaction
     finally:
         lite.close()
+
+
+def _works(a: socket.socket, b: socket.socket) -> bool:
+    """Whether the connected pair still carries bytes both ways (not shut down)."""
+    try:
+        a.sendall(b"a")
+        b.sendall(b"b")
+        b.settimeout(2.0)
+        a.settimeout(2.0)
+        return b.recv(1) == b"a" and a.recv(1) == b"b"
+    except OSError:
+        return False
+
+
+def test_item7_watchdog_never_shuts_down_a_reused_descriptor() -> None:
+    """The watchdog shuts down the socket of the call in progress, never whatever socket
+    has the descriptor number by then: a driver may close its socket during the call (libpq
+    and PyMySQL do on a read error) and another thread open one with the same number before
+    the call ends; and once a call has ended in time its deadline is dead."""
+    # During the call: the driver drops its socket, the number is reused, the deadline passes.
+    mine, peer = socket.socketpair()
+    fd = mine.fileno()
+    other, other_peer = socket.socketpair()
+    reused: list[socket.socket] = []
+
+    def drops_its_socket_then_overruns() -> None:
+        mine.close()
+        os.dup2(other.fileno(), fd)  # fd now names another connection's socket
+        reused.append(socket.socket(fileno=fd))
+        time.sleep(0.3)  # past the deadline, still in the call
+
+    try:
+        with pytest.raises(PingTimeout):
+            bounded_call(fd, 0.05, drops_its_socket_then_overruns)
+        assert _works(other, other_peer)  # the other connection was not shut down
+    finally:
+        for sock in (peer, other, other_peer, *reused):
+            sock.close()
+
+    # After the call: it ended in time, its number is reused, its deadline passes.
+    mine, peer = socket.socketpair()
+    fd = mine.fileno()
+    other, other_peer = socket.socketpair()
+    try:
+        assert bounded_call(fd, 0.05, lambda: _works(mine, peer))
+        mine.close()
+        os.dup2(other.fileno(), fd)
+        reused_after = socket.socket(fileno=fd)
+        time.sleep(0.3)
+        assert _works(reused_after, other_peer)
+        reused_after.close()
+    finally:
+        for sock in (peer, other, other_peer):
+            sock.close()
+    assert _WATCHDOG._heap == []
+
+
+def test_item7_watchdog_drops_calls_that_end_out_of_order() -> None:
+    """A call that ends before one armed earlier (a longer timeout, or just luck) leaves a
+    finished entry below the top of the heap; it goes when the earlier call ends, so the
+    heap is empty once no call is in progress, and the survivor is not shut down."""
+    first_pair, second_pair = socket.socketpair(), socket.socketpair()
+    release_first = threading.Event()
+    first_armed = threading.Event()
+
+    def first_call() -> bool:
+        first_armed.set()
+        release_first.wait(10.0)
+        return _works(*first_pair)
+
+    first = Worker(lambda: bounded_call(first_pair[0].fileno(), 5.0, first_call), "first")
+    try:
+        first.start()
+        assert first_armed.wait(10.0)
+        # Armed after the first, with a later deadline, and ended before it: its entry
+        # waits below the first call's (popping it now would cost a search of the heap).
+        assert bounded_call(second_pair[0].fileno(), 10.0, lambda: _works(*second_pair))
+        assert len(_WATCHDOG._heap) == 2
+        release_first.set()
+        first.finish(timeout=10.0)
+        assert first.result is True
+        assert _WATCHDOG._heap == []  # both gone when the first ended
+        assert _works(*first_pair) and _works(*second_pair)
+    finally:
+        release_first.set()
+        for sock in (*first_pair, *second_pair):
+            sock.close()
 
 
 def test_item7_pymysql_connect_gives_up_on_a_frozen_handshake(

@@ -375,6 +375,117 @@ def test_item7_ping_healthy_is_one_query_and_leaves_idle(pg: PG) -> None:
         raw.close()
 
 
+def test_item7_psycopg2_healthy_pings_leave_the_watchdog_heap_empty(pg2: PG) -> None:
+    """Finished pings leave no deadline behind in the shared watchdog: none after pings one
+    after another, none after pings from several threads with different timeouts (so they
+    end in another order than their deadlines). No thread per ping either."""
+    from flask_dbpool.drivers.base import _WATCHDOG
+
+    raws = [pg2.connect() for _ in range(4)]
+    try:
+        Psycopg2Driver.ping(raws[0], 5.0)  # the watchdog thread exists from here on
+        threads = _os_threads()
+        for _ in range(100):
+            Psycopg2Driver.ping(raws[0], 5.0)
+            assert _WATCHDOG._heap == []
+        workers = [
+            Worker(lambda raw=raw, t=t: [Psycopg2Driver.ping(raw, t) for _ in range(50)])
+            for raw, t in zip(raws, (9.0, 3.0, 7.0, 5.0), strict=True)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.finish(timeout=30.0)
+        assert _WATCHDOG._heap == []
+        if threads is not None:
+            assert _os_threads() == threads
+        for raw in raws:  # never shut down by a stale deadline
+            assert query(raw, "SELECT 1") == [(1,)]
+    finally:
+        for raw in raws:
+            raw.close()
+
+
+def _os_threads() -> int | None:
+    """This process's OS threads (Linux ``/proc``), or ``None`` where that is unknown."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+GEVENT_PING_SCRIPT = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json
+import sys
+import time
+
+import psycopg2
+
+from flask_dbpool.drivers.postgres import Psycopg2Driver
+from flask_dbpool.errors import PingTimeout
+
+port, user, dbname = sys.argv[1:]
+raw = psycopg2.connect(
+    host="127.0.0.1", port=int(port), user=user, dbname=dbname, connect_timeout=10
+)
+Psycopg2Driver.ping(raw, 5.0)
+print("READY", flush=True)
+sys.stdin.readline()  # the test froze the relay
+start = time.monotonic()
+try:
+    Psycopg2Driver.ping(raw, 1.0)
+    outcome = "answered"
+except PingTimeout:
+    outcome = "PingTimeout"
+print(json.dumps({"outcome": outcome, "elapsed": time.monotonic() - start}), flush=True)
+"""
+
+
+def test_item7_psycopg2_ping_under_gevent_is_bounded(
+    pg2: PG, relay: TCPRelay, tmp_path: Path
+) -> None:
+    """Under ``monkey.patch_all()`` psycopg2 (no green wait callback) blocks the whole hub
+    inside libpq: only a real OS thread can keep the deadline, so this would hang if the
+    watchdog were a greenlet."""
+    if importlib.util.find_spec("gevent") is None:
+        pytest.skip("gevent is not installed")
+    script = tmp_path / "gevent_ping.py"
+    script.write_text(GEVENT_PING_SCRIPT)
+    src = Path(__file__).resolve().parent.parent / "src"
+    dbname = pg2.backend.base_url.rpartition("/")[2].partition("?")[0]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(relay.port), "postgres", dbname],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        ready = proc.stdout.readline()  # connect_timeout bounds this
+        assert ready.strip() == "READY", (ready, proc.stderr.read() if proc.stderr else "")
+        relay.freeze()
+        out, err = proc.communicate("go\n", timeout=15)  # unbounded ping: the test fails
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the ping under gevent hung\nstdout:\n{out}\nstderr:\n{err}")
+    finally:
+        relay.thaw()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["outcome"] == "PingTimeout", (result, err[-2000:])
+    assert 0.9 <= result["elapsed"] < 4.0, result
+
+
 def test_item7_ping_of_a_killed_session_raises_the_driver_error(pg: PG) -> None:
     raw = pg.connect()
     try:

@@ -244,13 +244,19 @@ class Driver:
 
 
 class _Watch:
-    """One armed deadline: the socket (a duplicate of the connection's descriptor) to shut
-    down when it passes. ``state`` changes under the watchdog's lock only."""
+    """One bounded call's deadline in the watchdog's heap.
 
-    __slots__ = ("deadline", "sock", "state")
+    ``fd`` is a duplicate of the connection's descriptor, taken when the call starts and
+    closed by the caller when it ends, so the watchdog names the connection's socket itself,
+    never a descriptor number: a driver may close its own descriptor during the call (libpq
+    and PyMySQL do on a read error), and another socket may get that number before the
+    caller disarms. ``state`` changes under the watchdog's lock only.
+    """
 
-    def __init__(self, sock: Any, deadline: float) -> None:
-        self.sock = sock
+    __slots__ = ("deadline", "fd", "state")
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd = fd
         self.deadline = deadline
         self.state = _ARMED
 
@@ -258,13 +264,15 @@ class _Watch:
         return self.deadline < other.deadline
 
 
-_ARMED, _DISARMED, _FIRED = 0, 1, 2
+# _ARMED: the call runs; _DONE: it ended in time (its fd is the caller's to close, the
+# watchdog never touches it again); _FIRED: the deadline passed while it ran.
+_ARMED, _DONE, _FIRED = 0, 1, 2
 
 
 def _os_thread_api() -> tuple[Callable[[], Any], Callable[..., Any]]:
     """``allocate_lock`` and ``start_new_thread`` of real OS threads, even when gevent has
-    patched the thread modules: a driver blocked in C blocks the gevent hub too, so a
-    greenlet watchdog would never run."""
+    patched the thread modules: a driver blocked in C (psycopg2, mysqlclient) blocks the
+    gevent hub too, so a greenlet watchdog would never run."""
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:
         allocate_lock, start = monkey.get_original("_thread", ["allocate_lock", "start_new_thread"])
@@ -272,22 +280,45 @@ def _os_thread_api() -> tuple[Callable[[], Any], Callable[..., Any]]:
     return _thread.allocate_lock, _thread.start_new_thread
 
 
+def _shut_down(fd: int) -> None:
+    """Shut down (both ways) the socket ``fd`` names, leaving ``fd`` open.
+
+    shutdown() acts on the socket, not on one descriptor: the driver's blocked read on its
+    own descriptor returns (EOF). The C-level socket type because gevent may have patched
+    the socket module and this runs outside any hub. A descriptor that is not a socket is
+    left alone (the call then runs on unbounded; it still ends in ``PingTimeout``).
+    """
+    try:
+        sock = _socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.shutdown(_socket.SHUT_RDWR)
+    except OSError:  # not connected any more: the blocked read has returned already
+        pass
+    finally:
+        sock.detach()  # the caller closes fd, after disarming
+
+
 class _Watchdog:
     """One daemon OS thread for the whole process that shuts down the sockets of calls that
     overran their deadline, so that a read blocked in a driver (even in C) returns.
 
-    Deadlines wait in a heap. A call that ends in time only marks its entry disarmed (it is
-    dropped when it surfaces, or when disarmed entries are half the heap), so arming costs a
-    descriptor duplicate, a short lock hold and a heap push, and the thread is woken only
-    when the new deadline comes first.
+    Deadlines wait in a heap whose top is always a running call (or the heap is empty): a
+    call that ends in time pops its entry when it is the top (the usual case: calls with
+    one timeout end in the order they started), else marks it done, to be popped when it
+    surfaces or dropped when done entries are half the heap. So no entry outlives the calls
+    in progress, and the heap is empty whenever none is.
+
+    A healthy call costs a ``dup()``/``close()`` pair and two short lock holds; it wakes the
+    thread only when its deadline comes before the one the thread sleeps until (so calls
+    back to back wake it about once per timeout, not once per call).
     """
 
     def __init__(self) -> None:
         self._reinit()
         if hasattr(os, "register_at_fork"):
-            # The thread does not survive fork() and the lock may have been held by one
-            # that did not either: a child starts afresh (its copies of sockets are its own).
-            os.register_at_fork(after_in_child=self._reinit)
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _reinit(self) -> None:
         allocate_lock, self._start = _os_thread_api()
@@ -295,47 +326,76 @@ class _Watchdog:
         self._wake = allocate_lock()  # released to wake the thread before its timeout
         self._wake.acquire()
         self._heap: list[_Watch] = []
-        self._disarmed = 0
+        self._done = 0  # _DONE entries still in the heap
+        self._sleep_until = float("inf")  # when the thread wakes by itself
         self._running = False
 
+    def _after_fork_in_child(self) -> None:
+        # The thread does not survive fork(), and the lock may have been held by a thread
+        # that did not either: start afresh, without the lock. A call armed in the parent
+        # must never fire here (shutdown() would cut the parent's socket too): its duplicate
+        # is closed and the entry marked fired, so a greenlet that survived the fork in the
+        # middle of it gets PingTimeout (its connection is the parent's: to be discarded).
+        old = self._heap
+        self._reinit()
+        for watch in old:
+            if watch.state == _ARMED:
+                watch.state = _FIRED
+                try:
+                    os.close(watch.fd)
+                except OSError:
+                    pass
+                watch.fd = -1  # so that the call's disarm does not close a reused number
+
     def arm(self, fd: int, timeout: float) -> _Watch | None:
-        """Watch ``fd`` for ``timeout`` seconds; ``None`` if it is not an open socket."""
-        # A duplicate taken now, so that a descriptor the driver closes during the call
-        # (and the process reuses) is never touched: shutdown() acts on the socket itself,
-        # whichever descriptor names it. The C-level socket type: gevent may have patched
-        # the socket module, and the watchdog is not a greenlet.
+        """Watch the socket ``fd`` names for ``timeout`` seconds; ``None`` if ``fd`` is not
+        an open descriptor."""
         try:
             dup = os.dup(fd)
         except OSError:
             return None
+        watch = _Watch(dup, time.monotonic() + timeout)
         try:
-            sock = _socket.socket(fileno=dup)
-        except OSError:
+            with self._lock:
+                if not self._running:
+                    self._start(self._run, ())
+                    self._running = True
+                heapq.heappush(self._heap, watch)
+                wake = watch.deadline < self._sleep_until
+        except BaseException:  # no thread could be started: nothing may keep the duplicate
             os.close(dup)
-            return None
-        watch = _Watch(sock, time.monotonic() + timeout)
-        with self._lock:
-            if not self._running:
-                self._start(self._run, ())
-                self._running = True
-            heapq.heappush(self._heap, watch)
-            first = self._heap[0] is watch
-        if first:
+            raise
+        if wake:
             self._poke()
         return watch
 
     def disarm(self, watch: _Watch) -> bool:
-        """Stop watching; whether the deadline passed (the socket was shut down)."""
+        """Stop watching; whether the deadline passed (the socket was shut down).
+
+        Once this has returned ``False`` the watchdog never touches the socket again: the
+        state changes under the lock that the thread holds while deciding and shutting down.
+        """
         with self._lock:
             fired = watch.state == _FIRED
-            if not fired:
-                watch.state = _DISARMED
-                self._disarmed += 1
-                if self._disarmed > 64 and 2 * self._disarmed > len(self._heap):
-                    self._heap = [w for w in self._heap if w.state == _ARMED]
-                    heapq.heapify(self._heap)
-                    self._disarmed = 0
-        watch.sock.close()  # after the state change: the thread never shuts a closed one
+            if watch.state == _ARMED:
+                watch.state = _DONE
+                heap = self._heap
+                if heap and heap[0] is watch:
+                    heapq.heappop(heap)
+                    while heap and heap[0].state == _DONE:  # ended earlier, out of order
+                        heapq.heappop(heap)
+                        self._done -= 1
+                else:
+                    # Ended before a call armed earlier: left for later. (Or not in the heap
+                    # at all, in a child forked while the thread was firing it: the count then
+                    # errs high, which only compacts earlier, and compacting resets it.)
+                    self._done += 1
+                    if 2 * self._done > len(heap):
+                        self._heap = [w for w in heap if w.state == _ARMED]
+                        heapq.heapify(self._heap)
+                        self._done = 0
+        if watch.fd >= 0:  # -1: closed by the fork hook already
+            os.close(watch.fd)  # after the state change: the thread never shuts a closed one
         return fired
 
     def _poke(self) -> None:
@@ -351,15 +411,16 @@ class _Watchdog:
                 now = time.monotonic()
                 while heap and (heap[0].state != _ARMED or heap[0].deadline <= now):
                     watch = heapq.heappop(heap)
-                    if watch.state == _DISARMED:
-                        self._disarmed -= 1
+                    if watch.state == _DONE:
+                        self._done -= 1
                         continue
+                    # Decided and done under the lock, so the caller cannot end the call
+                    # and close the duplicate meanwhile.
                     watch.state = _FIRED
-                    try:
-                        watch.sock.shutdown(_socket.SHUT_RDWR)
-                    except OSError:  # already closed by the peer
-                        pass
+                    _shut_down(watch.fd)
+                # At most an hour: a lock's timeout has a maximum, a caller's timeout none.
                 wait = min(heap[0].deadline - now, 3600.0) if heap else 3600.0
+                self._sleep_until = now + wait
             self._wake.acquire(True, wait)
 
 
@@ -370,9 +431,10 @@ def bounded_call(fd: int | None, timeout: float, call: Callable[[], _T]) -> _T:
     """Run ``call`` (one round trip on the socket ``fd``), giving up after ``timeout``.
 
     When the deadline passes, a shared watchdog thread shuts the socket down (both ways), so
-    the blocked read in the driver returns with an error, and :class:`PingTimeout` is raised
-    instead of that error. The connection is unusable afterwards. With ``fd`` ``None`` (or
-    not a socket) ``call`` runs without a bound.
+    the blocked read in the driver returns with an error, and
+    :class:`~flask_dbpool.errors.PingTimeout` is raised instead of that error. The
+    connection is unusable afterwards. With ``fd`` ``None`` (or not an open descriptor)
+    ``call`` runs without a bound. Creates no thread once the watchdog runs.
     """
     watch = _WATCHDOG.arm(fd, timeout) if fd is not None else None
     if watch is None:
@@ -381,16 +443,18 @@ def bounded_call(fd: int | None, timeout: float, call: Callable[[], _T]) -> _T:
         result = call()
     except Exception as exc:
         if _WATCHDOG.disarm(watch):
-            raise PingTimeout(
-                f"no answer within {timeout:.3g} s; the connection was shut down"
-            ) from exc
+            raise _timed_out(timeout) from exc
         raise
     except BaseException:  # the caller's own interruption (gevent.Timeout …) wins
         _WATCHDOG.disarm(watch)
         raise
     if _WATCHDOG.disarm(watch):  # answered, but too late: the socket is shut down already
-        raise PingTimeout(f"no answer within {timeout:.3g} s; the connection was shut down")
+        raise _timed_out(timeout)
     return result
+
+
+def _timed_out(timeout: float) -> PingTimeout:
+    return PingTimeout(f"no answer within {timeout:.3g} s; the connection was shut down")
 
 
 def query_options(

@@ -5,18 +5,15 @@ round trip. URL parts are passed to libpq as separate parameters, never as one s
 password cannot surface in a connection-string parse error.
 
 Pings are bounded: psycopg 3 drives libpq non-blocking against a deadline; psycopg2 (whose
-connections block inside libpq) registers the deadline with one shared watchdog thread that
-shuts the socket down when it passes, which makes libpq's blocked read return.
+connections block inside libpq) goes through :func:`~flask_dbpool.drivers.base.bounded_call`,
+whose shared watchdog thread shuts the socket down when the deadline passes, which makes
+libpq's blocked read return.
 """
 
 from __future__ import annotations
 
-import _socket
-import heapq
-import os
 import re
 import select
-import sys
 import threading
 import weakref
 from collections import deque
@@ -32,6 +29,7 @@ from flask_dbpool.drivers.base import (
     ConnectFn,
     Driver,
     ServerLimits,
+    bounded_call,
     run_query,
 )
 from flask_dbpool.errors import ConfigError, PingTimeout
@@ -206,132 +204,6 @@ def _wait_socket(fd: int, write: bool, deadline: float, timeout: float) -> None:
             raise _timed_out(timeout)
     elif not any(select.select([] if write else [fd], [fd] if write else [], [], remaining)):
         raise _timed_out(timeout)
-
-
-class _Alarm:
-    """One ping's deadline in the watchdog's heap."""
-
-    __slots__ = ("deadline", "fd", "state")
-
-    def __init__(self, deadline: float, fd: int) -> None:
-        self.deadline = deadline
-        self.fd = fd
-        self.state = _ARMED
-
-    def __lt__(self, other: _Alarm) -> bool:
-        return self.deadline < other.deadline
-
-
-_ARMED, _CANCELLED, _FIRED = 0, 1, 2
-
-
-def _shut_down(fd: int) -> None:
-    # shutdown() acts on the connection, not on one descriptor: shutting a duplicate down
-    # makes libpq's blocked poll/recv on the original return (EOF). The C-level socket type
-    # is used because gevent may have patched the socket module, and this runs in a real
-    # thread that must not touch a hub.
-    try:
-        sock = _socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        sock.shutdown(_socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-def _thread_primitives() -> tuple[Callable[[], Any], Callable[..., Any]]:
-    """``allocate_lock`` and ``start_new_thread`` of real OS threads, even under gevent.
-
-    A psycopg2 connection without a green wait callback blocks the whole gevent hub inside
-    libpq, so the watchdog must be a real thread to run at all.
-    """
-    import _thread
-
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        get_original = monkey.get_original
-        lock, start = get_original("_thread", ["allocate_lock", "start_new_thread"])
-        return lock, start
-    return _thread.allocate_lock, _thread.start_new_thread
-
-
-class _Watchdog:
-    """One daemon thread for every psycopg2 ping of the process: a heap of deadlines; the
-    socket of a ping still running at its deadline is shut down.
-
-    A ping costs two short lock holds and a heap push; the thread is woken only when a new
-    deadline comes before every pending one, and it sleeps otherwise. Cancelled alarms stay
-    in the heap until they surface (or until they are half of it: then it is compacted), so
-    that back-to-back pings do not wake the thread each time.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        allocate_lock, self._start = _thread_primitives()
-        self._lock = allocate_lock()
-        self._wake = allocate_lock()
-        self._wake.acquire()
-        self._heap: list[_Alarm] = []
-        self._cancelled = 0
-        self._running = False
-
-    def arm(self, fd: int, deadline: float) -> _Alarm:
-        """Shut ``fd``'s connection down at ``deadline`` unless :meth:`disarm` comes first."""
-        alarm = _Alarm(deadline, fd)
-        with self._lock:
-            if not self._running:
-                self._start(self._run, ())
-                self._running = True
-            heapq.heappush(self._heap, alarm)
-            first = self._heap[0] is alarm
-        if first:
-            self._poke()
-        return alarm
-
-    def disarm(self, alarm: _Alarm) -> bool:
-        """Cancel ``alarm``; ``True`` if it fired already (the socket is shut down)."""
-        with self._lock:
-            if alarm.state == _FIRED:
-                return True
-            alarm.state = _CANCELLED
-            self._cancelled += 1
-            if self._cancelled > 64 and 2 * self._cancelled > len(self._heap):
-                self._heap = [a for a in self._heap if a.state == _ARMED]
-                heapq.heapify(self._heap)
-                self._cancelled = 0
-        return False
-
-    def _poke(self) -> None:
-        try:
-            self._wake.release()
-        except RuntimeError:  # already released: the thread will look at the heap anyway
-            pass
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                heap = self._heap
-                now = monotonic()
-                while heap and (heap[0].state != _ARMED or heap[0].deadline <= now):
-                    alarm = heapq.heappop(heap)
-                    if alarm.state == _CANCELLED:
-                        self._cancelled -= 1
-                        continue
-                    alarm.state = _FIRED  # under the lock: the pinger sees it on disarm
-                    _shut_down(alarm.fd)
-                wait = heap[0].deadline - now if heap else -1.0
-            self._wake.acquire(True, min(wait, 3600.0) if wait >= 0 else 3600.0)
-
-
-_WATCHDOG = _Watchdog()
-if hasattr(os, "register_at_fork"):
-    # The thread does not survive a fork, and its lock may have been held at that moment.
-    os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
 
 # ---------------------------------------------------------------------------- settings
@@ -615,23 +487,13 @@ class Psycopg2Driver(_PostgresDriver):
         """One ``SELECT 1`` round trip (in autocommit mode, so no ``BEGIN``/``ROLLBACK``,
         unless non-default session characteristics make switching it cost round trips).
 
-        psycopg2 blocks inside libpq, so the deadline is kept by a shared watchdog thread
-        that shuts the socket down after ``timeout`` seconds: the blocked read then returns
-        and this raises :class:`PingTimeout`; the connection is unusable afterwards and
-        closes without blocking. Raises the driver's error for a dead connection.
+        psycopg2 blocks inside libpq, so the deadline is kept by :func:`bounded_call`'s
+        shared watchdog thread, which shuts the socket down after ``timeout`` seconds: the
+        blocked read then returns and this raises :class:`PingTimeout`; the connection is
+        unusable afterwards and closes without blocking. Raises the driver's error for a dead
+        connection (a closed one is pinged without a bound: it fails at once).
         """
-        alarm = _WATCHDOG.arm(raw.fileno(), monotonic() + timeout)
-        try:
-            _ping_psycopg2(raw)
-        except Exception as error:
-            if _WATCHDOG.disarm(alarm):
-                raise _timed_out(timeout) from error
-            raise
-        except BaseException:
-            _WATCHDOG.disarm(alarm)
-            raise
-        if _WATCHDOG.disarm(alarm):  # answered just as the socket was being shut down
-            raise _timed_out(timeout)
+        bounded_call(cls.socket_fd(raw), timeout, lambda: _ping_psycopg2(raw))
 
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
