@@ -11,15 +11,17 @@ import json
 import os
 import statistics
 import time
-from typing import Any
+from http.client import HTTPMessage
+from typing import IO, Any
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit, urlunsplit
-from urllib.request import Request, urlopen
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.request import HTTPRedirectHandler, Request, build_opener
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from flask_dbpool.drivers import connection_rejected, driver_for_connection
 from flask_dbpool.errors import PoolError, one_line
 from flask_dbpool.flask.dashboard import dashboard_data
 from flask_dbpool.flask.extension import CONFIG_PREFIX, DBPool
@@ -81,6 +83,51 @@ def _without_query(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` of ``url``, lower case, with the scheme's default port."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: matches nothing
+        port = -1
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _same_origin(first: str, second: str) -> bool:
+    """Whether two URLs share scheme, host and port (so https -> http is another origin)."""
+    return _origin(first) == _origin(second)
+
+
+class _TokenRedirects(HTTPRedirectHandler):
+    """Follows redirects, sending the bearer token only back to the origin it was given for.
+
+    urllib copies a request's headers onto the redirected request, whatever the new host or
+    scheme; the token is therefore kept out of them (an unredirected header) and added again
+    only when the new URL has the original scheme, host and port.
+    """
+
+    def __init__(self, origin: str, token: str | None) -> None:
+        self._origin = origin
+        self._token = token
+
+    def redirect_request(
+        self,
+        req: Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and self._token and _same_origin(self._origin, new.full_url):
+            new.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        return new
+
+
 def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dict[str, Any]:
     shown = _without_query(source)
     parts = urlsplit(source)
@@ -91,12 +138,19 @@ def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dic
     path = parts.path.rstrip("/")
     if not path.endswith("/data"):
         path += "/data"
-    url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    # A ?token= in the URL goes in the Authorization header: request lines land in logs.
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    url_tokens = [value for key, value in query if key == "token"]
+    if url_tokens:
+        token = url_tokens[-1]
+        query = [(key, value) for key, value in query if key != "token"]
+    url = urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
     request = Request(url, headers={"Accept": "application/json"})
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
+    opener = build_opener(_TokenRedirects(url, token))
     try:
-        with urlopen(request, timeout=timeout) as response:  # (scheme checked above)
+        with opener.open(request, timeout=timeout) as response:  # (scheme checked above)
             body = response.read()
     except HTTPError as error:
         error.close()  # (it holds the response)
@@ -228,30 +282,43 @@ def _distribution(histogram: dict[str, Any]) -> str:
 
 @dbpool_cli.command("check")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for a connection.")
-@click.option("--count", default=3, show_default=True, help="Round trips to time.")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Round trips to time (at least 1).",
+)
 def check(timeout: float, count: int) -> None:
     """Connect, ping and report the server version and round-trip latency.
 
-    Exits with status 1, printing the cause, when the database cannot be reached.
+    Exits with status 1, printing the cause, when the database cannot be reached or rejects
+    the login (wrong password, unknown database or role: the line then says "rejected").
     """
     pool = _pool()
     started = time.perf_counter()
     try:
         with pool.connection(timeout=timeout) as conn:
             connected = time.perf_counter() - started
-            entry = conn._entry
-            assert entry is not None
-            version = entry.driver.server_version(entry.raw)
+            raw = conn.driver_connection
+            driver = driver_for_connection(raw)
+            version = driver.server_version(raw)
             trips = []
-            for _ in range(max(1, count)):
+            for _ in range(count):
                 begin = time.perf_counter()
-                entry.driver.ping(entry.raw, timeout)
+                driver.ping(raw, timeout)
                 trips.append((time.perf_counter() - begin) * 1000)
     except Exception as error:
         cause = error.__cause__ if isinstance(error, PoolError) and error.__cause__ else None
-        click.echo(f"FAILED: {pool.target}: {one_line(error)}", err=True)
-        if cause is not None:
-            click.echo(f"cause: {one_line(cause)}", err=True)
+        if connection_rejected(error):
+            click.echo(f"FAILED: {pool.target}: rejected: {one_line(error)}", err=True)
+        elif cause is not None and connection_rejected(cause):
+            # (a pool that retried the rejection until the timeout: the cause is what counts)
+            click.echo(f"FAILED: {pool.target}: rejected: {one_line(cause)}", err=True)
+        else:
+            click.echo(f"FAILED: {pool.target}: {one_line(error)}", err=True)
+            if cause is not None:
+                click.echo(f"cause: {one_line(cause)}", err=True)
         raise SystemExit(1) from None
     click.echo(f"OK: {pool.target}")
     click.echo(
@@ -309,10 +376,10 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
             workers, source = 1, "default; set --workers or WEB_CONCURRENCY"
     try:
         with pool.connection(timeout=timeout) as conn:
-            entry = conn._entry
-            assert entry is not None
-            limits = entry.driver.server_limits(entry.raw)
-            version = entry.driver.server_version(entry.raw)
+            raw = conn.driver_connection
+            driver = driver_for_connection(raw)
+            limits = driver.server_limits(raw)
+            version = driver.server_version(raw)
     except Exception as error:
         click.echo(f"cannot reach {pool.target}: {one_line(error)}", err=True)
         if error.__cause__ is not None:

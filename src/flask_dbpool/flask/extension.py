@@ -9,13 +9,20 @@ returned at teardown.
 from __future__ import annotations
 
 import os
+import sys
 from time import perf_counter
+from types import FrameType
 
 from flask import Flask, Response, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
 from flask_dbpool.errors import ConfigError, PoolError, PoolTimeout
-from flask_dbpool.flask.endpoints import EndpointTimes, EndpointTimesSnapshot, endpoint_label
+from flask_dbpool.flask.endpoints import (
+    UNMATCHED,
+    EndpointTimes,
+    EndpointTimesSnapshot,
+    endpoint_label,
+)
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
 
@@ -26,6 +33,7 @@ EXTENSION_KEY = "dbpool"
 _G_KEY = "_flask_dbpool_connection"
 _G_CHECKOUT = "_flask_dbpool_checkout"  # (endpoint, perf_counter at checkout)
 ENDPOINTS_KEY = "dbpool.endpoints"
+_CLI_GROUP = "dbpool"  # the name of flask_dbpool.flask.cli.dbpool_cli
 _EXTENSION_KEYS = frozenset(
     {"url", "metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"}
 )
@@ -46,9 +54,9 @@ class DBPool:
     ``DBPOOL_NAME`` (default: the app's name), ``DBPOOL_RESET_ON_RETURN``, ``DBPOOL_LIFO``,
     and every other :class:`~flask_dbpool.config.PoolConfig` option as ``DBPOOL_<OPTION>``
     (``DBPOOL_PRE_PING``, ``DBPOOL_MAX_LIFETIME``, ``DBPOOL_LEAK_THRESHOLD`` …).
-    ``DBPOOL_DESCRIBE_CALLER`` defaults to :func:`describe_request`. ``DBPOOL_METRICS_ENDPOINT``
-    (a path such as ``"/metrics"``, default off) serves the pool's Prometheus metrics there
-    (needs the ``prometheus`` extra).
+    ``DBPOOL_DESCRIBE_CALLER`` defaults to :func:`describe_request` (method and route rule).
+    ``DBPOOL_METRICS_ENDPOINT`` (a path such as ``"/metrics"``, default off) serves the pool's
+    Prometheus metrics there (needs the ``prometheus`` extra).
     An unknown ``DBPOOL_*`` key is an error, with a did-you-mean suggestion.
     """
 
@@ -61,7 +69,10 @@ class DBPool:
 
         Raises :class:`~flask_dbpool.ConfigError` naming the config key for a missing
         ``DBPOOL_URL``, an unknown ``DBPOOL_*`` key or an invalid value, and if ``app`` was
-        already initialised.
+        already initialised. With ``DBPOOL_OPEN_TIMEOUT`` set, waits for a first connection
+        and raises :class:`~flask_dbpool.PoolTimeout` if none opens in time, except when the
+        ``flask`` command loads the app for ``flask dbpool …``: those commands report an
+        unreachable database themselves.
         """
         if EXTENSION_KEY in app.extensions:
             raise ConfigError(f"flask-dbpool is already initialised on app {app.name!r}")
@@ -107,6 +118,11 @@ class DBPool:
         settings.setdefault("describe_caller", describe_request)
         # Validate first so that errors name the DBPOOL_* key, then build from the same values.
         PoolConfig.from_options(settings, label=_config_key)
+        if settings.get("open_timeout") is not None and _loading_for_dbpool_cli():
+            # `flask dbpool check|doctor|status` must run with the database down: they
+            # connect with their own --timeout and report a failure themselves. Serving, and
+            # every other command, still fails fast.
+            settings["open_timeout"] = None
         pool = Pool(url, **settings)
         if metrics_endpoint is not None:
             try:
@@ -227,12 +243,40 @@ def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
     app.add_url_rule(path, endpoint="dbpool_metrics", view_func=dbpool_metrics)
 
 
+def _loading_for_dbpool_cli() -> bool:
+    """Whether the ``flask`` command is loading the app to look up its ``dbpool`` group.
+
+    The ``flask`` command (:class:`flask.cli.FlaskGroup`) loads the app inside
+    ``FlaskGroup.get_command(ctx, name)`` to find an app command by name, and sets
+    ``FLASK_RUN_FROM_CLI``. Anything else (a WSGI server importing the app, ``flask run``,
+    ``flask shell``, other app commands) answers ``False``, as does a Flask whose
+    ``get_command`` is not found on the stack: ``open_timeout`` then applies as usual.
+    """
+    if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
+        return False
+    from flask.cli import FlaskGroup
+
+    code = FlaskGroup.get_command.__code__
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return frame.f_locals.get("name") == _CLI_GROUP
+        frame = frame.f_back
+    return False
+
+
 def describe_request() -> str | None:
-    """``"GET /orders"`` inside a request, ``None`` elsewhere: recorded with each checkout
-    when ``DBPOOL_LEAK_THRESHOLD`` is set, so leak reports name the request."""
+    """``"GET /reset/<token>"`` inside a request, ``None`` elsewhere: recorded with each
+    checkout when ``DBPOOL_LEAK_THRESHOLD`` is set, so leak reports name the request.
+
+    The method and the matched route's rule, never the raw path: paths carry secrets (reset
+    tokens, signed links) and personal data, and these strings reach logs, ``/data`` and
+    ``flask dbpool status``. A request that matched no route gives ``"GET <unmatched>"``.
+    """
     if not has_request_context():
         return None
-    return f"{request.method} {request.path}"
+    rule = request.url_rule
+    return f"{request.method} {rule.rule if rule is not None else UNMATCHED}"
 
 
 def _return_connection(exc: BaseException | None) -> None:

@@ -2,10 +2,11 @@
 
 Off by default. ``DBPOOL_DASHBOARD = True`` mounts it at ``DBPOOL_DASHBOARD_PATH`` (default
 ``/_dbpool``). A request is served only if it comes straight from loopback (not through a
-proxy: a request carrying ``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP`` or
-``X-Forwarded-Host`` is not considered local) or carries ``DBPOOL_DASHBOARD_TOKEN``
-(``Authorization: Bearer <token>`` or ``?token=``). Its static script and stylesheet are
-served to anyone (they hold no data).
+proxy: a request carrying any header a proxy adds, such as ``Via``, ``Forwarded``,
+``X-Forwarded-*`` or ``X-Real-IP``, see :func:`is_proxied`, is not considered local) or
+carries ``DBPOOL_DASHBOARD_TOKEN`` (``Authorization: Bearer <token>``, or ``?token=`` to open
+the page: its script then moves the token into that header and out of the address bar). Its
+static script and stylesheet are served to anyone (they hold no data).
 Passwords never appear: the pool's target is the redacted URL.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Iterable
 from importlib.resources import files
 from typing import Any
 
@@ -21,20 +23,69 @@ from flask import Blueprint, Flask, Response, abort, current_app, jsonify, reque
 from flask_dbpool.flask.endpoints import EndpointTimes
 from flask_dbpool.pool import Pool
 
-__all__ = ["LOOPBACK", "PROXY_HEADERS", "register_dashboard"]
+__all__ = [
+    "LOOPBACK",
+    "PROXY_HEADERS",
+    "PROXY_HEADER_PREFIXES",
+    "is_proxied",
+    "register_dashboard",
+]
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 _ASSETS = files(__package__) / "static"
 _CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 
-#: Headers a reverse proxy adds: a request carrying any of them is not treated as local.
-PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
+#: Headers a reverse proxy or CDN adds: a request carrying any of them is not treated as
+#: local. Generous on purpose: a same-host proxy that adds only one of them (``Via``,
+#: ``X-Forwarded-Proto``) must not make every request look like loopback.
+PROXY_HEADERS = (
+    "Forwarded",
+    "Via",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Scheme",
+    "X-Original-Forwarded-For",
+    "X-Original-Host",
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Real-IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-ProxyUser-Ip",
+    "X-Envoy-External-Address",
+    "X-Azure-ClientIP",
+    "X-Appengine-User-IP",
+    "X-Url-Scheme",
+    "X-Scheme",
+    "Front-End-Https",
+    "Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "Fastly-Client-IP",
+)
+#: Header name prefixes (lower case) that also mark a proxied request: the ``X-Forwarded-*``
+#: and ``X-Original-*`` families have more members than any list.
+PROXY_HEADER_PREFIXES = ("x-forwarded-", "x-original-", "x-real-")
+_PROXY_NAMES = frozenset(name.lower() for name in PROXY_HEADERS)
+
+
+def is_proxied(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether any of ``headers`` (name, value pairs) is one a proxy adds (any case)."""
+    for name, _ in headers:
+        lower = name.lower()
+        if lower in _PROXY_NAMES or lower.startswith(PROXY_HEADER_PREFIXES):
+            return True
+    return False
 
 
 def _allowed(token: str | None) -> bool:
-    proxied = any(name in request.headers for name in PROXY_HEADERS)
-    if request.remote_addr in LOOPBACK and not proxied:
+    if request.remote_addr in LOOPBACK and not is_proxied(request.headers.items()):
         return True
     if not token:
         return False
@@ -96,12 +147,18 @@ def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> 
 
     @blueprint.get("/")
     def page() -> Response:
-        return _asset("dashboard.html")
+        response = _asset("dashboard.html")
+        # Opened as ?token=…: the browser must not pass that URL on as the Referer of the
+        # page's own asset requests (access logs record it), nor to any link followed.
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     @blueprint.get("/data")
     def data() -> Response:
         endpoints = current_app.extensions.get(ENDPOINTS_KEY)
-        return jsonify(dashboard_data(pool, endpoints))
+        response = jsonify(dashboard_data(pool, endpoints))
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @blueprint.get("/static/<name>")
     def asset(name: str) -> Response:

@@ -1,9 +1,19 @@
 // flask-dbpool dashboard: polls ./data every second; no external assets.
 (function () {
   "use strict";
-  const token = new URLSearchParams(location.search).get("token");
-  const dataUrl = "data" + (token ? "?token=" + encodeURIComponent(token) : "");
-  const history = [];  // {t, idle, in_use, waiting}
+  // A page opened as ?token=…: keep the token in memory only, take it out of the address
+  // bar (so out of bookmarks and the browser's list of visited pages too), and send it in
+  // the Authorization header of each poll: URLs land in access logs, headers do not.
+  const query = new URLSearchParams(location.search);
+  const token = query.get("token");
+  if (token !== null) {
+    query.delete("token");
+    const rest = query.toString();
+    window.history.replaceState(
+      window.history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
+  const pollHeaders = token ? { Authorization: "Bearer " + token } : {};
+  const points = [];  // {t, idle, in_use, waiting}
   const HISTORY_SECONDS = 300;
   const $ = (id) => document.getElementById(id);
   const fmt = (s) => s >= 1 ? s.toFixed(2) + " s" : (s * 1000).toFixed(1) + " ms";
@@ -24,18 +34,18 @@
   }
 
   function series(s, now) {
-    history.push({ t: now, idle: s.idle, in_use: s.in_use, waiting: s.waiting });
-    while (history.length && history[0].t < now - HISTORY_SECONDS) history.shift();
+    points.push({ t: now, idle: s.idle, in_use: s.in_use, waiting: s.waiting });
+    while (points.length && points[0].t < now - HISTORY_SECONDS) points.shift();
     const canvas = $("series"), ctx = canvas.getContext("2d");
     const w = canvas.width, h = canvas.height, pad = 24;
     ctx.clearRect(0, 0, w, h);
-    const top = Math.max(1, s.pool_size + s.max_overflow, ...history.map((p) => p.waiting));
+    const top = Math.max(1, s.pool_size + s.max_overflow, ...points.map((p) => p.waiting));
     ctx.fillStyle = "#777"; ctx.font = "11px sans-serif";
     ctx.fillText(String(top), 2, pad - 8); ctx.fillText("0", 2, h - 4);
     const colors = { idle: "#10b981", in_use: "#3b82f6", waiting: "#ef4444" };
     for (const key of Object.keys(colors)) {
       ctx.strokeStyle = colors[key]; ctx.lineWidth = 2; ctx.beginPath();
-      history.forEach((p, i) => {
+      points.forEach((p, i) => {
         const x = pad + (w - pad - 4) * (1 - (now - p.t) / HISTORY_SECONDS);
         const y = h - 4 - (h - pad) * (p[key] / top);
         if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
@@ -101,7 +111,7 @@
 
   async function refresh() {
     try {
-      const response = await fetch(dataUrl, { cache: "no-store" });
+      const response = await fetch("data", { cache: "no-store", headers: pollHeaders });
       if (!response.ok) throw new Error("HTTP " + response.status);
       const data = await response.json();
       text($("pool"), data.pool); text($("target"), data.target);
