@@ -486,3 +486,20 @@ def test_item8_check_says_rejected(postgres_url: str, make_app: MakeApp) -> None
         "FAILED: postgresql://postgres@127.0.0.1:5432/nosuchdb_flask_dbpool: rejected: "
     ), first
     assert "nosuchdb_flask_dbpool" in first.split("rejected: ", 1)[1]
+
+
+@pytest.mark.xfail(
+    not _rejection_classified(),
+    reason="needs the driver classification of rejected logins "
+    "(flask_dbpool.drivers.connection_rejected), being implemented in the drivers",
+    strict=False,
+)
+def test_item8_doctor_says_rejected(postgres_url: str, make_app: MakeApp) -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/nosuchdb_flask_dbpool"
+    app = make_app(url)
+    result = app.test_cli_runner().invoke(args=["dbpool", "doctor", "--timeout", "20"])
+    assert result.exit_code == 2, result.output
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(
+        "cannot reach postgresql://postgres@127.0.0.1:5432/nosuchdb_flask_dbpool: rejected: "
+    ), first

@@ -280,6 +280,21 @@ def _distribution(histogram: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _echo_failure(head: str, error: Exception) -> None:
+    """``<head>: rejected: <error>`` when the server refused the login (wrong password,
+    unknown database or role), else ``<head>: <error>`` and its cause, on stderr."""
+    cause = error.__cause__ if isinstance(error, PoolError) and error.__cause__ else None
+    if connection_rejected(error):
+        click.echo(f"{head}: rejected: {one_line(error)}", err=True)
+    elif cause is not None and connection_rejected(cause):
+        # (a pool that retried the rejection until the timeout: the cause is what counts)
+        click.echo(f"{head}: rejected: {one_line(cause)}", err=True)
+    else:
+        click.echo(f"{head}: {one_line(error)}", err=True)
+        if cause is not None:
+            click.echo(f"cause: {one_line(cause)}", err=True)
+
+
 @dbpool_cli.command("check")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for a connection.")
 @click.option(
@@ -309,16 +324,7 @@ def check(timeout: float, count: int) -> None:
                 driver.ping(raw, timeout)
                 trips.append((time.perf_counter() - begin) * 1000)
     except Exception as error:
-        cause = error.__cause__ if isinstance(error, PoolError) and error.__cause__ else None
-        if connection_rejected(error):
-            click.echo(f"FAILED: {pool.target}: rejected: {one_line(error)}", err=True)
-        elif cause is not None and connection_rejected(cause):
-            # (a pool that retried the rejection until the timeout: the cause is what counts)
-            click.echo(f"FAILED: {pool.target}: rejected: {one_line(cause)}", err=True)
-        else:
-            click.echo(f"FAILED: {pool.target}: {one_line(error)}", err=True)
-            if cause is not None:
-                click.echo(f"cause: {one_line(cause)}", err=True)
+        _echo_failure(f"FAILED: {pool.target}", error)
         raise SystemExit(1) from None
     click.echo(f"OK: {pool.target}")
     click.echo(
@@ -355,7 +361,7 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
     """Check that every worker's pool fits in the server's max_connections.
 
     Exits with status 1 when it does not (with a suggestion), 2 when the database cannot be
-    reached.
+    reached or rejects the login.
     """
     pool = _pool()
     source = "--workers"
@@ -381,9 +387,7 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
             limits = driver.server_limits(raw)
             version = driver.server_version(raw)
     except Exception as error:
-        click.echo(f"cannot reach {pool.target}: {one_line(error)}", err=True)
-        if error.__cause__ is not None:
-            click.echo(f"cause: {one_line(error.__cause__)}", err=True)
+        _echo_failure(f"cannot reach {pool.target}", error)
         raise SystemExit(2) from None
     config = pool.config
     click.echo(f"server: {version} ({pool.target})")
