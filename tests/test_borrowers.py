@@ -302,3 +302,61 @@ def test_item7_pre_ping_on_a_frozen_path_keeps_the_callers_timeout(
         relay.thaw()
         with pool.connection(timeout=10) as conn:  # and it heals once the path is back
             assert query(conn, "SELECT 1") == [(1,)]
+
+
+def test_item15_a_slow_reset_on_return_is_not_reported_as_a_leak(
+    sqlite_url: str, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The holder gave the connection back under the threshold; the reset after it (here a
+    slow on_checkin) must not be reported as the holder's leak."""
+    pool = make_pool(sqlite_url, leak_threshold=0.3, on_checkin=lambda raw: time.sleep(0.6))
+    caplog.set_level(logging.WARNING, logger="flask_dbpool.leaks")
+    conn = pool.acquire()
+    time.sleep(0.1)
+    pool.release(conn)
+    time.sleep(0.3)  # maintenance had the chance to look (it runs at lent_at + threshold)
+    assert pool.stats().leaks_detected == 0
+    assert "possible leak" not in caplog.text
+
+
+def test_item15_an_interrupted_leak_return_log_loses_no_connection(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    """The log line is written once the connection is back: a handler interrupted there
+    (KeyboardInterrupt, gevent.Timeout) cannot leave the connection unaccounted for."""
+
+    class Interrupting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "came back" in record.getMessage():
+                raise KeyboardInterrupt
+
+    handler = Interrupting()
+    leaks_logger = logging.getLogger("flask_dbpool.leaks")
+    leaks_logger.addHandler(handler)
+    try:
+        pool = make_pool(sqlite_url, pool_size=1, max_overflow=0, leak_threshold=0.1)
+        conn = pool.acquire()
+        wait_until(lambda: pool.stats().leaks_detected == 1, what="the leak warning")
+        with pytest.raises(KeyboardInterrupt):
+            pool.release(conn)
+    finally:
+        leaks_logger.removeHandler(handler)
+    s = pool.stats()
+    assert (s.open, s.idle, s.in_use) == (1, 1, 0), s
+    with pool.connection(timeout=1):
+        pass
+    assert pool.stats().closed == 0
+
+
+def test_item5_watched_method_wrapper_is_reused(postgres_url: str, make_pool: MakePool) -> None:
+    """``cursor`` is watched (a named WITH HOLD cursor must be closed on return); its wrapper
+    is built once per connection, not on every ``conn.cursor`` read."""
+    pool = make_pool(postgres_url, pool_size=1, max_overflow=0)
+    with pool.connection() as conn:
+        first = conn.cursor
+        assert conn.cursor is first
+        conn.cursor().close()
+    with pool.connection() as conn:
+        assert conn.cursor is first  # the same connection, the same wrapper
+        conn.cursor("named").close()  # a named cursor marks the checkout...
+        assert conn.cursor is not first  # ...and the next read wraps anew

@@ -54,6 +54,7 @@ class Entry:
         "tx_state",
         "used_at",
         "warned_for",
+        "watch_cache",
         "watched",
     )
 
@@ -102,9 +103,29 @@ class Entry:
         self.settings_changed = False
         self.watched: frozenset[str] = driver.watched_names
         """Attribute names whose reads through a handle go to ``driver.watch``."""
+        # Wrappers ``driver.watch`` returned, reused for later reads (``cursor`` is read on
+        # nearly every use: building a wrapper each time would cost a closure and a bound
+        # method per call).
+        self.watch_cache: dict[str, Any] = {}
+
+    def watched_value(self, name: str) -> Any:
+        """What a borrower reading the watched attribute ``name`` gets (see
+        :meth:`Driver.watch`). A wrapper the driver returns instead of the attribute itself
+        is kept for later reads of this connection, so it must call ``changed`` itself."""
+        cached = self.watch_cache.get(name)
+        if cached is not None:
+            return cached
+        value = getattr(self.raw, name)
+        shown = self.driver.watch(name, value, self.mark_changed)
+        if shown is not value:
+            self.watch_cache[name] = shown
+        return shown
 
     def mark_changed(self) -> None:
         """A borrower may have changed client-side settings: restore them on return (the
         return takes the slow path)."""
         self.settings_changed = True
         self.tx_state = slow_return
+        if self.watch_cache:
+            # An attribute may have been replaced through the handle: wrap it anew.
+            self.watch_cache.clear()

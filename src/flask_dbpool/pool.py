@@ -758,7 +758,7 @@ class Pool:
             return f"<describe_caller failed: {error!r}>"
 
     def _ping_failed(self, conn: PooledConnection, error: Exception) -> None:
-        entry = self._claim(conn)
+        entry, _ = self._claim(conn)
         with self._lock:
             self._health.pings_failed += 1
         self._discard(
@@ -1079,14 +1079,18 @@ class Pool:
             self._open += 1
             self._hand_off(NEW_SLOT)
 
-    def _check_in(self, entry: Entry, *, checked: bool = False) -> None:
+    def _check_in(self, entry: Entry, *, checked: bool = False, fast: bool = False) -> None:
         """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it.
 
-        ``checked``: the entry comes back from a maintenance check.
+        ``checked``: the entry comes back from a maintenance check. ``fast``: its next return
+        may take the fast path again (decided under the lock, where maintenance marks entries
+        to retire).
         """
         with self._lock:
             if checked:
                 self._checking.discard(entry)
+            if fast:
+                self._restore_tx_state(entry)
             if self._waiters and self._open <= self._max_open:
                 self._hand_off(entry)
                 return
@@ -1141,8 +1145,12 @@ class Pool:
             self._keep = self.config.pool_size
             self._fill_waiters_locked()
 
-    def _claim(self, conn: PooledConnection) -> Entry:
-        """Take the entry out of ``conn`` under the lock, so that only one release wins."""
+    def _claim(self, conn: PooledConnection) -> tuple[Entry, bool]:
+        """Take the entry out of ``conn`` under the lock, so that only one release wins.
+
+        Also returns whether a leak warning was logged for this checkout. From here on, no
+        new one is: a slow reset on return is not the holder's doing.
+        """
         if conn.__class__ is not PooledConnection:
             raise self._foreign(conn)
         with self._lock:
@@ -1152,14 +1160,19 @@ class Pool:
             if entry.pool is not self:
                 raise self._foreign(conn)
             set_entry(conn, None)
-            return entry
+            reported = entry.warned_for == entry.lent_at
+            entry.warned_for = entry.lent_at
+            return entry, reported
 
     def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
-        entry = self._claim(conn)
+        entry, reported = self._claim(conn)
         held = _now() - entry.lent_at
+        self._reset_and_check_in(entry, exc)
+        # After the connection is safe (checked in or discarded): an observer or a log
+        # handler interrupted here can lose nothing.
         if self._track_use:  # (returns with an exception come here directly)
             self._record_use(held)
-        if entry.warned_for == entry.lent_at:
+        if reported:
             # It was reported as a possible leak: say how it ended, so that a slow request
             # and a real leak can be told apart.
             leak_logger.warning(
@@ -1170,6 +1183,9 @@ class Pool:
                 entry.thread_name,
                 held,
             )
+
+    def _reset_and_check_in(self, entry: Entry, exc: BaseException | None) -> None:
+        """Reset a claimed entry and put it back, or discard it if that fails."""
         try:
             driver = entry.driver
             if self.config.on_checkin is not None:
@@ -1212,8 +1228,7 @@ class Pool:
         if entry.checked_at < self._health.disconnect_at:
             self._send_to_check(entry)  # lent across a disconnect: maintenance pings it
         else:
-            self._restore_tx_state(entry)
-            self._check_in(entry)
+            self._check_in(entry, fast=True)
 
     def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
         """``close()`` / ``__exit__``: return ``conn``; a handle already returned is fine."""
@@ -1227,7 +1242,7 @@ class Pool:
                 raise
 
     def _invalidate(self, conn: PooledConnection) -> None:
-        entry = self._claim(conn)
+        entry, _ = self._claim(conn)
         self._discard(entry, "invalidate() was called", "invalidated")
 
     def _discard(

@@ -53,10 +53,9 @@ class PooledConnection:
             if name == "closed":
                 return True  # psycopg-style `if not conn.closed: conn.close()` keeps working
             raise PoolError(_RETURNED)
-        value = getattr(entry.raw, name)
         if name in entry.watched:  # e.g. PyMySQL's autocommit(): may change a setting
-            return entry.driver.watch(name, value, entry.mark_changed)
-        return value
+            return entry.watched_value(name)
+        return getattr(entry.raw, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         entry = self._entry

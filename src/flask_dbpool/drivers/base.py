@@ -189,7 +189,12 @@ class Driver:
     def watch(cls, name: str, value: Any, changed: Callable[[], None]) -> Any:
         """A borrower reads ``name`` (one of :attr:`watched_names`) through its handle:
         return what it gets (``value``, or a wrapper of it), and call ``changed()`` (now, or
-        later from the wrapper) if the borrower may change session settings with it."""
+        later from the wrapper) if the borrower may change session settings with it.
+
+        A wrapper (anything but ``value`` itself) is kept by the connection's entry and
+        returned for later reads of ``name``, in later checkouts too, without calling this
+        again: it must call ``changed()`` itself each time it is used in a way that changes
+        settings. Returning ``value`` itself means this is called on every read."""
         changed()
         return value
 
