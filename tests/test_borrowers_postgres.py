@@ -671,18 +671,7 @@ def test_item12_unknown_libpq_option_message_has_no_trailing_newline(
 # ---------------------------------------------------------------------- item 5 (pool)
 
 
-@pytest.fixture
-def pool_restores_settings() -> None:
-    """These go through the pool's part of item 5 (save on connect, restore on return)."""
-    from flask_dbpool.entry import Entry
-
-    if not hasattr(Entry, "mark_changed"):
-        pytest.skip("this Pool does not restore client-side settings yet (issue 17 item 5)")
-
-
-def test_item5_psycopg_settings_restored_through_pool(
-    pg3: PG, pool_restores_settings: None
-) -> None:
+def test_item5_psycopg_settings_restored_through_pool(pg3: PG) -> None:
     import psycopg
     from psycopg.rows import dict_row
 
@@ -708,9 +697,7 @@ def test_item5_psycopg_settings_restored_through_pool(
         assert heard == []
 
 
-def test_item5_psycopg2_settings_restored_through_pool(
-    pg2: PG, pool_restores_settings: None
-) -> None:
+def test_item5_psycopg2_settings_restored_through_pool(pg2: PG) -> None:
     from collections import deque
 
     import psycopg2.extensions
@@ -736,9 +723,7 @@ def test_item5_psycopg2_settings_restored_through_pool(
             assert conn.autocommit is False
 
 
-def test_item5_with_hold_cursor_same_code_twice_through_pool(
-    pg: PG, pool_restores_settings: None
-) -> None:
+def test_item5_with_hold_cursor_same_code_twice_through_pool(pg: PG) -> None:
     """The same function on two checkouts: a WITH HOLD cursor it leaves open made the second
     run fail with DuplicateCursor."""
     cursors: list[Any] = []
@@ -754,9 +739,7 @@ def test_item5_with_hold_cursor_same_code_twice_through_pool(
                 cur.close()
 
 
-def test_item5_on_connect_settings_are_what_is_restored(
-    pg: PG, pool_restores_settings: None
-) -> None:
+def test_item5_on_connect_settings_are_what_is_restored(pg: PG) -> None:
     def on_connect(raw: Any) -> None:
         raw.autocommit = True
 
