@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from traceback import StackSummary
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,9 @@ class Entry:
     """
 
     __slots__ = (
+        "__weakref__",
         "caller",
+        "changed_callback",
         "checked_at",
         "created",
         "driver",
@@ -107,6 +110,10 @@ class Entry:
         # nearly every use: building a wrapper each time would cost a closure and a bound
         # method per call).
         self.watch_cache: dict[str, Any] = {}
+        # What cached wrappers call: it must not hold the entry strongly, or the entry would
+        # keep itself alive through its cache, and a dropped handle (detected through the
+        # entry's reference count, see leaks.find_orphans) would never be reclaimed.
+        self.changed_callback: Callable[[], None] = _weak_mark_changed(self)
 
     def watched_value(self, name: str) -> Any:
         """What a borrower reading the watched attribute ``name`` gets (see
@@ -116,7 +123,7 @@ class Entry:
         if cached is not None:
             return cached
         value = getattr(self.raw, name)
-        shown = self.driver.watch(name, value, self.mark_changed)
+        shown = self.driver.watch(name, value, self.changed_callback)
         if shown is not value:
             self.watch_cache[name] = shown
         return shown
@@ -129,3 +136,15 @@ class Entry:
         if self.watch_cache:
             # An attribute may have been replaced through the handle: wrap it anew.
             self.watch_cache.clear()
+
+
+def _weak_mark_changed(entry: Entry) -> Callable[[], None]:
+    """``entry.mark_changed`` through a weak reference."""
+    ref = weakref.ref(entry)
+
+    def changed() -> None:
+        target = ref()
+        if target is not None:
+            target.mark_changed()
+
+    return changed
