@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,60 @@ def test_hand_made_handle_is_refused_cleanly(sqlite_url: str) -> None:
 def test_mysql_timeout_options_must_be_positive(value: str) -> None:
     with pytest.raises(ConfigError, match="connect_timeout"):
         Pool(f"mysql://root@127.0.0.1/test?connect_timeout={value}")
+
+
+# ------------------------------------------------------------------ warm_up's own error
+
+
+def test_warm_up_raises_its_own_connect_error_when_another_connect_succeeds_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """warm_up() used to read the pool's last connection error after its attempt failed; a
+    concurrent successful connect clears it first, and warm_up failed with AssertionError
+    (or ``raise None``) instead of the driver's error (issue 10 item 8)."""
+    import sqlite3
+    import threading
+
+    path = str(tmp_path / "race.db")
+    calls = {"n": 0}
+    calls_lock = threading.Lock()
+
+    def connect() -> sqlite3.Connection:
+        with calls_lock:
+            calls["n"] += 1
+            first = calls["n"] == 1
+        if first:
+            raise sqlite3.OperationalError("first attempt refused")
+        return sqlite3.connect(path, check_same_thread=False)
+
+    other_connected = threading.Event()
+    pool = Pool(connect, pool_size=2)
+
+    def hold_failure_log(record: logging.LogRecord) -> bool:
+        """Holds warm_up's thread right after its failure was recorded (the pool logs it
+        there) until another caller has connected and cleared the pool's last error. A
+        logger filter, not a handler: handlers serialise emit() with a lock the other
+        caller's own log line would wait for."""
+        if "first attempt refused" in record.getMessage():
+            other_connected.wait(10)
+        return True
+
+    def other() -> None:
+        conn = pool.acquire(timeout=10)
+        other_connected.set()
+        pool.release(conn)
+
+    pool_logger = logging.getLogger("flask_dbpool.pool")
+    pool_logger.addFilter(hold_failure_log)
+    thread = threading.Thread(target=other)
+    try:
+        # Start the other caller once warm_up's attempt is under way: it waits for the
+        # back-off, then connects while warm_up is held in the log handler.
+        threading.Timer(0.05, thread.start).start()
+        with pytest.raises(sqlite3.OperationalError, match="first attempt refused"):
+            pool.warm_up()
+        thread.join(10)
+        assert other_connected.is_set()
+    finally:
+        pool_logger.removeFilter(hold_failure_log)
+        pool.close()
