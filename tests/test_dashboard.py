@@ -11,7 +11,8 @@ from flask import Flask
 
 from backends import Backend, query
 from flask_dbpool import ConfigError, DBPool
-from flask_dbpool.flask.dashboard import PROXY_HEADERS, dashboard_data
+from flask_dbpool.flask.dashboard import PROXY_HEADERS
+from flask_dbpool.report import pool_report
 
 TOKEN = "a-long-enough-secret-token"
 MakeApp = Callable[..., Flask]
@@ -76,7 +77,7 @@ def test_page_assets_and_data(backend: Backend, make_app: MakeApp) -> None:
     @plain.get("/invoices/<int:number>")
     def invoice(number: int) -> str:
         query(db.connection, "SELECT 1")
-        (row,) = dashboard_data(DBPool.get_pool(plain), None)["checkouts"]
+        (row,) = pool_report(DBPool.get_pool(plain))["checkouts"]
         return f"{row['label']}|{row['caller']}"
 
     assert plain.test_client().get("/invoices/42").get_data(as_text=True) == "invoice|None"

@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from backends import query, wait_until
 from flask_dbpool import DBPool, Pool
-from flask_dbpool.flask.dashboard import dashboard_data
+from flask_dbpool.report import pool_report
 
 TOKEN = "a-long-enough-secret-token"
 SECRET_PATH_PART = "SECRET-RESET-TOKEN-8d1f"
@@ -288,7 +288,7 @@ class _Recording:
         self.seen: list[tuple[str, str | None]] = []
         self.redirects: dict[str, str] = {}
         with Pool("sqlite:///:memory:", name="elsewhere") as pool:
-            body = json.dumps(dashboard_data(pool, None)).encode()
+            body = json.dumps(pool_report(pool)).encode()
         handler = type(
             "Handler", (_Recorder,), {"redirects": self.redirects, "seen": self.seen, "body": body}
         )

@@ -23,9 +23,8 @@ from flask.cli import AppGroup
 
 from flask_dbpool.drivers import connection_rejected, driver_for_connection
 from flask_dbpool.errors import PoolError, one_line
-from flask_dbpool.flask.dashboard import dashboard_data
-from flask_dbpool.flask.extension import CONFIG_PREFIX, DBPool
-from flask_dbpool.pool import Pool
+from flask_dbpool.flask.state import CONFIG_PREFIX, current_pool
+from flask_dbpool.report import pool_report
 from flask_dbpool.sizing import fleet_advice
 from flask_dbpool.stats import DURATION_BUCKETS, PoolStats
 
@@ -33,10 +32,6 @@ __all__ = ["dbpool_cli"]
 
 
 dbpool_cli = AppGroup("dbpool", help="Inspect and check the flask-dbpool connection pool.")
-
-
-def _pool() -> Pool:
-    return DBPool.get_pool(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -66,7 +61,7 @@ def status(source: str | None, token: str | None, timeout: float) -> None:
     pool of the server worker that answers. Exits with status 1 when --from fails.
     """
     if source is None:
-        data = dashboard_data(_pool(), None)
+        data = pool_report(current_pool())
         where = "this CLI process's pool; each server worker has its own: see --from"
     else:
         if token is None:
@@ -310,7 +305,7 @@ def check(timeout: float, count: int) -> None:
     Exits with status 1, printing the cause, when the database cannot be reached or rejects
     the login (wrong password, unknown database or role: the line then says "rejected").
     """
-    pool = _pool()
+    pool = current_pool()
     started = time.perf_counter()
     try:
         with pool.connection(timeout=timeout) as conn:
@@ -363,7 +358,7 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
     Exits with status 1 when it does not (with a suggestion), 2 when the database cannot be
     reached or rejects the login.
     """
-    pool = _pool()
+    pool = current_pool()
     source = "--workers"
     if workers is None:
         env = os.environ.get("WEB_CONCURRENCY")

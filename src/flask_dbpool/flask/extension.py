@@ -17,23 +17,28 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig, suggest_key
 from flask_dbpool.errors import ConfigError, PoolError, PoolTimeout
+from flask_dbpool.flask.cli import dbpool_cli
+from flask_dbpool.flask.dashboard import register_dashboard
 from flask_dbpool.flask.endpoints import (
     UNMATCHED,
     EndpointTimes,
     EndpointTimesSnapshot,
     endpoint_label,
 )
+from flask_dbpool.flask.state import (
+    CONFIG_PREFIX,
+    ENDPOINTS_KEY,
+    EXTENSION_KEY,
+    endpoint_histograms,
+    pool_of,
+)
 from flask_dbpool.pool import Pool
 from flask_dbpool.proxy import PooledConnection
 
 __all__ = ["CONFIG_PREFIX", "ENDPOINTS_KEY", "EXTENSION_KEY", "DBPool", "describe_request"]
 
-CONFIG_PREFIX = "DBPOOL_"
-EXTENSION_KEY = "dbpool"
 _G_KEY = "_flask_dbpool_connection"
 _G_CHECKOUT = "_flask_dbpool_checkout"  # (endpoint, perf_counter at checkout)
-ENDPOINTS_KEY = "dbpool.endpoints"
-_CLI_GROUP = "dbpool"  # the name of flask_dbpool.flask.cli.dbpool_cli
 _EXTENSION_KEYS = frozenset(
     {"url", "metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"}
 )
@@ -131,28 +136,17 @@ class DBPool:
                 pool.close()
                 raise
         if dashboard:
-            from flask_dbpool.flask.dashboard import register_dashboard
-
             register_dashboard(app, pool, dashboard_path, dashboard_token)
         app.extensions[EXTENSION_KEY] = pool
         app.extensions[ENDPOINTS_KEY] = EndpointTimes()
         app.teardown_appcontext(_return_connection)
-        from flask_dbpool.flask.cli import dbpool_cli  # imports this module
-
         if dbpool_cli.name not in app.cli.commands:
             app.cli.add_command(dbpool_cli)  # `flask dbpool status|check|doctor`
 
     @staticmethod
     def get_pool(app: Flask) -> Pool:
         """``app``'s pool. Raises ``RuntimeError`` if ``init_app(app)`` was not called."""
-        try:
-            pool: Pool = app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError(
-                f"flask-dbpool is not initialised on app {app.name!r}: call DBPool(app) or "
-                "db.init_app(app)"
-            ) from None
-        return pool
+        return pool_of(app)
 
     @property
     def pool(self) -> Pool:
@@ -225,15 +219,7 @@ def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
         # left out here (DBPool.endpoint_times(app) still has them in each worker).
     else:
         registry.register(collector)
-        registry.register(
-            EndpointCollector(
-                pool.name,
-                lambda: {
-                    name: (times.wait, times.hold)
-                    for name, times in DBPool.endpoint_times(app).items()
-                },
-            )
-        )
+        registry.register(EndpointCollector(pool.name, lambda: endpoint_histograms(app)))
 
     def dbpool_metrics() -> Response:
         if writer is not None:
@@ -260,7 +246,7 @@ def _loading_for_dbpool_cli() -> bool:
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is code:
-            return frame.f_locals.get("name") == _CLI_GROUP
+            return frame.f_locals.get("name") == dbpool_cli.name
         frame = frame.f_back
     return False
 

@@ -13,15 +13,14 @@ Passwords never appear: the pool's target is the redacted URL.
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Iterable
 from importlib.resources import files
-from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, abort, jsonify, request
 
-from flask_dbpool.flask.endpoints import EndpointTimes
+from flask_dbpool.flask.state import endpoint_histograms
 from flask_dbpool.pool import Pool
+from flask_dbpool.report import pool_report
 
 __all__ = [
     "LOOPBACK",
@@ -106,34 +105,8 @@ def _asset(name: str) -> Response:
     return response
 
 
-def dashboard_data(pool: Pool, endpoints: EndpointTimes | None) -> dict[str, Any]:
-    """What the page shows: stats, checkouts and per-endpoint times, ready for JSON."""
-    config = pool.config
-    return {
-        "pool": pool.name,
-        "target": pool.target,
-        "closed": pool.closed,
-        "time": time.time(),
-        "settings": {
-            "timeout": config.timeout,
-            "pre_ping": config.pre_ping,
-            "max_lifetime": config.max_lifetime,
-            "idle_timeout": config.idle_timeout,
-            "leak_threshold": config.leak_threshold,
-        },
-        "stats": pool.stats().as_dict(),
-        "checkouts": [checkout.as_dict() for checkout in pool.checkouts()],
-        "endpoints": {
-            name: {"wait": times.wait.as_dict(), "hold": times.hold.as_dict()}
-            for name, times in (endpoints.snapshot() if endpoints else {}).items()
-        },
-    }
-
-
 def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> None:
     """Mount the dashboard of ``pool`` on ``app`` at ``path``."""
-    from flask_dbpool.flask.extension import ENDPOINTS_KEY
-
     blueprint = Blueprint("dbpool_dashboard", __name__, url_prefix=path.rstrip("/"))
 
     @blueprint.before_request
@@ -155,8 +128,7 @@ def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> 
 
     @blueprint.get("/data")
     def data() -> Response:
-        endpoints = current_app.extensions.get(ENDPOINTS_KEY)
-        response = jsonify(dashboard_data(pool, endpoints))
+        response = jsonify(pool_report(pool, endpoint_histograms(app)))
         response.headers["Cache-Control"] = "no-store"
         return response
 
