@@ -342,8 +342,15 @@ class Pool:
         :class:`~flask_dbpool.PoolTimeout` when none became available (its message says what
         the pool was doing, who holds the connections and, while the database cannot be
         reached, the last connection error, also set as ``__cause__``),
-        :class:`~flask_dbpool.PoolClosed` if the pool is closed, and what ``on_connect`` or
-        ``on_checkout`` raised. Return the connection with :meth:`release` or its ``close()``.
+        :class:`~flask_dbpool.PoolClosed` if the pool is closed, the driver's error at once
+        if the server rejected the login (wrong credentials, unknown database …), and what
+        ``on_connect`` or ``on_checkout`` raised. Return the connection with :meth:`release`
+        or its ``close()``.
+
+        ``connection`` is the same method, named for ``with`` blocks:
+        ``with pool.connection() as conn:`` commits when the block ends normally and rolls
+        back when it raised (as the driver's own ``with conn:`` does), then returns the
+        connection; one the error shows to be broken is discarded.
         """
         if timeout is not None:
             _check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
@@ -370,14 +377,9 @@ class Pool:
             lock.release()
         return self._acquire_slow(timeout)
 
-    def connection(self, timeout: float | None = None) -> PooledConnection:
-        """Check out a connection for a ``with`` block: ``with pool.connection() as conn:``.
-
-        The connection is returned when the block exits; if the block raised, its transaction
-        is rolled back first, and a connection the error shows to be broken is discarded.
-        Waits and raises like :meth:`acquire`.
-        """
-        return self.acquire(timeout)
+    # ``with pool.connection() as conn:`` reads better; an alias, not a method calling
+    # acquire, saves a Python frame on every checkout.
+    connection = acquire
 
     def release(self, conn: PooledConnection, error: BaseException | None = None) -> None:
         """Return ``conn`` to the pool.
