@@ -360,3 +360,86 @@ def test_item5_watched_method_wrapper_is_reused(postgres_url: str, make_pool: Ma
         assert conn.cursor is first  # the same connection, the same wrapper
         conn.cursor("named").close()  # a named cursor marks the checkout...
         assert conn.cursor is not first  # ...and the next read wraps anew
+
+
+# ------------------------------------------------------------------ review follow-ups
+
+
+def test_item4_pymysql_error_in_a_later_result_that_was_read_is_rolled_back(
+    mysql_url: str, make_pool: MakePool
+) -> None:
+    """A CALL whose procedure fails after its first result set: ``cursor.close()`` reads the
+    rest and raises there, from ``next_result``, not ``query``; the transaction the procedure
+    opened (and its row locks) must not reach the next borrower."""
+    import uuid
+
+    import pymysql
+
+    table = f"dbpool_t_{uuid.uuid4().hex[:10]}"
+    proc = f"dbpool_p_{uuid.uuid4().hex[:10]}"
+    admin = pymysql.connect(host="127.0.0.1", user="root", database="test", autocommit=True)
+    cur = admin.cursor()
+    cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY) ENGINE=InnoDB")
+    try:
+        cur.execute(f"INSERT INTO {table} VALUES (1)")
+        cur.execute(
+            f"CREATE PROCEDURE {proc}() BEGIN SELECT 1; INSERT INTO {table} VALUES (2), (1); END"
+        )
+        pool = make_pool(mysql_url, pool_size=1, max_overflow=0)
+        with pool.connection() as conn:
+            pcur = conn.cursor()
+            with pytest.raises(pymysql.IntegrityError):
+                pcur.execute(f"CALL {proc}()")
+                pcur.fetchall()
+                pcur.close()  # reads the remaining results: the duplicate key is raised here
+        with pool.connection() as conn:
+            assert query(conn, "SELECT @@in_transaction") == [(0,)]
+            conn.commit()
+        cur.execute(f"SELECT id FROM {table} ORDER BY id")
+        assert cur.fetchall() == ((1,),)
+    finally:
+        cur.execute(f"DROP PROCEDURE IF EXISTS {proc}")
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        admin.close()
+
+
+def test_item5_a_setting_changed_with_the_transaction_left_open_is_never_committed(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """With ``reset_on_return=False`` the transaction a borrower leaves open stays; if it
+    also changed a setting, putting the setting back would commit it on some drivers (sqlite3
+    ``isolation_level``, MySQL ``SET autocommit``): the connection is discarded instead."""
+    table = backend.new_table()
+    if backend.name == "sqlite":
+
+        def setup(raw: Any) -> None:
+            raw.isolation_level = None
+
+        def change(conn: Any) -> None:
+            conn.isolation_level = "DEFERRED"
+
+    elif backend.name == "mysql":
+
+        def setup(raw: Any) -> None:
+            raw.autocommit(True)
+
+        def change(conn: Any) -> None:
+            conn.autocommit(False)
+
+    else:
+
+        def setup(raw: Any) -> None:
+            raw.autocommit = True
+
+        def change(conn: Any) -> None:
+            conn.autocommit = False
+
+    pool = make_pool(
+        backend.url, pool_size=1, max_overflow=0, reset_on_return=False, on_connect=setup
+    )
+    conn = pool.acquire()
+    change(conn)
+    _insert(backend, conn, table, 1)
+    pool.release(conn)
+    assert backend.count_rows(table) == 0
+    assert pool.stats().closed_by_reason["reset_failed"] == 1

@@ -1205,13 +1205,22 @@ class Pool:
                 return
             # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
             # only refresh it from successful replies.
-            if (
+            rolled_back = (
                 state == FAILED
                 or exc is not None
                 or (state == IN_TRANSACTION and self._rollback_on_return)
-            ):
+            )
+            if rolled_back:
                 driver.rollback(entry.raw)
             if entry.settings_changed:
+                if not rolled_back and state != IDLE:
+                    # reset_on_return=False left the borrower's transaction open, and some
+                    # drivers would commit it to put a setting back (sqlite3's
+                    # isolation_level, SET autocommit): discard the connection instead.
+                    raise PoolError(
+                        "client-side settings were changed and the transaction was left open "
+                        "(reset_on_return=False): they cannot be restored without ending it"
+                    )
                 # After the rollback: some settings cannot change inside a transaction.
                 driver.restore_settings(entry.raw, entry.saved_settings)
                 entry.settings_changed = False

@@ -142,6 +142,15 @@ def _tracking_class(pymysql: Any) -> type:
             self.dbpool_statement_failed = False
             return result
 
+        def next_result(self, unbuffered: bool = False) -> Any:
+            # A later result of a CALL or multi-statement may be the error (cursor.close()
+            # and nextset() read them): the statement failed just the same, and may have
+            # left a transaction open behind a stale server_status.
+            self.dbpool_statement_failed = True
+            result = super().next_result(unbuffered)
+            self.dbpool_statement_failed = False
+            return result
+
     TrackedConnection.__module__ = base.__module__  # still recognised as a PyMySQL connection
     _tracking_classes[id(base)] = TrackedConnection
     return TrackedConnection
