@@ -766,3 +766,22 @@ def test_item3_on_connect_sql_commit_leaves_the_driver_in_step(pg: PG) -> None:
             _run(conn, f"INSERT INTO {table} VALUES (1, 'rolled back')")
             raise RuntimeError("the block fails: its insert must go")
     assert pg.backend.count_rows(table) == 0
+
+
+@pytest.mark.parametrize("method", ["LDAP", "RADIUS", "PAM", "GSSAPI", "SSPI", "BSD"])
+def test_item8_logins_checked_by_another_service_are_not_rejections(method: str) -> None:
+    """PostgreSQL says "<method> authentication failed" for wrong credentials and for an
+    outage of the service that checks them alike: retried as an outage, not raised at once.
+    (The real driver's error class with the server's wording; no server here can run LDAP.)"""
+    import psycopg
+    import psycopg2
+
+    message = (
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        f'FATAL:  {method} authentication failed for user "app"'
+    )
+    assert not PsycopgDriver.is_rejection(psycopg.OperationalError(message))
+    assert not Psycopg2Driver.is_rejection(psycopg2.OperationalError(message))
+    # The server's own password check stays a rejection.
+    plain = message.replace(f"{method} authentication", "password authentication")
+    assert PsycopgDriver.is_rejection(psycopg.OperationalError(plain))

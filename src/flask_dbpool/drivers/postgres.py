@@ -167,7 +167,10 @@ _TRANSIENT_TEXT = re.compile(
     r"|administrator command"
     r"|connection refused|timeout expired|timed out|no route to host|network is unreachable"
     r"|could not translate host name|server closed the connection"
-    r"|connection reset",
+    r"|connection reset"
+    # Logins checked by another service fail with the same words when that service is
+    # down (an LDAP or KDC outage): not proof that the credentials are wrong.
+    r"|(ldap|radius|pam|gssapi|sspi|bsd) authentication failed",
     re.IGNORECASE,
 )
 
