@@ -82,9 +82,7 @@ class PooledConnection:
 
     def close(self) -> None:
         """Return the connection to the pool; does nothing if it was already returned."""
-        entry = self._entry
-        if entry is not None:
-            entry.pool._release_quietly(self, None)
+        _give_back(self, None)
 
     def invalidate(self) -> None:
         """Close the driver connection and free its slot instead of returning it for reuse.
@@ -123,7 +121,7 @@ class PooledConnection:
                     raw.commit()
                 except BaseException as error:
                     if not pinned:
-                        entry.pool._release_quietly(self, error)
+                        _give_back(self, error)
                     raise
             if pinned:
                 return
@@ -138,13 +136,26 @@ class PooledConnection:
             except Exception:  # as the drivers do: the block's own error matters more; a
                 pass  # connection this leaves broken is discarded when it is returned
         else:
-            entry.pool._release_quietly(self, exc)
+            _give_back(self, exc)
 
     def __repr__(self) -> str:
         entry = self._entry
         if entry is None:
             return "<PooledConnection (returned)>"
         return f"<PooledConnection {type(entry.raw).__qualname__} pool={entry.pool.name!r}>"
+
+
+def _give_back(conn: PooledConnection, error: BaseException | None) -> None:
+    """Return ``conn`` through the pool's public ``release``; a handle returned already (or
+    by a racing ``close()``) is fine, as ``close()`` promises."""
+    entry = conn._entry
+    if entry is None:
+        return
+    try:
+        entry.pool.release(conn, error)
+    except PoolError:
+        if conn._entry is not None:  # not a racing return: a real error
+            raise
 
 
 # The pool fills the slot through its descriptor, bypassing the forwarding __setattr__.

@@ -292,6 +292,20 @@ class _PostgresDriver(Driver):
     def server_limits(cls, raw: Any) -> ServerLimits:
         return _server_limits(raw)
 
+    @classmethod
+    def is_rejection(cls, exc: BaseException) -> bool:
+        """Wrong password, unknown role or database, pg_hba.conf refusal, no ``CONNECT``
+        privilege, an invalid option (to libpq or to the server): by SQLSTATE when the driver
+        has one, else by the message (a connection start-up error carries none)."""
+        module = cls.import_module()
+        if not isinstance(exc, module.Error):
+            return False
+        # psycopg calls it sqlstate, psycopg2 pgcode.
+        sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if not sqlstate and isinstance(exc, module.ProgrammingError):
+            return True  # a connection string libpq cannot parse
+        return _is_rejection(sqlstate, str(exc))
+
 
 class PsycopgDriver(_PostgresDriver):
     """psycopg 3: ``postgresql://``, ``postgres://``, ``postgresql+psycopg://``."""
@@ -357,19 +371,6 @@ class PsycopgDriver(_PostgresDriver):
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed or raw.broken)
-
-    @staticmethod
-    def is_rejection(exc: BaseException) -> bool:
-        """Wrong password, unknown role or database, pg_hba.conf refusal, no ``CONNECT``
-        privilege, an invalid option (to libpq or to the server): by SQLSTATE when psycopg
-        has one, else by the message (a connection start-up error carries none)."""
-        import psycopg
-
-        if not isinstance(exc, psycopg.Error):
-            return False
-        if not exc.sqlstate and isinstance(exc, psycopg.ProgrammingError):
-            return True  # a connection string libpq cannot parse
-        return _is_rejection(exc.sqlstate, str(exc))
 
     watched_names = frozenset(
         {
@@ -501,17 +502,6 @@ class Psycopg2Driver(_PostgresDriver):
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed)
-
-    @staticmethod
-    def is_rejection(exc: BaseException) -> bool:
-        """Wrong password, unknown role or database, pg_hba.conf refusal, no ``CONNECT``
-        privilege, an invalid option (to libpq or to the server): by SQLSTATE when psycopg2
-        has one, else by the message (a connection start-up error carries none)."""
-        import psycopg2
-
-        if not isinstance(exc, psycopg2.Error):
-            return False
-        return _is_rejection(exc.pgcode, str(exc))
 
     watched_names = frozenset(
         {"cursor", "set_session", "set_isolation_level", "set_client_encoding"}
