@@ -115,6 +115,26 @@ def test_with_block_spanning_fork_exits_cleanly_in_child(sqlite_url: str) -> Non
         assert pool.stats().idle == 1
 
 
+def test_with_block_spanning_fork_commits_nothing_in_the_child(sqlite_url: str) -> None:
+    """A ``with`` block commits when it ends (issue 17), but not in a forked child for a
+    connection lent at fork time: that would commit the parent's half-done transaction (or
+    hang on a driver lock another parent thread held)."""
+    with Pool(sqlite_url, pool_size=1) as pool:
+        with pool.connection() as conn:
+            conn.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(RuntimeError), pool.connection() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")  # open, not committed, at the fork
+
+            def child() -> str:
+                conn.__exit__(None, None, None)  # the child leaves the `with` normally
+                return "ok"
+
+            assert _in_child(child) == "ok"
+            raise RuntimeError("the parent rolls its transaction back")
+        with pool.connection() as conn:
+            assert query(conn, "SELECT count(*) FROM t") == [(0,)]
+
+
 def test_fork_while_another_thread_queries_does_not_hang_the_child(sqlite_url: str) -> None:
     """The busy connection's driver lock is held by a thread that does not exist in the
     child: the child must not try to close that connection."""

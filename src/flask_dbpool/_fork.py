@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from flask_dbpool.drivers.base import IDLE, Driver
 from flask_dbpool.entry import Entry
 from flask_dbpool.proxy import PooledConnection, set_entry
 
@@ -59,10 +60,7 @@ class _Inherited:
 
     name = "<inherited across fork>"
 
-    def release(self, conn: PooledConnection) -> None:
-        set_entry(conn, None)
-
-    def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
+    def release(self, conn: PooledConnection, error: BaseException | None = None) -> None:
         set_entry(conn, None)
 
     def _invalidate(self, conn: PooledConnection) -> None:
@@ -71,6 +69,26 @@ class _Inherited:
 
 #: The pool of every entry inherited from the parent process.
 INHERITED = cast("Pool", _Inherited())
+
+
+class _Detached(Driver):
+    """Stands in as the driver of a connection lent at fork time: the handle's ``with``
+    block must neither commit nor roll back in the child (another parent thread may have
+    held the driver's lock at the fork, and the socket now points at ``/dev/null``)."""
+
+    name = "<inherited across fork>"
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        return IDLE
+
+    @staticmethod
+    def rollback(raw: Any) -> None:
+        pass
+
+    @staticmethod
+    def close(raw: Any) -> None:
+        pass
 
 
 def abandon_inherited(
@@ -93,6 +111,9 @@ def abandon_inherited(
             close(entry)
         else:
             keep_forever(entry.raw)
+            entry.driver = _Detached
+            entry.watched = frozenset()
+            entry.watch_cache.clear()
 
 
 def _after_fork_in_child() -> None:
