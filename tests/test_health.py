@@ -131,7 +131,7 @@ def test_max_lifetime_retires_idle_connections_and_lent_ones_only_on_return(
 def test_max_lifetime_is_jittered_per_connection(backend: Backend, make_pool: MakePool) -> None:
     pool = make_pool(backend.url, pool_size=10, max_overflow=0, max_lifetime=100)
     assert pool.warm_up() == 10
-    lifetimes = [entry.expires_at - entry.created for entry in pool._entries]
+    lifetimes = [entry.expires_at - entry.created for entry in pool._state.entries]
     assert len(lifetimes) == 10
     assert all(95.0 <= life <= 100.0 for life in lifetimes), lifetimes
     assert len(set(lifetimes)) > 1, f"every connection got the same lifetime: {lifetimes}"
@@ -330,9 +330,7 @@ def test_start_up_checkouts_do_not_run_on_checkout(sqlite_url: str, make_pool: M
     # open_timeout / wait_ready check connections out to open them: not a use, so a hook
     # that only works inside the application (or is not ready yet) must not run, nor fail.
     calls: list[Any] = []
-    pool = make_pool(
-        sqlite_url, pool_size=2, min_idle=2, open_timeout=5, on_checkout=calls.append
-    )
+    pool = make_pool(sqlite_url, pool_size=2, min_idle=2, open_timeout=5, on_checkout=calls.append)
     pool.wait_ready(5)
     # At least 2: while wait_ready holds both, maintenance may already be opening another
     # to keep min_idle connections idle (a race of the test, not of the pool).
@@ -435,7 +433,9 @@ def test_flask_config_keys_for_health_options(backend: Backend) -> None:
         # DBPOOL_MIN_IDLE: opened by maintenance before any request.
         wait_until(lambda: count() == 2, timeout=5, what="DBPOOL_MIN_IDLE=2 to be opened")
         # DBPOOL_MAX_LIFETIME=None: no connection ever expires.
-        assert pool._entries and all(e.expires_at == float("inf") for e in pool._entries)
+        assert pool._state.entries and all(
+            e.expires_at == float("inf") for e in pool._state.entries
+        )
 
         with app.app_context():
             dead = backend.session_id(db.connection)

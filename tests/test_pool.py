@@ -776,7 +776,7 @@ class _Interrupter:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.code = Pool._wait.__code__
-        self.line = _wait_line("waiter.wake.acquire")
+        self.line = _wait_line("waiter.signal.acquire")
         self.raised = 0
         self.raised_after_handoff = 0
         self.ignored = 0

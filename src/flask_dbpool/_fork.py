@@ -13,28 +13,22 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any
 
 from flask_dbpool.drivers.base import IDLE, Driver
-from flask_dbpool.entry import Entry
+from flask_dbpool.entry import Entry, Owner
 from flask_dbpool.proxy import PooledConnection, set_entry
-
-if TYPE_CHECKING:
-    from flask_dbpool.pool import Pool
 
 __all__ = ["INHERITED", "abandon_inherited", "detach_fd", "keep_forever", "track"]
 
-
-class _ForkAware(Protocol):
-    def _after_fork_in_child(self) -> None: ...
+_resets: list[weakref.WeakMethod[Callable[[], None]]] = []
 
 
-_pools: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
-
-
-def track(pool: _ForkAware) -> None:
-    """Reset ``pool`` in every child process forked from now on (held weakly)."""
-    _pools.add(pool)
+def track(reset: Callable[[], None]) -> None:
+    """Call the bound method ``reset`` in every child process forked from now on (held
+    weakly: a pool that is gone is not kept alive, nor reset)."""
+    _resets[:] = [ref for ref in _resets if ref() is not None]
+    _resets.append(weakref.WeakMethod(reset))
 
 
 _kept: list[object] = []
@@ -63,12 +57,12 @@ class _Inherited:
     def release(self, conn: PooledConnection, error: BaseException | None = None) -> None:
         set_entry(conn, None)
 
-    def _invalidate(self, conn: PooledConnection) -> None:
+    def invalidate(self, conn: PooledConnection) -> None:
         set_entry(conn, None)
 
 
 #: The pool of every entry inherited from the parent process.
-INHERITED = cast("Pool", _Inherited())
+INHERITED: Owner = _Inherited()
 
 
 class _Detached(Driver):
@@ -117,8 +111,10 @@ def abandon_inherited(
 
 
 def _after_fork_in_child() -> None:
-    for pool in list(_pools):
-        pool._after_fork_in_child()
+    for ref in list(_resets):
+        reset = ref()
+        if reset is not None:
+            reset()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

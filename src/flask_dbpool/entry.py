@@ -5,16 +5,31 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from traceback import StackSummary
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask_dbpool.drivers import IN_TRANSACTION, Driver
 
 if TYPE_CHECKING:
-    from flask_dbpool.pool import Pool
+    from flask_dbpool.proxy import PooledConnection
 
-__all__ = ["FOREVER", "Entry", "slow_return"]
+__all__ = ["FOREVER", "Entry", "Owner", "slow_return"]
 
 FOREVER = float("inf")
+
+
+class Owner(Protocol):
+    """What a handle may call on the pool that lent its entry (a :class:`~flask_dbpool.Pool`
+    is one; so is the stand-in for connections inherited across ``fork()``)."""
+
+    @property
+    def name(self) -> str:
+        """The pool's name, for messages."""
+
+    def release(self, conn: PooledConnection, error: BaseException | None = None) -> None:
+        """Take ``conn`` back (see :meth:`flask_dbpool.Pool.release`)."""
+
+    def invalidate(self, conn: PooledConnection) -> None:
+        """Close ``conn``'s connection instead of reusing it."""
 
 
 def slow_return(raw: Any) -> int:
@@ -40,6 +55,7 @@ class Entry:
         "created",
         "driver",
         "expires_at",
+        "fast_returns",
         "holder",
         "idle_since",
         "label",
@@ -62,7 +78,14 @@ class Entry:
     )
 
     def __init__(
-        self, pool: Pool, raw: Any, driver: type[Driver], created: float, expires_at: float
+        self,
+        pool: Owner,
+        raw: Any,
+        driver: type[Driver],
+        created: float,
+        expires_at: float,
+        *,
+        fast_returns: bool = True,
     ) -> None:
         self.pool = pool
         """The pool the connection belongs to (for ever)."""
@@ -74,7 +97,12 @@ class Entry:
         """When the connection was opened."""
         self.expires_at = expires_at
         """When ``max_lifetime`` (with this connection's jitter) retires it."""
-        self.tx_state: Callable[[Any], int] = driver.transaction_state
+        self.fast_returns = fast_returns
+        """Whether a return may ever take the pool's fast path (not with a session reset or
+        ``on_checkin`` to run on every return)."""
+        self.tx_state: Callable[[Any], int] = (
+            driver.transaction_state if fast_returns else slow_return
+        )
         """The transaction-state reader run on every return; replaced by one reporting a
         transaction to send the return down the slow path (session reset, hooks, retiring)."""
         # Stamped on every checkout (the hot path): who holds it and since when.
@@ -127,6 +155,17 @@ class Entry:
         if shown is not value:
             self.watch_cache[name] = shown
         return shown
+
+    def mark_slow_return(self) -> None:
+        """Send this entry's next return down the pool's slow path (to retire it, log a
+        leak's end, check it after a disconnect)."""
+        self.tx_state = slow_return
+
+    def allow_fast_return(self) -> None:
+        """Let returns take the fast path again, unless something still needs the slow one
+        (a session reset, retiring, settings to restore)."""
+        if self.fast_returns and not self.retire and not self.settings_changed:
+            self.tx_state = self.driver.transaction_state
 
     def mark_changed(self) -> None:
         """A borrower may have changed client-side settings: restore them on return (the

@@ -23,10 +23,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from traceback import StackSummary
-from typing import NamedTuple
-
-from flask_dbpool.entry import Entry
-from flask_dbpool.errors import PoolTimeout, one_line
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 __all__ = [
     "Checkout",
@@ -39,9 +36,6 @@ __all__ = [
     "find_orphans",
     "format_site",
     "holder_of",
-    "leak_report",
-    "orphan_report",
-    "timeout_error",
 ]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -49,9 +43,7 @@ _STACK_LIMIT = 16
 
 #: Reference counts are exact only on a CPython with the GIL; elsewhere dropped handles are
 #: not detected (``leak_threshold`` warnings still work).
-ORPHANS_DETECTABLE = hasattr(sys, "getrefcount") and not sysconfig.get_config_var(
-    "Py_GIL_DISABLED"
-)
+ORPHANS_DETECTABLE = hasattr(sys, "getrefcount") and not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 
 def capture_site() -> StackSummary:
@@ -82,6 +74,18 @@ def short_site(site: StackSummary | None) -> str:
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
+class _Checkout(Protocol):
+    """What a lent item records about its checkout (see :class:`flask_dbpool.entry.Entry`)."""
+
+    lent_at: float
+    holder: int
+    thread_name: str | None
+    caller: str | None
+    site: Any
+    label: str | None
+    label_for: float
+
+
 class Holder(NamedTuple):
     """What is known about one checkout, copied under the pool lock for a report."""
 
@@ -93,7 +97,7 @@ class Holder(NamedTuple):
     label: str | None = None
 
 
-def holder_of(entry: Entry) -> Holder:
+def holder_of(entry: _Checkout) -> Holder:
     """A snapshot of ``entry``'s current checkout (call with the pool lock held)."""
     label = entry.label if entry.label_for == entry.lent_at else None
     return Holder(entry.lent_at, entry.holder, entry.thread_name, entry.caller, entry.site, label)
@@ -183,55 +187,16 @@ class TimeoutReport(NamedTuple):
     holders: list[Holder]
 
 
-def timeout_error(pool: str, target: str, report: TimeoutReport, now: float) -> PoolTimeout:
-    """The ``PoolTimeout`` for ``report``: the pool's state, the last connection error while
-    the database is unreachable (also its ``__cause__``) and the longest holders."""
-    message = (
-        f"pool {pool!r} ({target}) timed out after {report.waited:.3f} s waiting "
-        f"for a connection: {report.state} (this caller included)"
-    )
-    if report.cause is not None:
-        what = "rejected the connection" if report.rejected else "cannot be reached"
-        message += (
-            f"; the database {what}: {report.failures} connection attempt(s) failed, the last with "
-            f"{one_line(report.cause)}"
-        )
-    if report.holders:
-        message += "; longest held: " + describe_holders(report.holders, now)
-    error = PoolTimeout(message)
-    error.__cause__ = report.cause
-    return error
-
-
-def orphan_report(pool: str, holder: Holder, now: float) -> str:
-    """The warning for a handle garbage-collected without being returned."""
-    site = format_site(holder.site)
-    return (
-        f"pool {pool!r}: a connection "
-        + describe_holder(holder, now, ago=True)
-        + " was garbage-collected without being returned; closed it and gave its "
-        "slot back to the pool"
-        + (f". Checked out at:\n{site}" if site else " (set leak_threshold to record where)")
-    )
-
-
-def leak_report(pool: str, holder: Holder, now: float, threshold: float) -> str:
-    """The warning for a connection held longer than ``leak_threshold``."""
-    site = format_site(holder.site)
-    return (
-        f"pool {pool!r}: possible leak: connection {describe_holder(holder, now)}, "
-        f"longer than leak_threshold={threshold:g} s"
-        + (f". Checked out at:\n{site}" if site else "")
-    )
-
-
 class _Probe:
     """Stands in for an orphaned entry when calibrating :func:`find_orphans`."""
 
     __slots__ = ()
 
 
-def find_orphans(entries: set[Entry], not_lent: Iterable[Entry]) -> list[Entry]:
+_T = TypeVar("_T")
+
+
+def find_orphans(entries: set[_T], not_lent: Iterable[_T]) -> list[_T]:
     """The lent entries of ``entries`` (those not in ``not_lent``) whose handle is gone.
 
     Call with the pool lock held. Here an orphan is referenced only by ``entries`` and by the

@@ -1,23 +1,22 @@
-"""The connection pool.
+"""The threaded connection pool: the shell that acts on :class:`~flask_dbpool.state.PoolState`.
 
-One lock guards all state. The hot path (an idle connection available, an idle connection
-returned) is a single short critical section with no I/O, logging or allocation beyond the
-handle; a checkout stamps its time and thread so that "who holds the connections" can always
-be answered. Everything slow (connecting, rolling back, pinging, closing) happens outside the
-lock, with the slot it concerns accounted for under the lock before and after, so an exception
-at any point (including ``KeyboardInterrupt`` or a gevent ``Timeout`` while waiting) never
-loses a slot.
+Every decision (who gets an item, when to open or close one, what a sweep retires) is made
+by the state machine, under this pool's one lock; this class carries the decisions out:
+threads wait on a :class:`~flask_dbpool._handoff.Waiter`, and the I/O (connecting, pinging,
+resetting, closing) goes through :class:`~flask_dbpool.lifecycle.Lifecycle`, outside the
+lock, with the slot it concerns accounted for before and after, so an exception at any point
+(including ``KeyboardInterrupt`` or a gevent ``Timeout`` while waiting) never loses a slot.
 
-Waiters queue in FIFO order. A returned connection, or a freed slot, is handed directly to
-the oldest waiter under the lock, so a newcomer can never barge past a waiting thread, and a
-waiter that has already given up is never handed anything (see :meth:`Pool._wait`).
+The hot path (an idle connection available, an idle connection returned) stays inlined
+here: one short critical section with no I/O, logging or allocation beyond the handle; a
+checkout stamps its time and thread so that "who holds the connections" can always be
+answered. Features that need work at checkout (``pre_ping``, ``on_checkout``,
+``leak_threshold``, checking connections suspected dead after a disconnect) switch the pool to
+a checked ``acquire``; features that need work on return route that entry's returns to the
+slow path.
 
-Health work (lifetimes, idle timeouts, keepalive, reconnecting, leaks) runs in a background
-thread (:mod:`flask_dbpool.maintenance`). Features that need
-work at checkout (``pre_ping``, ``on_checkout``, ``leak_threshold``, and checking connections
-suspected dead after a disconnect) switch the pool to a checked ``acquire``; features that
-need work on return route that entry's returns to the slow path. The default hot path tests
-two flags for them (checked acquire, use time tracked) and nothing else.
+Health work runs in a background thread (:mod:`flask_dbpool.maintenance`) that calls
+:meth:`Pool.run_maintenance`.
 """
 
 from __future__ import annotations
@@ -27,46 +26,24 @@ import logging
 import threading
 import time
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
+from flask_dbpool import messages
 from flask_dbpool._fork import INHERITED, abandon_inherited, track
-from flask_dbpool._handoff import CLOSED, NEW_SLOT, Refusal, Token, Waiter
+from flask_dbpool._handoff import Waiter
 from flask_dbpool.config import PoolConfig
-from flask_dbpool.drivers import (
-    BROKEN,
-    FAILED,
-    IDLE,
-    IN_TRANSACTION,
-    Connector,
-    connection_rejected,
-    driver_for_connection,
-    resolve_target,
-)
-from flask_dbpool.entry import FOREVER, Entry, slow_return
-from flask_dbpool.errors import (
-    ConfigError,
-    PoolClosed,
-    PoolError,
-    PoolTimeout,
-    TooManyWaiters,
-    one_line,
-)
-from flask_dbpool.hooks import reset_session, run_on_connect
-from flask_dbpool.leaks import (
-    Checkout,
-    TimeoutReport,
-    capture_site,
-    checkouts_of,
-    holder_of,
-    timeout_error,
-)
-from flask_dbpool.maintenance import Maintenance, backoff_delay, lifetime_jitter
+from flask_dbpool.drivers import IDLE, resolve_target
+from flask_dbpool.entry import Entry
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, one_line
+from flask_dbpool.leaks import Checkout, TimeoutReport, capture_site, checkouts_of, find_orphans
+from flask_dbpool.lifecycle import Lifecycle
+from flask_dbpool.maintenance import PING_TIMEOUT, Maintenance
 from flask_dbpool.proxy import PooledConnection, set_entry
+from flask_dbpool.state import CLOSED, CONNECT, MAX_SLEEP, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import DURATION_BUCKETS as _DURATION_BUCKETS
-from flask_dbpool.stats import Histogram, PoolStats
+from flask_dbpool.stats import PoolStats
 
 __all__ = ["Pool"]
 
@@ -98,66 +75,7 @@ def _check_timeout(timeout: object) -> None:
         or not isinstance(timeout, (int, float))
         or not timeout >= 0  # rejects NaN too
     ):
-        raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-
-
-class _Health:
-    """The pool's state that the hot path never touches: outages, suspicion after a
-    disconnect, and the counters of rare events. Kept apart so that the pool object itself
-    stays small (CPython's attribute access is faster on objects with few attributes)."""
-
-    __slots__ = (
-        "closed_by",
-        "connect_error",
-        "connect_errors",
-        "connect_failures",
-        "create_time",
-        "disconnect_at",
-        "failed_at",
-        "leaks_detected",
-        "next_dry_check",
-        "pings_failed",
-        "probing",
-        "reclaimed",
-        "refill_at",
-        "refill_failures",
-        "rejected",
-        "rejection",
-        "retry_at",
-        "suspects",
-        "timeouts",
-        "wait_max",
-        "wait_time",
-        "wait_total",
-        "waits",
-    )
-
-    def __init__(self) -> None:
-        self.disconnect_at = -FOREVER  # connections last checked before this are suspect
-        self.suspects = False  # whether some may still be lent or idle unchecked
-        self.connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
-        self.connect_error: BaseException | None = None
-        # The last attempt's error when the server refused the login for good (see
-        # Driver.is_rejection): callers get it at once instead of waiting out an "outage".
-        self.rejection: BaseException | None = None
-        self.retry_at = 0.0  # when the next attempt to connect is due
-        self.failed_at = 0.0  # when the last attempt failed
-        self.probing = False  # an attempt to reconnect is under way
-        self.refill_at = 0.0  # maintenance's min_idle refill backs off after on_connect errors
-        self.refill_failures = 0
-        self.next_dry_check = 0.0
-        self.timeouts = 0
-        self.rejected = 0
-        self.waits = 0
-        self.wait_total = 0.0
-        self.wait_max = 0.0
-        self.connect_errors = 0
-        self.pings_failed = 0
-        self.leaks_detected = 0
-        self.reclaimed = 0
-        self.closed_by: dict[str, int] = {}
-        self.wait_time = Histogram()
-        self.create_time = Histogram()
+        raise ConfigError(messages.bad_timeout(timeout))
 
 
 class Pool:
@@ -173,40 +91,15 @@ class Pool:
     :meth:`release`. ``with Pool(...) as pool:`` closes the pool on exit.
     """
 
-    # Slots keep attribute access on the hot path at its cheapest: a plain instance dict
-    # shares its keys with other instances only up to a limit (30 names in CPython 3.11),
-    # and past it, or once an attribute is added after __init__, every access slows down
-    # (+0.08 µs per checkout, measured; docs/benchmarks.md).
+    # Slots keep attribute access on the hot path at its cheapest (a plain instance dict
+    # slows down once attributes are added after __init__; docs/benchmarks.md).
     __slots__ = (
         "__weakref__",
-        "_acquired",
-        "_check_on_acquire",
-        "_checked_checkouts",
-        "_checking",
-        "_closed",
-        "_closed_count",
-        "_connecting",
-        "_connector",
-        "_created",
         "_drained",
-        "_entries",
-        "_health",
-        "_idle",
-        "_keep",
+        "_life",
         "_lock",
         "_maintenance",
-        "_max_open",
-        "_observers",
-        "_open",
-        "_rollback_on_return",
-        "_session_reset",
-        "_slow_returns",
-        "_take_idle",
-        "_timeout",
-        "_to_check",
-        "_track_use",
-        "_use_time",
-        "_waiters",
+        "_state",
         "config",
         "name",
     )
@@ -262,36 +155,20 @@ class Pool:
             }
         )
         config = self.config
-        self._connector: Connector = resolve_target(target)
         self.name: Final = config.name
-        self._timeout = config.timeout
-        self._max_open = config.max_open
-        reset = config.reset_on_return
-        self._rollback_on_return = reset is not False
-        # A session reset on every return ("discard" or a callable) runs on the slow path.
-        self._session_reset: str | Callable[[Any], object] | None = (
-            None if isinstance(reset, bool) else reset
-        )
-        driver = self._connector.driver
-        if reset == "discard" and driver is not None and not driver.supports_session_reset:
+        self._life = Lifecycle(resolve_target(target), config, self)
+        driver = self._life.connector.driver
+        if (
+            config.reset_on_return == "discard"
+            and driver is not None
+            and not driver.supports_session_reset
+        ):
             raise ConfigError(
                 f"reset_on_return='discard' is not supported by the {driver.name} driver "
                 "(PostgreSQL only); pass a callable that resets the session instead"
             )
-        self._slow_returns = self._session_reset is not None or config.on_checkin is not None
-        self._checked_checkouts = (
-            config.pre_ping or config.on_checkout is not None or config.leak_threshold is not None
-        )
-
-        self._closed = False
-        self._observers: tuple[Callable[[str, float], object], ...] = ()
-        # Modes are flags read on the hot path, not methods swapped in as instance
-        # attributes (which slots rule out, and which cost more than a flag before them).
-        self._check_on_acquire = False  # see _select_acquire
-        self._track_use = False  # see track_use_time
-        self._init_state()
-        self._select_acquire()
-        track(self)
+        self._fresh_state(closed=False)
+        track(self._after_fork_in_child)
         if config.min_idle:
             self._nudge()  # maintenance opens them
         if config.open_timeout is not None:
@@ -301,38 +178,26 @@ class Pool:
                 self.close()
                 raise
 
-    def _init_state(self) -> None:
+    def _fresh_state(self, *, closed: bool) -> None:
         """A pool with nothing open: at construction, and in a forked child."""
         self._lock = threading.Lock()
-        self._entries: set[Entry] = set()  # every open connection; changed under the lock only
-        self._idle: deque[Entry] = deque()
-        self._take_idle = self._idle.pop if self.config.lifo else self._idle.popleft
-        self._waiters: deque[Waiter] = deque()
-        self._open = 0  # slots taken: open connections plus those being opened
-        self._connecting = 0
-        self._checking: set[Entry] = set()  # out of circulation while maintenance pings them
-        self._to_check: list[Entry] = []  # ...of which not picked up yet
-        self._keep = 0 if self._closed else self.config.pool_size  # most idle ones kept
         self._drained = threading.Event()  # set once closed and every slot is free
-        self._health = _Health()
-        self._use_time = Histogram()  # recorded only once track_use_time() was called
+        self._state: PoolState[Entry] = PoolState(
+            self.config, target=self.target, closed=closed, on_drained=self._drained.set
+        )
         self._maintenance: Maintenance | None = None
-
-        self._acquired = 0
-        self._created = 0
-        self._closed_count = 0
 
     # ------------------------------------------------------------------ public API
 
     @property
     def target(self) -> str:
         """The redacted URL (or the callable's name) connections are opened from."""
-        return self._connector.description
+        return self._life.connector.description
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._closed
+        return self._state.closed
 
     def acquire(self, timeout: float | None = None) -> PooledConnection:
         """Check a connection out of the pool.
@@ -354,24 +219,26 @@ class Pool:
         """
         if timeout is not None:
             _check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
-        if self._check_on_acquire:
+        state = self._state
+        if state.check_on_acquire:
             return self._acquire_checked(timeout)
-        # The hot path. lock.acquire()/try/finally is measurably cheaper than ``with``.
+        # The hot path: PoolState.lend written out. lock.acquire()/try/finally is measurably
+        # cheaper than ``with``.
         lock = self._lock
         lock.acquire()
         try:
             # Waiters exist only while nothing is idle, so an idle connection is fair to take.
-            if self._idle:
-                entry = self._take_idle()
+            if state.idle:
+                entry = state.take_idle()
                 try:
                     conn = _new_proxy(PooledConnection)
                     set_entry(conn, entry)
                 except BaseException:  # interrupted: the connection must not be lost
-                    self._idle.append(entry)
+                    state.idle.append(entry)
                     raise
                 entry.lent_at = _now()
                 entry.holder = _get_ident()
-                self._acquired += 1
+                state.acquired += 1
                 return conn
         finally:
             lock.release()
@@ -398,18 +265,18 @@ class Pool:
             return
         entry = conn._entry
         if entry is not None and entry.pool is self and entry.tx_state(entry.raw) == IDLE:
+            state = self._state
             lock = self._lock
             lock.acquire()
             try:
                 if conn._entry is entry:  # claimed under the lock: a racing release loses
                     set_entry(conn, None)
-                    if self._track_use:
+                    if state.track_use:
                         # Histogram.record written out, because every nanosecond here is
-                        # paid on each return (docs/benchmarks.md). What it costs matters
-                        # relative to the hold: a hold under the first bound (100 µs) pays
-                        # one comparison, a longer one a bisect (~50 ns, under 0.05% of it).
+                        # paid on each return (docs/benchmarks.md). A hold under the first
+                        # bound (100 µs) pays one comparison, a longer one a bisect.
                         held = _now() - entry.lent_at
-                        use = self._use_time
+                        use = state.use_time
                         if held <= 0.0001:  # DURATION_BUCKETS[0]; a test checks the buckets
                             use.first += 1
                         else:
@@ -417,43 +284,44 @@ class Pool:
                         use.sum += held
                         if held > use.max:
                             use.max = held
-                        if self._observers:
-                            self._notify_use(held)
-                    if self._waiters and self._open <= self._max_open:
-                        self._hand_off(entry)
+                        for observer in state.observers:
+                            observer("use", held)
+                    # PoolState.check_in written out.
+                    if state.waiters and state.open <= state.max_open:
+                        state.hand_off(entry)
                         return
-                    if len(self._idle) < self._keep:
-                        self._idle.append(entry)
+                    if len(state.idle) < state.keep:
+                        state.idle.append(entry)
                         return
-                    # pool_size connections are idle already (or the pool is closed): this
-                    # one is surplus. Closing only then avoids reopening overflow connections
-                    # over and over while demand stays between pool_size and the maximum.
-                    self._forget_locked(entry, "pool_closed" if self._closed else "overflow")
+                    state.forget(entry, "pool_closed" if state.closed else "overflow")
                     surplus = entry
                 else:
                     surplus = None
             finally:
                 lock.release()
             if surplus is not None:
-                self._close_raw(surplus)
+                self._life.close(surplus)
                 return
         self._release_slow(conn, None)
+
+    def invalidate(self, conn: PooledConnection) -> None:
+        """Close ``conn``'s driver connection and free its slot instead of reusing it (what
+        ``conn.invalidate()`` does). Raises :class:`~flask_dbpool.PoolError` if ``conn`` was
+        already returned or belongs to another pool."""
+        entry, _ = self._claim(conn)
+        self._discard(entry, "invalidate() was called", "invalidated")
 
     def warm_up(self) -> int:
         """Open connections now until ``pool_size`` are open; return how many were opened.
 
         Raises the driver's error if a connection cannot be opened (those opened before it
-        stay in the pool).
+        stay in the pool), :class:`~flask_dbpool.PoolClosed` if the pool is closed.
         """
         opened = 0
         while True:
             with self._lock:
-                if self._closed:
-                    raise PoolClosed(f"pool {self.name!r} is closed")
-                if self._open >= self.config.pool_size:
+                if not self._state.reserve(self.config.pool_size):
                     return opened
-                self._open += 1
-                self._connecting += 1
             entry = self._connect_in_slot()
             if not isinstance(entry, Entry):
                 raise entry  # this attempt's own error (not a racing attempt's)
@@ -470,7 +338,7 @@ class Pool:
         hold connections.
         """
         if timeout is None:
-            timeout = self._timeout
+            timeout = self.config.timeout
         _check_timeout(timeout)
         deadline = _now() + timeout
         held: list[PooledConnection] = []
@@ -501,21 +369,10 @@ class Pool:
         with self._lock:
             current = {f: getattr(self.config, f) for f in PoolConfig.option_names()}
             config = PoolConfig.from_options({**current, **changes})
-            if self._closed:
-                raise PoolClosed(f"pool {self.name!r} is closed")
+            surplus = self._state.resize(config)
             self.config = config
-            self._max_open = config.max_open
-            # While more are open than the new maximum, returned connections are closed
-            # (keep 0) until _after_shrink_locked sees the pool back under it.
-            self._keep = config.pool_size if self._open <= self._max_open else 0
-            self._fill_waiters_locked()
-            surplus = []
-            while len(self._idle) > self._keep:
-                entry = self._idle.popleft()  # the least recently used go first
-                self._forget_locked(entry, "resized")
-                surplus.append(entry)
         for entry in surplus:
-            self._close_raw(entry)
+            self._life.close(entry)
         logger.info(
             "pool %r resized to pool_size=%d, max_overflow=%d (%d idle closed)",
             self.name,
@@ -556,76 +413,33 @@ class Pool:
         and for which request. For dashboards and debugging; costs a scan of the pool's
         connections."""
         with self._lock:
-            idle = set(self._idle)
-            holders = [
-                holder_of(entry)
-                for entry in self._entries
-                if entry not in idle and entry not in self._checking
-            ]
+            holders = self._state.holders()
         return checkouts_of(holders, _now())
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and totals."""
         with self._lock:
-            idle = len(self._idle)
-            checking = len(self._checking)
-            return PoolStats(
-                name=self.name,
-                pool_size=self.config.pool_size,
-                max_overflow=self.config.max_overflow,
-                min_idle=self.config.min_idle,
-                open=self._open,
-                idle=idle,
-                in_use=self._open - idle - self._connecting - checking,
-                connecting=self._connecting,
-                checking=checking,
-                waiting=len(self._waiters),
-                acquired=self._acquired,
-                created=self._created,
-                closed=self._closed_count,
-                timeouts=self._health.timeouts,
-                rejected=self._health.rejected,
-                waits=self._health.waits,
-                wait_seconds_total=self._health.wait_total,
-                wait_seconds_max=self._health.wait_max,
-                connect_errors=self._health.connect_errors,
-                pings_failed=self._health.pings_failed,
-                leaks_detected=self._health.leaks_detected,
-                reclaimed=self._health.reclaimed,
-                closed_by_reason=dict(self._health.closed_by),
-                wait_time=self._health.wait_time.snapshot(),
-                create_time=self._health.create_time.snapshot(),
-                use_time=self._use_time.snapshot(),
-            )
+            return self._state.stats()
 
     def track_use_time(self) -> None:
         """Record how long each checkout is held (``stats().use_time``, observers' ``"use"``
         events). Off by default because it costs a clock read and a histogram update on every
         return (about 0.1 µs, +13-16 % of the bare checkout+return cycle; docs/benchmarks.md);
-        the metrics exporters turn it on.
-        Idempotent."""
+        the metrics exporters turn it on. Idempotent."""
         with self._lock:
-            self._track_use = True
-
-    def _notify_use(self, held: float) -> None:
-        for observer in self._observers:
-            observer("use", held)
-
-    def _record_use(self, held: float) -> None:
-        with self._lock:
-            self._use_time.record(held)
-            self._notify_use(held)
+            self._state.track_use = True
 
     def add_observer(self, observer: Callable[[str, float], object]) -> None:
         """Call ``observer(event, seconds)`` for each ``"wait"`` (a caller that had to wait,
-        served or timed out) and each ``"create"`` (a connection opened), e.g. to feed an
+        served or timed out), each ``"create"`` (a connection opened) and, once
+        :meth:`track_use_time` is on, each ``"use"`` (a checkout's hold), e.g. to feed an
         external histogram (see :mod:`flask_dbpool.metrics.otel`). It runs with the pool's
         lock held, on the caller's thread: keep it quick, never use the pool from it, and do
         not let it raise."""
         if not callable(observer):
-            raise ConfigError(f"observer must be callable, got {observer!r}")
+            raise ConfigError(messages.not_callable("observer", observer))
         with self._lock:
-            self._observers = (*self._observers, observer)
+            self._state.observers = (*self._state.observers, observer)
 
     def close(self, timeout: float | None = None) -> None:
         """Close the pool.
@@ -641,30 +455,19 @@ class Pool:
         if timeout is not None:
             _check_timeout(timeout)
         with self._lock:
-            first = not self._closed
-            self._closed = True
-            self._keep = 0
-            while self._waiters:
-                self._hand_off(CLOSED)
-            # Idle ones, and those waiting for a check maintenance will not make now.
-            idle = [*self._idle, *self._to_check]
-            self._idle.clear()
-            self._to_check.clear()
-            for entry in idle:
-                self._forget_locked(entry, "pool_closed")
-            self._after_shrink_locked()
+            first, idle = self._state.close()
             maintenance, self._maintenance = self._maintenance, None
         if maintenance is not None:
             maintenance.stop(timeout=1.0)
         for entry in idle:
-            self._close_raw(entry)
+            self._life.close(entry)
         if first:
             logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
         if timeout is None or self._drained.wait(timeout):
             return
         # Borrowers did not return in time: close their connections under them.
         with self._lock:
-            leftovers = [entry for entry in self._entries if entry not in self._checking]
+            leftovers = [e for e in self._state.entries if e not in self._state.checking]
         if leftovers:
             logger.warning(
                 "pool %r: %d connection(s) still checked out after %.1f s; closing them",
@@ -673,7 +476,83 @@ class Pool:
                 timeout,
             )
         for entry in leftovers:
-            self._close_raw(entry)
+            self._life.close(entry)
+
+    def run_maintenance(self) -> float:
+        """One maintenance run now; returns the seconds until the next is due.
+
+        The pool's maintenance thread calls it (started lazily); tests and tools may call it
+        too, to apply lifetimes, idle timeouts, keepalive checks and leak detection at once.
+        Reclaims dropped handles, closes what the state's sweep retires, pings what it asks
+        to check, logs leaks, then opens a connection if waiters or ``min_idle`` need one
+        (each ping bounded by ``maintenance.PING_TIMEOUT``).
+        """
+        state, lock = self._state, self._lock
+        with lock:
+            if state.closed:
+                return MAX_SLEEP
+            sweep = state.sweep(_now(), find_orphans)
+        next_run = sweep.next_run
+        # The I/O, outside the lock. Slots first: each dropped handle's slot is given back
+        # even if something below (a logging handler, say) raises.
+        for orphan in sweep.orphans:
+            try:
+                self._life.close(orphan)
+            finally:
+                self._free_slot()
+        for entry, reason in sweep.to_close:
+            logger.debug("pool %r: closing an idle connection (%s)", self.name, reason)
+            self._life.close(entry)
+        to_ping = sweep.to_ping
+        try:
+            while to_ping:
+                entry = to_ping.pop()
+                try:
+                    self._life.ping(entry, PING_TIMEOUT)
+                except Exception as error:
+                    why = f"its check failed ({one_line(error)})"
+                    self._discard(entry, why, "ping_failed", disconnect=True)
+                    continue
+                with lock:
+                    surplus = state.passed_check(entry, _now())
+                if surplus is not None:
+                    self._life.close(surplus)
+                next_run = min(next_run, entry.expires_at)
+                if self.config.keepalive_interval is not None:
+                    next_run = min(next_run, entry.checked_at + self.config.keepalive_interval)
+        finally:
+            for entry in to_ping:  # interrupted: the next run checks the rest
+                self._send_to_check(entry)
+        now = _now()
+        for holder in sweep.orphan_holders:
+            leak_logger.warning("%s", messages.orphan_report(self.name, holder, now))
+        for holder in sweep.leaks:
+            threshold = self.config.leak_threshold or 0.0
+            leak_logger.warning("%s", messages.leak_report(self.name, holder, now, threshold))
+        # Reconnect (with back-off) for waiters, or refill min_idle. Last, so that a
+        # reserved slot goes straight to the attempt.
+        with lock:
+            plan, due = state.plan_connect(_now())
+        if plan is None:
+            return max(0.0, min(next_run, due) - _now())
+        try:
+            opened = self._connect_in_slot(probe=plan is PROBE)
+        except Exception as error:  # on_connect failed: retry later, quietly
+            with lock:
+                delay = state.refill_failed(_now())
+            logger.warning(
+                "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
+                self.name,
+                one_line(error),
+                delay,
+            )
+            return delay
+        if isinstance(opened, Entry):
+            with lock:
+                state.refill_failures = 0
+            self._check_in(opened)
+            return 0.0  # there may be more to open
+        return max(0.0, next_run - _now())
 
     def __enter__(self) -> Pool:
         return self
@@ -688,7 +567,7 @@ class Pool:
 
     def __repr__(self) -> str:
         s = self.stats()
-        state = " closed" if self._closed else ""
+        state = " closed" if self.closed else ""
         return (
             f"<Pool {self.name!r} {self.target}{state} open={s.open} idle={s.idle} "
             f"in_use={s.in_use} waiting={s.waiting} pool_size={s.pool_size} "
@@ -699,24 +578,20 @@ class Pool:
 
     def _after_fork_in_child(self) -> None:
         """Called in a forked child: forget the parent's connections without touching them."""
-        idle = set(self._idle)
-        inherited = list(self._entries)
+        old = self._state
+        idle = set(old.idle)
+        inherited = list(old.entries)
         # Fresh state: the parent's lock may have been held by another thread, and its
         # waiters and maintenance thread do not exist here (maintenance restarts lazily).
-        self._init_state()
-        self._select_acquire()
-        abandon_inherited(inherited, idle, self._close_raw)
+        self._fresh_state(closed=old.closed)
+        abandon_inherited(inherited, idle, self._life.close)
 
     # ------------------------------------------------------------------ acquiring
-
-    def _select_acquire(self) -> None:
-        """Take the checked ``acquire`` only while something needs work at checkout."""
-        self._check_on_acquire = self._checked_checkouts or self._health.suspects
 
     def _acquire_checked(self, timeout: float | None = None) -> PooledConnection:
         """``acquire`` with pre-ping, suspect checks, leak tracking and ``on_checkout``."""
         if timeout is None:
-            timeout = self._timeout
+            timeout = self.config.timeout
         _check_timeout(timeout)
         deadline = _now() + timeout
         config = self.config
@@ -726,18 +601,20 @@ class Pool:
             assert entry is not None
             now = entry.lent_at
             try:
-                if entry.checked_at < self._health.disconnect_at or (
+                if self._state.suspect(entry) or (
                     config.pre_ping and now - entry.used_at >= config.ping_interval
                 ):
                     try:
                         # Bounded by what is left of the caller's timeout (with a floor, so
                         # that a caller out of time still gets a fair check of this one).
-                        entry.driver.ping(entry.raw, max(deadline - now, _MIN_PING_TIMEOUT))
+                        self._life.ping(entry, max(deadline - now, _MIN_PING_TIMEOUT))
                     except Exception as error:
-                        self._ping_failed(conn, error)
+                        claimed, _ = self._claim(conn)
+                        why = f"its ping failed ({one_line(error)})"
+                        self._discard(claimed, why, "ping_failed", disconnect=True)
                         continue  # another one, within the caller's deadline
                     entry.checked_at = now
-                    self._restore_tx_state(entry)
+                    entry.allow_fast_return()
                 entry.used_at = now
                 if config.leak_threshold is not None:
                     entry.site = capture_site()
@@ -746,7 +623,7 @@ class Pool:
                 if config.on_checkout is not None:
                     config.on_checkout(entry.raw)
             except BaseException as error:
-                self._release_quietly(conn, error)
+                self._release_after(conn, error)
                 raise
             return conn
 
@@ -759,77 +636,38 @@ class Pool:
         except Exception as error:  # a diagnostic must never fail a checkout
             return f"<describe_caller failed: {error!r}>"
 
-    def _ping_failed(self, conn: PooledConnection, error: Exception) -> None:
-        entry, _ = self._claim(conn)
-        with self._lock:
-            self._health.pings_failed += 1
-        self._discard(
-            entry, f"its ping failed ({one_line(error)})", "ping_failed", disconnect=True
-        )
+    def _handle(self, entry: Entry) -> PooledConnection:
+        conn = _new_proxy(PooledConnection)
+        set_entry(conn, entry)
+        return conn
 
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
-            timeout = self._timeout
+            timeout = self.config.timeout
         start = _now()
         deadline = start + timeout
         while True:
             now = _now()
             nudge = False
             with self._lock:
-                if self._closed:
-                    raise PoolClosed(f"pool {self.name!r} is closed")
-                waiter = None
-                probe = False
-                if not self._waiters and self._idle:
-                    entry = self._take_idle()
-                    self._acquired += 1
-                    return self._lend(entry)
-                failing = self._health.connect_failures
-                if (
-                    self._health.rejection is not None
-                    and not self._entries
-                    and (self._health.probing or now < self._health.retry_at)
-                ):
-                    # The server refused the last login and nothing is open that could come
-                    # back: waiting would only wait out the timeout. Back-off still spaces
-                    # the attempts (the next caller after retry_at tries again).
-                    raise _detached(self._health.rejection)
-                if self._open < self._max_open and (
-                    (not failing and not self._waiters)
-                    # The database was unreachable: one caller at a time tries again once the
-                    # back-off delay has passed; the others wait for its outcome.
-                    or (failing and now >= self._health.retry_at and not self._health.probing)
-                ):
-                    self._open += 1
-                    self._connecting += 1
-                    if failing:
-                        probe = self._health.probing = True
-                else:
-                    waiter = Waiter()
-                    max_waiting = self.config.max_waiting
-                    if max_waiting and len(self._waiters) >= max_waiting:
-                        self._health.rejected += 1
-                        raise TooManyWaiters(
-                            f"pool {self.name!r} ({self.target}) refused a caller: "
-                            f"max_waiting={max_waiting} callers already wait; "
-                            + self._state_locked()
-                        )
-                    self._waiters.append(waiter)
-                    if now >= deadline:
-                        report = self._timeout_report_locked(now - start)
-                        self._waiters.pop()
-                        raise timeout_error(self.name, self.target, report, _now())
-                    # A dropped handle may be why the pool ran dry, and maintenance reclaims
-                    # those: let it look (at most once a second).
-                    if now >= self._health.next_dry_check:
-                        self._health.next_dry_check = now + 1.0
-                        nudge = True
-            if waiter is None:
-                conn = self._open_in_slot(probe=probe)
-            else:
+                got = self._state.request(now, _get_ident(), start, deadline, Waiter)
+                if isinstance(got, Entry):
+                    return self._handle(got)
+                if isinstance(got, Waiter):
+                    # A dropped handle may be why the pool ran dry, and maintenance
+                    # reclaims those: let it look.
+                    nudge = self._state.dry_check_due(now)
+            if isinstance(got, Waiter):
                 if nudge:
                     self._nudge()
-                conn = self._wait(waiter, start, deadline)
+                conn = self._wait(got, start, deadline)
+            elif got is CONNECT or got is PROBE:
+                conn = self._open_in_slot(probe=got is PROBE)
+            elif isinstance(got, Refusal):
+                raise _detached(got.error)
+            else:
+                assert isinstance(got, TimeoutReport)
+                raise messages.timeout_error(self.name, self.target, got, _now())
             if conn is not None:
                 return conn
             # Opening a connection failed (the pool backs off before trying again), or this
@@ -843,88 +681,43 @@ class Pool:
         # itself only if nothing was handed yet, and otherwise takes (or gives back) the item.
         # Everything from the wait to the hand-back of the handle is covered: an interrupt
         # (KeyboardInterrupt, gevent Timeout) at any point gives back whatever was handed over.
+        state = self._state
         try:
             while True:
-                now = _now()
-                # At least once a second, so that an outage that began during the wait is
-                # noticed; while the database is unreachable, when a new attempt is due, in
-                # case nobody else makes it.
-                wait = min(deadline - now, 1.0)
-                if self._health.connect_failures:
-                    due = now + 0.25 if self._health.probing else self._health.retry_at
-                    wait = min(wait, max(due - now, 0.01))
-                waiter.wake.acquire(True, min(max(wait, 0.0), threading.TIMEOUT_MAX))
+                wait = state.wait_step(_now(), deadline)
+                waiter.signal.acquire(True, min(wait, threading.TIMEOUT_MAX))
                 now = _now()  # woken up, or the wait ran out
                 with self._lock:
-                    item = waiter.item
-                    if item is None:
-                        if now < deadline:
-                            if (
-                                self._health.connect_failures
-                                and now >= self._health.retry_at
-                                and not self._health.probing
-                                and self._open < self._max_open
-                            ):
-                                self._waiters.remove(waiter)
-                                return None
-                            continue
-                        # Timed out with nothing handed over: leave the queue.
-                        self._count_wait_locked(now - start)
-                        report = self._timeout_report_locked(now - start)
-                        self._waiters.remove(waiter)
-                        break
-                    self._count_wait_locked(now - start)
-                    if isinstance(item, Entry):
-                        # Counted when taken, not when handed over: an acquisition counter
-                        # must never go down, even for a waiter interrupted right here.
-                        self._acquired += 1
-                if item is CLOSED:
-                    raise PoolClosed(
-                        f"pool {self.name!r} was closed while waiting for a connection"
-                    )
-                if item is NEW_SLOT:
+                    got = state.woken(waiter, now, _get_ident(), now - start, deadline)
+                if got is None:
+                    continue
+                if isinstance(got, TimeoutReport):
+                    break
+                if got is CONNECT:
+                    return None
+                if got is CLOSED:
+                    raise PoolClosed(messages.closed_while_waiting(self.name))
+                if got is NEW_SLOT:
                     return self._open_in_slot(waiter=waiter)
-                if isinstance(item, Refusal):
-                    raise _detached(item.error)
-                assert isinstance(item, Entry)
-                conn = self._lend(item)
+                if isinstance(got, Refusal):
+                    raise _detached(got.error)
+                assert isinstance(got, Entry)
+                conn = self._handle(got)
                 waiter.item = None
                 return conn
         except BaseException:
             self._abandon(waiter)
             raise
-        raise timeout_error(self.name, self.target, report, _now())
-
-    def _count_wait_locked(self, waited: float) -> None:
-        health = self._health
-        health.waits += 1
-        health.wait_total += waited
-        if waited > health.wait_max:
-            health.wait_max = waited
-        health.wait_time.record(waited)
-        for observer in self._observers:
-            observer("wait", waited)
+        raise messages.timeout_error(self.name, self.target, got, _now())
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
         with self._lock:
-            item = waiter.item
-            waiter.item = None
-            if item is None:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                return
+            item = self._state.abandon(waiter)
         if item is NEW_SLOT:
             self._free_slot(connecting=True)
         elif isinstance(item, Entry):
             self._check_in(item)
-
-    def _lend(self, entry: Entry) -> PooledConnection:
-        conn = _new_proxy(PooledConnection)
-        set_entry(conn, entry)
-        entry.lent_at = _now()
-        entry.holder = _get_ident()
-        return conn
 
     def _open_in_slot(
         self, *, probe: bool = False, waiter: Waiter | None = None
@@ -933,16 +726,15 @@ class Pool:
         could not be reached (the slot is released and the failure recorded)."""
         entry = self._connect_in_slot(probe=probe, waiter=waiter)
         if not isinstance(entry, Entry):
-            if self._is_rejection(entry):
+            if self._life.is_rejection(entry):
                 raise entry  # refused for good: the caller gets the driver's error now
             return None
         with self._lock:
-            if not self._closed:
-                self._acquired += 1
-                return self._lend(entry)
-            self._forget_locked(entry, "pool_closed")
-        self._close_raw(entry)
-        raise PoolClosed(f"pool {self.name!r} was closed while a connection was being opened")
+            if not self._state.closed:
+                return self._handle(self._state.lend(entry, _now(), _get_ident()))
+            self._state.forget(entry, "pool_closed")
+        self._life.close(entry)
+        raise PoolClosed(messages.closed_while_connecting(self.name))
 
     def _connect_in_slot(
         self, *, probe: bool = False, waiter: Waiter | None = None
@@ -959,7 +751,7 @@ class Pool:
         try:
             if waiter is not None:
                 waiter.item = None  # from here on this call owns the slot
-            raw = self._connector.connect()
+            raw = self._life.connect()
         except Exception as error:
             self._connect_failed(error, probe, started)
             return error
@@ -967,41 +759,19 @@ class Pool:
             self._free_slot(connecting=True, probe=probe)
             raise
         try:
-            driver = self._connector.driver or driver_for_connection(raw)
-            if self.config.on_connect is not None:
-                run_on_connect(self.config.on_connect, self.name, raw, driver)
+            entry = self._life.prepare(raw, _now)
         except BaseException:
             self._free_slot(connecting=True, probe=probe)
             raise
         accounted = False
         try:
-            now = _now()
-            lifetime = self.config.max_lifetime
-            expires = FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
-            entry = Entry(self, raw, driver, now, expires)
-            entry.saved_settings = driver.save_settings(raw)
-            if self._slow_returns:
-                entry.tx_state = slow_return  # every return takes the slow path
             with self._lock:
-                self._entries.add(entry)
-                self._connecting -= 1
-                self._created += 1
+                recovered = self._state.connected(entry, started, entry.created, probe)
                 accounted = True
-                self._health.create_time.record(now - started)
-                for observer in self._observers:
-                    observer("create", now - started)
-                if probe:
-                    self._health.probing = False
-                recovered = self._health.connect_failures
-                if recovered:
-                    self._health.connect_failures = 0
-                    self._health.connect_error = None
-                    self._health.rejection = None
-                    self._fill_waiters_locked()  # the database is back: waiters connect too
         except BaseException:
             if not accounted:  # interrupted before the pool knew of it
                 try:
-                    driver.close(raw)
+                    self._life.close(entry)
                 finally:
                     self._free_slot(connecting=True, probe=probe)
             raise
@@ -1019,37 +789,13 @@ class Pool:
             raise
         return entry
 
-    def _is_rejection(self, error: BaseException) -> bool:
-        driver = self._connector.driver
-        return driver.is_rejection(error) if driver is not None else connection_rejected(error)
-
     def _connect_failed(self, error: Exception, probe: bool, started: float) -> None:
         """Release the slot of a failed connection attempt and schedule a retry."""
-        rejected = self._is_rejection(error)
+        rejected = self._life.is_rejection(error)
         # Kept without its traceback: the frames would keep callers' locals alive.
         kept = _detached(error)
         with self._lock:
-            self._health.connect_errors += 1
-            self._health.connect_error = kept
-            self._health.rejection = kept if rejected else None
-            now = _now()
-            # Attempts under way when the outage began fail together: they are one failure
-            # for the back-off, not several.
-            if started >= self._health.failed_at or not self._health.connect_failures:
-                self._health.connect_failures += 1
-                self._health.retry_at = now + backoff_delay(self._health.connect_failures)
-            self._health.failed_at = now
-            failures = self._health.connect_failures
-            delay = max(0.0, self._health.retry_at - now)
-            if probe:
-                self._health.probing = False
-            self._connecting -= 1
-            self._open -= 1
-            if rejected and not self._entries:
-                # Nothing open could come back to them: waiters get the refusal now.
-                while self._waiters:
-                    self._hand_off(Refusal(kept))
-            self._after_shrink_locked()
+            failures, delay = self._state.connect_failed(kept, rejected, started, _now(), probe)
         log = logger.warning if failures == 1 else logger.debug
         log(
             "pool %r: %s %s (%s); attempt %d, retrying in %.2f s",
@@ -1064,88 +810,19 @@ class Pool:
 
     # ------------------------------------------------------------------ returning
 
-    def _hand_off(self, item: Entry | Token) -> None:
-        """Give ``item`` to the oldest waiter. Caller holds the lock; waiters exist."""
-        waiter = self._waiters.popleft()
-        waiter.item = item
-        if item is NEW_SLOT:
-            self._connecting += 1
-        waiter.wake.release()
-
-    def _fill_waiters_locked(self) -> None:
-        """Give free slots to waiters (unless the database is unreachable: maintenance
-        reconnects then, and hands the connection over)."""
-        if self._health.connect_failures or self._closed:
-            return
-        while self._waiters and self._open < self._max_open:
-            self._open += 1
-            self._hand_off(NEW_SLOT)
-
-    def _check_in(self, entry: Entry, *, checked: bool = False, fast: bool = False) -> None:
-        """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it.
-
-        ``checked``: the entry comes back from a maintenance check. ``fast``: its next return
-        may take the fast path again (decided under the lock, where maintenance marks entries
-        to retire).
-        """
+    def _check_in(self, entry: Entry) -> None:
+        """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it."""
         with self._lock:
-            if checked:
-                self._checking.discard(entry)
-            if fast:
-                self._restore_tx_state(entry)
-            if self._waiters and self._open <= self._max_open:
-                self._hand_off(entry)
-                return
-            if len(self._idle) < self._keep:
-                self._idle.append(entry)
-                return
-            self._forget_locked(entry, "pool_closed" if self._closed else "overflow")
-        self._close_raw(entry)
+            surplus = self._state.check_in(entry)
+        if surplus is not None:
+            self._life.close(surplus)
 
     def _free_slot(self, *, connecting: bool = False, probe: bool = False) -> None:
         """A slot's connection is gone: hand the slot to the oldest waiter, or release it."""
         with self._lock:
-            if connecting:
-                self._connecting -= 1
-            if probe:
-                self._health.probing = False
-            if (
-                self._waiters
-                and not self._closed
-                and not self._health.connect_failures
-                and self._open <= self._max_open
-            ):
-                self._hand_off(NEW_SLOT)
-                return
-            self._open -= 1
-            self._after_shrink_locked()
-            reconnect = bool(self._waiters and self._health.connect_failures and not self._closed)
+            reconnect = self._state.slot_freed(connecting=connecting, probe=probe)
         if reconnect:
             self._nudge()  # a slot for maintenance's next reconnection attempt
-
-    def _forget_locked(self, entry: Entry, reason: str) -> None:
-        """``entry`` is about to be closed (``reason``: see ``stats.CLOSE_REASONS``): release
-        its slot. Caller holds the lock."""
-        self._entries.discard(entry)
-        self._checking.discard(entry)
-        self._open -= 1
-        self._count_closed_locked(reason)
-        self._after_shrink_locked()
-
-    def _count_closed_locked(self, reason: str) -> None:
-        self._closed_count += 1
-        closed_by = self._health.closed_by
-        closed_by[reason] = closed_by.get(reason, 0) + 1
-
-    def _after_shrink_locked(self) -> None:
-        """A slot was released: signal a draining close(), or finish a shrinking resize()."""
-        if self._closed:
-            if self._open == 0:
-                self._drained.set()
-        elif self._keep != self.config.pool_size and self._open <= self._max_open:
-            # Back under the new maximum: keep idle connections again, fill free slots.
-            self._keep = self.config.pool_size
-            self._fill_waiters_locked()
 
     def _claim(self, conn: PooledConnection) -> tuple[Entry, bool]:
         """Take the entry out of ``conn`` under the lock, so that only one release wins.
@@ -1158,22 +835,43 @@ class Pool:
         with self._lock:
             entry = conn._entry
             if entry is None:
-                raise PoolError("connection was already returned to the pool")
+                raise PoolError(messages.already_returned())
             if entry.pool is not self:
                 raise self._foreign(conn)
             set_entry(conn, None)
-            reported = entry.warned_for == entry.lent_at
-            entry.warned_for = entry.lent_at
-            return entry, reported
+            return entry, self._state.claim(entry)
 
     def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
         entry, reported = self._claim(conn)
         held = _now() - entry.lent_at
-        self._reset_and_check_in(entry, exc)
+        verdict = self._life.reset(entry, exc)
+        if verdict is not None:
+            self._discard(
+                entry,
+                verdict.why,
+                verdict.reason,
+                disconnect=verdict.disconnect,
+                quiet=verdict.quiet,
+            )
+            if verdict.interrupt is not None:
+                raise verdict.interrupt
+        else:
+            with self._lock:
+                state = self._state
+                # Lent across a disconnect: maintenance pings it before it is lent again.
+                checking = state.suspect(entry) and state.send_to_check(entry)
+                surplus = None if checking else state.check_in(entry, fast=True)
+            if surplus is not None:
+                self._life.close(surplus)
+            if checking:
+                self._nudge()
         # After the connection is safe (checked in or discarded): an observer or a log
         # handler interrupted here can lose nothing.
-        if self._track_use:  # (returns with an exception come here directly)
-            self._record_use(held)
+        if self._state.track_use:  # (returns with an exception come here directly)
+            with self._lock:
+                self._state.use_time.record(held)
+                for observer in self._state.observers:
+                    observer("use", held)
         if reported:
             # It was reported as a possible leak: say how it ended, so that a slow request
             # and a real leak can be told apart.
@@ -1186,75 +884,14 @@ class Pool:
                 held,
             )
 
-    def _reset_and_check_in(self, entry: Entry, exc: BaseException | None) -> None:
-        """Reset a claimed entry and put it back, or discard it if that fails."""
+    def _release_after(self, conn: PooledConnection, exc: BaseException) -> None:
+        """Return ``conn`` after ``exc`` interrupted its checkout; a handle already returned
+        (by a racing ``close()``) is fine."""
         try:
-            driver = entry.driver
-            if self.config.on_checkin is not None:
-                self.config.on_checkin(entry.raw)
-            if exc is not None and driver.is_disconnect(exc, entry.raw):
-                why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
-                self._discard(entry, why, "broken", disconnect=True)
-                return
-            if entry.retire:
-                self._discard(entry, "it reached max_lifetime", "lifetime", quiet=True)
-                return
-            state = driver.transaction_state(entry.raw)
-            if state == BROKEN:
-                self._discard(entry, "the driver reports it broken", "broken", disconnect=True)
-                return
-            # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
-            # only refresh it from successful replies.
-            rolled_back = (
-                state == FAILED
-                or exc is not None
-                or (state == IN_TRANSACTION and self._rollback_on_return)
-            )
-            if rolled_back:
-                driver.rollback(entry.raw)
-            if entry.settings_changed:
-                if not rolled_back and state != IDLE:
-                    # reset_on_return=False left the borrower's transaction open, and some
-                    # drivers would commit it to put a setting back (sqlite3's
-                    # isolation_level, SET autocommit): discard the connection instead.
-                    raise PoolError(
-                        "client-side settings were changed and the transaction was left open "
-                        "(reset_on_return=False): they cannot be restored without ending it"
-                    )
-                # After the rollback: some settings cannot change inside a transaction.
-                driver.restore_settings(entry.raw, entry.saved_settings)
-                entry.settings_changed = False
-            if self._session_reset is not None:
-                reset_session(
-                    self._session_reset, self.config.on_connect, self.name, entry.raw, driver
-                )
-        except BaseException as error:
-            # Its session state is unknown now: never lend it again.
-            gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
-            why = f"on_checkin or the reset failed ({one_line(error)})"
-            self._discard(entry, why, "broken" if gone else "reset_failed", disconnect=gone)
-            if not isinstance(error, Exception):
-                raise
-            return
-        if entry.checked_at < self._health.disconnect_at:
-            self._send_to_check(entry)  # lent across a disconnect: maintenance pings it
-        else:
-            self._check_in(entry, fast=True)
-
-    def _release_quietly(self, conn: PooledConnection, exc: BaseException | None) -> None:
-        """``close()`` / ``__exit__``: return ``conn``; a handle already returned is fine."""
-        try:
-            if exc is None:
-                self.release(conn)
-            else:
-                self._release_slow(conn, exc)
+            self._release_slow(conn, exc)
         except PoolError:
             if conn._entry is not None:
                 raise
-
-    def _invalidate(self, conn: PooledConnection) -> None:
-        entry, _ = self._claim(conn)
-        self._discard(entry, "invalidate() was called", "invalidated")
 
     def _discard(
         self,
@@ -1270,61 +907,26 @@ class Pool:
         ``disconnect``: the connection was found dead; unless it was already suspect, others
         opened before now are suspect too and get checked before reuse.
         """
+        news = False
         try:
             with self._lock:
-                self._count_closed_locked(reason)
-                self._entries.discard(entry)
-                self._checking.discard(entry)
-                # A suspect found dead confirms what is known: checking the ones that
-                # passed again would only repeat the work (quadratically in an outage).
-                disconnect = disconnect and entry.checked_at >= self._health.disconnect_at
-                if disconnect:
-                    self._note_disconnect_locked(_now())
+                news = self._state.discarded(entry, reason, disconnect=disconnect, now=_now())
             (logger.debug if quiet else logger.info)(
                 "pool %r: discarding a connection because %s", self.name, why
             )
-            self._close_raw(entry)
+            self._life.close(entry)
         finally:
             self._free_slot()
-            if disconnect:
+            if news:
                 self._nudge()
-
-    def _close_raw(self, entry: Entry) -> None:
-        try:
-            entry.driver.close(entry.raw)
-        except Exception as error:  # already broken: nothing more to do
-            logger.debug("pool %r: error closing a connection: %r", self.name, error)
-
-    # ------------------------------------------------------------------ health
-
-    def _note_disconnect_locked(self, now: float) -> None:
-        """A connection turned out dead: the server may have restarted, killing every session
-        opened before now. Idle ones go to maintenance for a ping; lent ones are checked when
-        returned; meanwhile checkouts verify what they get. Caller holds the lock."""
-        self._health.disconnect_at = now
-        suspects = [entry for entry in self._idle if entry.checked_at < now]
-        if suspects:
-            for entry in suspects:
-                self._idle.remove(entry)
-            self._checking.update(suspects)
-            self._to_check.extend(suspects)
-        idle = set(self._idle)
-        for entry in self._entries:
-            if entry not in idle and entry not in self._checking and entry.checked_at < now:
-                entry.tx_state = slow_return
-        self._health.suspects = True
-        self._select_acquire()
 
     def _send_to_check(self, entry: Entry) -> None:
         with self._lock:
-            closed = self._closed
-            if not closed:
-                self._checking.add(entry)
-                self._to_check.append(entry)
-        if closed:
-            self._check_in(entry)  # closes it
-        else:
+            queued = self._state.send_to_check(entry)
+        if queued:
             self._nudge()
+        else:
+            self._check_in(entry)  # the pool is closed: this closes it
 
     def _nudge(self) -> None:
         """Wake the maintenance thread, starting it if needed (again, if it died)."""
@@ -1333,7 +935,7 @@ class Pool:
             maintenance.nudge()
             return
         with self._lock:
-            if self._closed:
+            if self._state.closed:
                 return
             if self._maintenance is not maintenance:  # another thread just started one
                 return
@@ -1350,56 +952,12 @@ class Pool:
                 return
             raise
 
-    def _restore_tx_state(self, entry: Entry) -> None:
-        """A suspect entry passed its check, or a return that needed the slow path is done:
-        let its returns take the fast path again."""
-        if not self._slow_returns and not entry.retire and not entry.settings_changed:
-            entry.tx_state = entry.driver.transaction_state
-
-    # ------------------------------------------------------------------ messages
-
-    def _state_locked(self) -> str:
-        idle = len(self._idle)
-        checking = len(self._checking)
-        return (
-            f"pool_size={self.config.pool_size}, max_overflow={self.config.max_overflow}, "
-            f"open={self._open}, in_use={self._open - idle - self._connecting - checking}, "
-            f"idle={idle}, connecting={self._connecting}, checking={checking}, "
-            f"waiting={len(self._waiters)}"
-        )
-
-    def _timeout_report_locked(self, waited: float) -> TimeoutReport:
-        """What a ``PoolTimeout`` for a caller that waited ``waited`` s (and is still counted
-        as waiting) will say. Caller holds the lock; the message is built after."""
-        self._health.timeouts += 1
-        idle = set(self._idle)
-        return TimeoutReport(
-            waited,
-            self._state_locked(),
-            self._health.connect_failures,
-            self._health.connect_error if self._health.connect_failures else None,
-            self._health.rejection is not None,
-            [
-                holder_of(entry)
-                for entry in self._entries
-                if entry not in idle and entry not in self._checking
-            ],
-        )
-
     def _foreign(self, conn: object) -> PoolError:
         if isinstance(conn, PooledConnection):
             entry = conn._entry
             if entry is None:
-                return PoolError("connection was already returned to its pool")
+                return PoolError(messages.already_returned())
             if entry.pool is INHERITED:
-                return PoolError(
-                    "connection was checked out before os.fork(); it belongs to the parent "
-                    "process and was closed in this one"
-                )
-            return PoolError(
-                f"connection belongs to pool {entry.pool.name!r}, not to pool {self.name!r}"
-            )
-        return PoolError(
-            f"pool {self.name!r} can only take back connections it lent, got "
-            f"{type(conn).__name__}"
-        )
+                return PoolError(messages.inherited_across_fork())
+            return PoolError(messages.of_another_pool(entry.pool.name, self.name))
+        return PoolError(messages.foreign_object(self.name, conn))

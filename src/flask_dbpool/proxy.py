@@ -92,7 +92,7 @@ class PooledConnection:
         """
         entry = self._entry
         if entry is not None:
-            entry.pool._invalidate(self)
+            entry.pool.invalidate(self)
 
     def __reduce_ex__(self, protocol: object) -> Any:
         # A copy would be a second handle to one checkout: refuse copy, deepcopy and pickle.

@@ -1,0 +1,857 @@
+"""The pool's rules as a state machine: every decision, no I/O.
+
+:class:`PoolState` holds every mutable field of a pool (idle items, open items, waiters, slot
+counts, health, counters) and makes every transition. It does no I/O, no logging, starts no
+thread and never reads the clock: ``now`` is an argument. The caller holds its lock around
+every call (the state has none of its own) and carries out what the call returns outside
+it: lend this item, wait, open a connection in this reserved slot, close these, ping those.
+
+It is generic over the item it lends (:class:`Lendable`): the threaded pool lends its
+:class:`~flask_dbpool.entry.Entry` records, and another shell (an asyncio pool, a pool under
+SQLAlchemy) can lend its own by the same rules. Waiters are anything with an ``item`` slot
+and a non-blocking ``wake()`` (:class:`Waiting`); handing over sets ``item`` and wakes.
+
+Rules the methods keep (checked by ``tests/test_state.py``):
+
+- ``open == len(entries) + connecting`` outside the moments a shell holds a reserved slot
+  it has not connected in yet (``connecting`` counts those too);
+- waiters queue only while nothing is idle, served first come, first served;
+- never more than ``max_open`` open, except transiently after ``resize()`` shrank it;
+- each item is idle, lent, or being checked, exactly one;
+- a waiter that left the queue is never handed anything.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
+
+from flask_dbpool import messages
+from flask_dbpool.config import PoolConfig
+from flask_dbpool.errors import PoolClosed, TooManyWaiters
+from flask_dbpool.leaks import Holder, TimeoutReport, holder_of
+from flask_dbpool.policy import backoff_delay
+from flask_dbpool.stats import Histogram, PoolStats
+
+__all__ = [
+    "CLOSED",
+    "CONNECT",
+    "FOREVER",
+    "NEW_SLOT",
+    "PROBE",
+    "Lendable",
+    "PoolState",
+    "Refusal",
+    "Sweep",
+    "Token",
+    "Waiting",
+]
+
+FOREVER = float("inf")
+
+#: How long maintenance may sleep at most, so that dropped handles and leaks are noticed.
+MAX_SLEEP = 5.0
+
+
+class Lendable(Protocol):
+    """What the rules read and stamp on an item they lend (times from the caller's clock)."""
+
+    created: float
+    lent_at: float
+    holder: int
+    checked_at: float
+    used_at: float
+    expires_at: float
+    retire: bool
+    idle_since: float
+    seen_lent_at: float
+    warned_for: float
+    label: str | None
+    label_for: float
+    thread_name: str | None
+    caller: str | None
+    site: Any
+
+    def mark_slow_return(self) -> None:
+        """Route this item's next return through the shell's slow path."""
+
+    def allow_fast_return(self) -> None:
+        """Let this item's returns take the fast path again, if nothing else needs the slow
+        one."""
+
+
+class Token:
+    """A marker handed to a waiter, or returned to the caller, instead of an item."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: Handed to a waiter: "a slot is yours, open a new connection in it".
+NEW_SLOT: Final = Token("NEW_SLOT")
+#: Handed to a waiter: "the pool was closed".
+CLOSED: Final = Token("CLOSED")
+#: Returned to the caller: "a slot is reserved for you: open a connection in it".
+CONNECT: Final = Token("CONNECT")
+#: As :data:`CONNECT`, as the one attempt allowed while the database is unreachable.
+PROBE: Final = Token("PROBE")
+
+
+class Refusal(Token):
+    """Handed to a waiter, or returned to the caller: "the database rejected the connection
+    (wrong credentials, unknown database …) and nothing is open to wait for": raise ``error``
+    (a copy of it) at once."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__("REFUSAL")
+        self.error = error
+
+
+class Waiting(Protocol):
+    """A caller waiting for an item: what it was handed, and how to wake it (must not
+    block: it runs under the caller's lock)."""
+
+    item: object
+
+    def wake(self) -> None:
+        """Tell the waiter that ``item`` was set."""
+
+
+T = TypeVar("T", bound=Lendable)
+W = TypeVar("W", bound=Waiting)
+
+
+class Sweep(NamedTuple, Generic[T]):
+    """What one maintenance sweep decided; the items are already off the books unless said."""
+
+    orphans: list[T]
+    """Lent items whose handle is gone: removed and counted, to close, each freeing a slot."""
+    orphan_holders: list[Holder]
+    """Who held them, for the warning."""
+    to_close: list[tuple[T, str]]
+    """Idle items to close (with the reason), their slots already released."""
+    to_ping: list[T]
+    """Items taken out of circulation for a check: ping, then :meth:`PoolState.passed_check`
+    or :meth:`PoolState.discarded`."""
+    leaks: list[Holder]
+    """Checkouts that just passed ``leak_threshold``, to warn about."""
+    next_run: float
+    """When the state wants to be looked at again (same clock as ``now``)."""
+
+
+class PoolState(Generic[T]):
+    """Every mutable field of one pool and every transition on it. See the module docstring.
+
+    ``target`` names the database in messages (redacted); ``backoff`` gives the delay after
+    ``n`` consecutive failed connection attempts; ``on_drained`` is called (under the lock,
+    must not block) once the pool is closed and every slot is free; ``observers`` get
+    ``(event, seconds)`` for each wait and each connect.
+    """
+
+    __slots__ = (
+        "acquired",
+        "backoff",
+        "check_on_acquire",
+        "checked_checkouts",
+        "checking",
+        "closed",
+        "closed_by",
+        "closed_count",
+        "config",
+        "connect_error",
+        "connect_errors",
+        "connect_failures",
+        "connecting",
+        "create_time",
+        "created",
+        "disconnect_at",
+        "entries",
+        "failed_at",
+        "idle",
+        "keep",
+        "leaks_detected",
+        "max_open",
+        "next_dry_check",
+        "observers",
+        "on_drained",
+        "open",
+        "pings_failed",
+        "probing",
+        "reclaimed",
+        "refill_at",
+        "refill_failures",
+        "rejected",
+        "rejection",
+        "retry_at",
+        "suspects",
+        "take_idle",
+        "target",
+        "timeouts",
+        "to_check",
+        "track_use",
+        "use_time",
+        "wait_max",
+        "wait_time",
+        "wait_total",
+        "waiters",
+        "waits",
+    )
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        target: str = "",
+        closed: bool = False,
+        backoff: Callable[[int], float] = backoff_delay,
+        on_drained: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.target = target  # for messages: the redacted URL or the callable's name
+        self.backoff = backoff
+        self.on_drained = on_drained
+        self.closed = closed
+        # The books. An item is in ``entries`` from its connect to its close, and in at most
+        # one of ``idle`` and ``checking``; lent otherwise. The shell's hot path reads and
+        # writes ``idle``, ``take_idle``, ``waiters``, ``open``, ``max_open``, ``keep``,
+        # ``acquired``, ``track_use``, ``use_time`` and ``check_on_acquire`` directly.
+        self.entries: set[T] = set()
+        self.idle: deque[T] = deque()
+        self.take_idle: Callable[[], T] = self.idle.pop if config.lifo else self.idle.popleft
+        self.waiters: deque[Waiting] = deque()
+        self.open = 0  # slots taken: open connections plus those being opened
+        self.connecting = 0
+        self.checking: set[T] = set()  # out of circulation while maintenance pings them
+        self.to_check: list[T] = []  # ...of which not picked up for a ping yet
+        self.max_open = config.max_open
+        self.keep = 0 if closed else config.pool_size  # most idle ones kept
+        # Checkouts with work to do (pre_ping, on_checkout, leak tracking, suspects).
+        self.checked_checkouts = (
+            config.pre_ping or config.on_checkout is not None or config.leak_threshold is not None
+        )
+        self.check_on_acquire = self.checked_checkouts
+        self.track_use = False
+        self.observers: tuple[Callable[[str, float], object], ...] = ()
+        # Health.
+        self.disconnect_at = -FOREVER  # items last checked before this are suspect
+        self.suspects = False  # whether some may still be lent or idle unchecked
+        self.connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
+        self.connect_error: BaseException | None = None
+        # The last attempt's error when the server refused the login for good: callers
+        # get it at once instead of waiting out an "outage".
+        self.rejection: BaseException | None = None
+        self.retry_at = 0.0  # when the next attempt to connect is due
+        self.failed_at = 0.0  # when the last attempt failed
+        self.probing = False  # an attempt to reconnect is under way
+        self.refill_at = 0.0  # min_idle refills back off after on_connect errors
+        self.refill_failures = 0
+        self.next_dry_check = 0.0
+        # Counters and histograms.
+        self.acquired = 0
+        self.created = 0
+        self.closed_count = 0
+        self.timeouts = 0
+        self.rejected = 0
+        self.waits = 0
+        self.wait_total = 0.0
+        self.wait_max = 0.0
+        self.connect_errors = 0
+        self.pings_failed = 0
+        self.leaks_detected = 0
+        self.reclaimed = 0
+        self.closed_by: dict[str, int] = {}
+        self.wait_time = Histogram()
+        self.create_time = Histogram()
+        self.use_time = Histogram()
+
+    # ------------------------------------------------------------------ checkout
+
+    def lend(self, item: T, now: float, ident: int) -> T:
+        """Stamp ``item`` as lent to thread ``ident`` at ``now`` and count the checkout.
+        (The shells' fast paths write the same three lines inline.)"""
+        item.lent_at = now
+        item.holder = ident
+        self.acquired += 1
+        return item
+
+    def request(
+        self, now: float, ident: int, start: float, deadline: float, new_waiter: Callable[[], W]
+    ) -> T | Token | W | TimeoutReport:
+        """A caller wants an item.
+
+        Returns the item (lent), :data:`CONNECT` or :data:`PROBE` (a slot is reserved:
+        connect, then :meth:`connected` or :meth:`connect_failed`), a :class:`Refusal`, a
+        waiter from ``new_waiter`` (queued: wait for it to be handed something, then call
+        :meth:`woken`), or a :class:`TimeoutReport` (``deadline`` has passed; ``start``: when
+        the caller asked). Raises
+        :class:`~flask_dbpool.PoolClosed` and :class:`~flask_dbpool.TooManyWaiters`.
+        """
+        if self.closed:
+            raise PoolClosed(messages.closed(self.config.name))
+        if not self.waiters and self.idle:
+            return self.lend(self.take_idle(), now, ident)
+        failing = self.connect_failures
+        if (
+            self.rejection is not None
+            and not self.entries
+            and (self.probing or now < self.retry_at)
+        ):
+            # The server refused the last login and nothing is open that could come back:
+            # waiting would only wait out the timeout. Back-off still spaces the attempts.
+            return Refusal(self.rejection)
+        if self.open < self.max_open and (
+            (not failing and not self.waiters)
+            # The database was unreachable: one caller at a time tries again once the
+            # back-off delay has passed; the others wait for its outcome.
+            or (failing and now >= self.retry_at and not self.probing)
+        ):
+            self.open += 1
+            self.connecting += 1
+            if failing:
+                self.probing = True
+                return PROBE
+            return CONNECT
+        max_waiting = self.config.max_waiting
+        if max_waiting and len(self.waiters) >= max_waiting:
+            self.rejected += 1
+            raise TooManyWaiters(
+                messages.too_many_waiters(
+                    self.config.name, self.target, max_waiting, self.describe()
+                )
+            )
+        waiter = new_waiter()
+        self.waiters.append(waiter)
+        if now >= deadline:
+            report = self._report(now - start)  # with this caller counted as waiting
+            self.waiters.pop()
+            return report
+        return waiter
+
+    def dry_check_due(self, now: float) -> bool:
+        """A caller must wait: should maintenance look for dropped handles (whose slots may
+        be what is missing)? At most once a second."""
+        if now >= self.next_dry_check:
+            self.next_dry_check = now + 1.0
+            return True
+        return False
+
+    def woken(
+        self, waiter: W, now: float, ident: int, waited: float, deadline: float
+    ) -> T | Token | TimeoutReport | None:
+        """A waiter woke up (handed something, or its wait ran out).
+
+        Returns what it was handed (an item, lent; :data:`NEW_SLOT`; :data:`CLOSED`; a
+        :class:`Refusal`), :data:`CONNECT` (it left the queue to make a due attempt to
+        reconnect), a :class:`TimeoutReport` (it left the queue at ``deadline``), or
+        ``None`` (keep waiting). ``waited``: since the caller asked.
+        """
+        item = waiter.item
+        if item is None:
+            if now < deadline:
+                if self.reconnect_due(now):
+                    self.waiters.remove(waiter)
+                    return CONNECT
+                return None
+            # Timed out with nothing handed over: leave the queue.
+            self._count_wait(waited)
+            report = self._report(waited)
+            self.waiters.remove(waiter)
+            return report
+        self._count_wait(waited)
+        if isinstance(item, Token):
+            return item
+        # Counted when taken, not when handed over: an acquisition counter must never go
+        # down, even for a waiter interrupted right after.
+        return self.lend(item, now, ident)  # type: ignore[arg-type]
+
+    def reconnect_due(self, now: float) -> bool:
+        """Whether a waiter should leave the queue and try to reconnect itself: the
+        database was unreachable, the back-off has passed and nobody is trying."""
+        return bool(
+            self.connect_failures
+            and now >= self.retry_at
+            and not self.probing
+            and self.open < self.max_open
+        )
+
+    def wait_step(self, now: float, deadline: float) -> float:
+        """How long a waiter may sleep before looking again: at least once a second (an
+        outage may begin meanwhile) and, while the database is unreachable, until an attempt
+        is due in case nobody else makes it."""
+        wait = min(deadline - now, 1.0)
+        if self.connect_failures:
+            due = now + 0.25 if self.probing else self.retry_at
+            wait = min(wait, max(due - now, 0.01))
+        return max(wait, 0.0)
+
+    def abandon(self, waiter: W) -> T | Token | None:
+        """A waiter gave up (interrupted, or its caller failed before using what it got):
+        it leaves the queue. Returns what it was handed and did not use: give an item back
+        with :meth:`check_in`, a :data:`NEW_SLOT` with :meth:`slot_freed`."""
+        item = waiter.item
+        waiter.item = None
+        if item is None:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            return None
+        return item  # type: ignore[return-value]
+
+    def _count_wait(self, waited: float) -> None:
+        self.waits += 1
+        self.wait_total += waited
+        if waited > self.wait_max:
+            self.wait_max = waited
+        self.wait_time.record(waited)
+        for observer in self.observers:
+            observer("wait", waited)
+
+    # ------------------------------------------------------------------ connecting
+
+    def reserve(self, limit: int | None = None) -> bool:
+        """Reserve a slot to open a connection in, if fewer than ``limit`` (default: the
+        maximum) are open. The caller then connects and reports :meth:`connected` or
+        :meth:`connect_failed`. Raises :class:`~flask_dbpool.PoolClosed`."""
+        if self.closed:
+            raise PoolClosed(messages.closed(self.config.name))
+        if self.open >= (self.max_open if limit is None else limit):
+            return False
+        self.open += 1
+        self.connecting += 1
+        return True
+
+    def connected(self, item: T, started: float, now: float, probe: bool) -> int:
+        """A connection was opened in a reserved slot: account for it (not lent yet).
+
+        Returns how many attempts had failed in a row before it (``0`` normally): the
+        database is back, and waiters are given slots to connect in too.
+        """
+        self.entries.add(item)
+        self.connecting -= 1
+        self.created += 1
+        self.create_time.record(now - started)
+        for observer in self.observers:
+            observer("create", now - started)
+        if probe:
+            self.probing = False
+        recovered = self.connect_failures
+        if recovered:
+            self.connect_failures = 0
+            self.connect_error = None
+            self.rejection = None
+            self.fill_waiters()
+        return recovered
+
+    def connect_failed(
+        self, error: BaseException, rejected: bool, started: float, now: float, probe: bool
+    ) -> tuple[int, float]:
+        """Opening a connection in a reserved slot failed with ``error`` (``rejected``: the
+        server refused the login for good): release the slot and schedule the next attempt.
+
+        Returns the consecutive failures and the delay before the next attempt. Attempts
+        under way when the outage began fail together: one failure for the back-off.
+        """
+        self.connect_errors += 1
+        self.connect_error = error
+        self.rejection = error if rejected else None
+        if started >= self.failed_at or not self.connect_failures:
+            self.connect_failures += 1
+            self.retry_at = now + self.backoff(self.connect_failures)
+        self.failed_at = now
+        if probe:
+            self.probing = False
+        self.connecting -= 1
+        self.open -= 1
+        if rejected and not self.entries:
+            # Nothing open could come back to them: waiters get the refusal now.
+            while self.waiters:
+                self.hand_off(Refusal(error))
+        self._after_shrink()
+        return self.connect_failures, max(0.0, self.retry_at - now)
+
+    def slot_freed(self, *, connecting: bool = False, probe: bool = False) -> bool:
+        """A slot's connection is gone (closed, or never opened): hand the slot to the
+        oldest waiter, or release it. Returns whether maintenance should run (waiters need
+        a reconnection attempt)."""
+        if connecting:
+            self.connecting -= 1
+        if probe:
+            self.probing = False
+        if (
+            self.waiters
+            and not self.closed
+            and not self.connect_failures
+            and self.open <= self.max_open
+        ):
+            self.hand_off(NEW_SLOT)
+            return False
+        self.open -= 1
+        self._after_shrink()
+        return bool(self.waiters and self.connect_failures and not self.closed)
+
+    def refill_failed(self, now: float) -> float:
+        """Opening a ``min_idle`` connection failed in ``on_connect``: back off (returns the
+        delay)."""
+        self.refill_failures += 1
+        delay = self.backoff(self.refill_failures)
+        self.refill_at = now + delay
+        return delay
+
+    # ------------------------------------------------------------------ returning
+
+    def hand_off(self, item: T | Token) -> None:
+        """Give ``item`` to the oldest waiter (there is one)."""
+        waiter = self.waiters.popleft()
+        waiter.item = item
+        if item is NEW_SLOT:
+            self.connecting += 1
+        waiter.wake()
+
+    def fill_waiters(self) -> None:
+        """Give free slots to waiters (unless the database is unreachable: maintenance
+        reconnects then, and hands the connection over)."""
+        if self.connect_failures or self.closed:
+            return
+        while self.waiters and self.open < self.max_open:
+            self.open += 1
+            self.hand_off(NEW_SLOT)
+
+    def check_in(self, item: T, *, checked: bool = False, fast: bool = False) -> T | None:
+        """Put a reset, healthy ``item`` back: to the oldest waiter, or idle. Returns it if
+        it is surplus instead (close it; its slot is released already). ``checked``: it
+        comes back from a check. ``fast``: its next return may take the fast path again.
+        (The shells' fast release writes the same rule inline.)"""
+        if checked:
+            self.checking.discard(item)
+        if fast:
+            item.allow_fast_return()
+        if self.waiters and self.open <= self.max_open:
+            self.hand_off(item)
+            return None
+        if len(self.idle) < self.keep:
+            self.idle.append(item)
+            return None
+        # pool_size items are idle already (or the pool is closed): this one is surplus.
+        # Closing only then avoids reopening overflow connections over and over while
+        # demand stays between pool_size and the maximum.
+        self.forget(item, "pool_closed" if self.closed else "overflow")
+        return item
+
+    def claim(self, item: T) -> bool:
+        """The holder is returning ``item``: whether a leak warning was given for this
+        checkout. From now on no new one is (a slow reset is not the holder's doing)."""
+        reported = item.warned_for == item.lent_at
+        item.warned_for = item.lent_at
+        return reported
+
+    def forget(self, item: T, reason: str) -> None:
+        """``item`` is about to be closed (``reason``: see ``stats.CLOSE_REASONS``): take it
+        off the books and release its slot."""
+        self.entries.discard(item)
+        self.checking.discard(item)
+        self.open -= 1
+        self.count_closed(reason)
+        self._after_shrink()
+
+    def discarded(self, item: T, reason: str, *, disconnect: bool, now: float) -> bool:
+        """``item`` is being closed for good; its slot stays taken until :meth:`slot_freed`.
+        ``disconnect``: it was found dead. Returns whether that is news (it was not suspect
+        already): others opened before ``now`` are suspect then (see :meth:`note_disconnect`)
+        and maintenance should run."""
+        self.count_closed(reason)
+        self.entries.discard(item)
+        self.checking.discard(item)
+        if reason == "ping_failed":
+            self.pings_failed += 1
+        # A suspect found dead confirms what is known: checking the ones that passed again
+        # would only repeat the work (quadratically in an outage).
+        news = disconnect and item.checked_at >= self.disconnect_at
+        if news:
+            self.note_disconnect(now)
+        return news
+
+    def count_closed(self, reason: str) -> None:
+        """Count one connection closed for ``reason``."""
+        self.closed_count += 1
+        self.closed_by[reason] = self.closed_by.get(reason, 0) + 1
+
+    def _after_shrink(self) -> None:
+        """A slot was released: signal a draining close, or finish a shrinking resize."""
+        if self.closed:
+            if self.open == 0:
+                self.on_drained()
+        elif self.keep != self.config.pool_size and self.open <= self.max_open:
+            # Back under the new maximum: keep idle connections again, fill free slots.
+            self.keep = self.config.pool_size
+            self.fill_waiters()
+
+    def send_to_check(self, item: T) -> bool:
+        """A returned ``item`` was lent across a disconnect: queue it for a check. Returns
+        ``False`` if the pool is closed (check it in, which closes it)."""
+        if self.closed:
+            return False
+        self.checking.add(item)
+        self.to_check.append(item)
+        return True
+
+    def passed_check(self, item: T, now: float) -> T | None:
+        """``item`` answered its check at ``now``: back in circulation (see
+        :meth:`check_in`; returns it if surplus)."""
+        item.checked_at = now
+        return self.check_in(item, checked=True, fast=True)
+
+    def suspect(self, item: T) -> bool:
+        """Whether ``item`` was last checked before the latest disconnect."""
+        return item.checked_at < self.disconnect_at
+
+    # ------------------------------------------------------------------ health
+
+    def note_disconnect(self, now: float) -> None:
+        """A connection turned out dead: the server may have restarted, killing every
+        session opened before now. Idle ones go to maintenance for a check; lent ones are
+        checked when returned; meanwhile checkouts verify what they get."""
+        self.disconnect_at = now
+        suspects = [item for item in self.idle if item.checked_at < now]
+        if suspects:
+            for item in suspects:
+                self.idle.remove(item)
+            self.checking.update(suspects)
+            self.to_check.extend(suspects)
+        for item in self.lent():
+            if item.checked_at < now:
+                item.mark_slow_return()
+        self.suspects = True
+        self.check_on_acquire = True
+
+    def sweep(self, now: float, find_orphans: Callable[[set[T], list[T]], list[T]]) -> Sweep[T]:
+        """Maintenance's decisions at ``now``: reclaim the slots of dropped handles (found
+        by ``find_orphans(entries, not_lent)``, which must see no other reference to them),
+        retire idle items past their lifetime or idle timeout, queue checks (keepalive,
+        suspects), mark lent ones to retire on return, find new leaks."""
+        config = self.config
+        next_run = now + MAX_SLEEP
+        # Dropped handles first: their slots may be what waiters are waiting for.
+        orphans = find_orphans(self.entries, [*self.idle, *self.checking])
+        for item in orphans:
+            self.entries.discard(item)
+            self.reclaimed += 1
+            self.count_closed("leaked")
+        orphan_holders = [holder_of(item) for item in orphans]
+        to_ping = self.to_check[:]
+        self.to_check.clear()
+        to_close: list[tuple[T, str]] = []
+
+        # Idle items, least recently returned first.
+        keepalive = config.keepalive_interval
+        survivors = []
+        for item in self.idle:
+            if item.expires_at <= now:
+                to_close.append((item, "lifetime"))
+            elif item.checked_at < self.disconnect_at or (
+                keepalive is not None and now - max(item.lent_at, item.checked_at) >= keepalive
+            ):
+                to_ping.append(item)
+                self.checking.add(item)
+            else:
+                if item.seen_lent_at != item.lent_at:  # first seen idle since its checkout
+                    item.seen_lent_at = item.lent_at
+                    never_lent = item.lent_at == item.created
+                    item.idle_since = item.created if never_lent else now
+                survivors.append(item)
+        idle_timeout = config.idle_timeout
+        if idle_timeout is not None:
+            excess = len(survivors) - config.min_idle
+            kept = []
+            for item in survivors:
+                if excess > 0 and now - item.idle_since >= idle_timeout:
+                    to_close.append((item, "idle"))
+                    excess -= 1
+                else:
+                    kept.append(item)
+                    if excess > 0:
+                        next_run = min(next_run, item.idle_since + idle_timeout)
+            survivors = kept
+        self.idle.clear()
+        self.idle.extend(survivors)
+        for item in survivors:
+            next_run = min(next_run, item.expires_at)
+            if keepalive is not None:
+                next_run = min(next_run, max(item.lent_at, item.checked_at) + keepalive)
+        for item, reason in to_close:
+            self.forget(item, reason)
+
+        # Lent items: retire on return, warn about leaks. When they come back is unknown
+        # (returns are not timed), so look again soon enough for idle_timeout (within a
+        # quarter of it) and keepalive to act close to their settings.
+        threshold = config.leak_threshold
+        leaks = []
+        lent_horizon = min(
+            idle_timeout / 4 if idle_timeout is not None else FOREVER,
+            keepalive if keepalive is not None else FOREVER,
+        )
+        suspects = any(item.checked_at < self.disconnect_at for item in self.entries)
+        for item in self.lent():
+            next_run = min(next_run, now + lent_horizon)
+            if not item.retire:
+                if item.expires_at <= now:
+                    item.retire = True
+                    item.mark_slow_return()
+                else:
+                    next_run = min(next_run, item.expires_at)
+            if threshold is not None and item.warned_for != item.lent_at:
+                if now - item.lent_at >= threshold:
+                    item.warned_for = item.lent_at
+                    item.mark_slow_return()  # its return is logged
+                    self.leaks_detected += 1
+                    leaks.append(holder_of(item))
+                else:
+                    next_run = min(next_run, item.lent_at + threshold)
+        if self.suspects and not suspects:
+            self.suspects = False
+            self.check_on_acquire = self.checked_checkouts
+        if self.waiters:
+            # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
+            next_run = min(next_run, now + 1.0)
+        return Sweep(orphans, orphan_holders, to_close, to_ping, leaks, next_run)
+
+    def plan_connect(self, now: float) -> tuple[Token | None, float]:
+        """Maintenance's last decision: open a connection to reconnect (with back-off) for
+        waiters, or to refill ``min_idle``? Returns :data:`PROBE` or :data:`CONNECT` (the
+        slot is reserved) or ``None``, and when to look again if an attempt is not due
+        yet (else ``FOREVER``)."""
+        if self.closed or self.open >= self.max_open:
+            return None, FOREVER
+        min_idle = self.config.min_idle
+        if self.connect_failures:
+            if self.waiters or len(self.idle) < min_idle:
+                if now >= self.retry_at and not self.probing:
+                    self.probing = True
+                    self.open += 1
+                    self.connecting += 1
+                    return PROBE, FOREVER
+                return None, max(self.retry_at, now + 0.05)
+        elif len(self.idle) + len(self.checking) + self.connecting < min_idle:
+            if now < self.refill_at:
+                return None, self.refill_at
+            self.open += 1
+            self.connecting += 1
+            return CONNECT, FOREVER
+        return None, FOREVER
+
+    # ------------------------------------------------------------------ pool-wide changes
+
+    def resize(self, config: PoolConfig) -> list[T]:
+        """Take the validated ``config`` (new ``pool_size`` / ``max_overflow``). Returns the
+        surplus idle items, off the books, to close. Raises
+        :class:`~flask_dbpool.PoolClosed`."""
+        if self.closed:
+            raise PoolClosed(messages.closed(self.config.name))
+        self.config = config
+        self.max_open = config.max_open
+        # While more are open than the new maximum, returned items are closed (keep 0)
+        # until _after_shrink sees the pool back under it.
+        self.keep = config.pool_size if self.open <= self.max_open else 0
+        self.fill_waiters()
+        surplus = []
+        while len(self.idle) > self.keep:
+            item = self.idle.popleft()  # the least recently used go first
+            self.forget(item, "resized")
+            surplus.append(item)
+        return surplus
+
+    def close(self) -> tuple[bool, list[T]]:
+        """Stop lending: waiters get :data:`CLOSED`. Returns whether this is the first
+        close, and the idle items (and those waiting for a check), off the books, to close."""
+        first = not self.closed
+        self.closed = True
+        self.keep = 0
+        while self.waiters:
+            self.hand_off(CLOSED)
+        idle = [*self.idle, *self.to_check]
+        self.idle.clear()
+        self.to_check.clear()
+        for item in idle:
+            self.forget(item, "pool_closed")
+        self._after_shrink()
+        return first, idle
+
+    # ------------------------------------------------------------------ reading
+
+    def lent(self) -> Iterable[T]:
+        """The items checked out now (and those being opened for a caller)."""
+        idle = set(self.idle)
+        return [item for item in self.entries if item not in idle and item not in self.checking]
+
+    def holders(self) -> list[Holder]:
+        """Who holds the lent items."""
+        return [holder_of(item) for item in self.lent()]
+
+    def in_use(self) -> int:
+        """Slots neither idle, nor connecting, nor being checked."""
+        return self.open - len(self.idle) - self.connecting - len(self.checking)
+
+    def describe(self) -> str:
+        """The counts for error messages."""
+        config = self.config
+        return messages.pool_state(
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            open=self.open,
+            in_use=self.in_use(),
+            idle=len(self.idle),
+            connecting=self.connecting,
+            checking=len(self.checking),
+            waiting=len(self.waiters),
+        )
+
+    def _report(self, waited: float) -> TimeoutReport:
+        """What a ``PoolTimeout`` for a caller that waited ``waited`` s (still queued) will
+        say; counts the timeout. The message is built outside the lock."""
+        self.timeouts += 1
+        return TimeoutReport(
+            waited,
+            self.describe(),
+            self.connect_failures,
+            self.connect_error if self.connect_failures else None,
+            self.rejection is not None,
+            self.holders(),
+        )
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of the gauges and totals."""
+        config = self.config
+        return PoolStats(
+            name=config.name,
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            min_idle=config.min_idle,
+            open=self.open,
+            idle=len(self.idle),
+            in_use=self.in_use(),
+            connecting=self.connecting,
+            checking=len(self.checking),
+            waiting=len(self.waiters),
+            acquired=self.acquired,
+            created=self.created,
+            closed=self.closed_count,
+            timeouts=self.timeouts,
+            rejected=self.rejected,
+            waits=self.waits,
+            wait_seconds_total=self.wait_total,
+            wait_seconds_max=self.wait_max,
+            connect_errors=self.connect_errors,
+            pings_failed=self.pings_failed,
+            leaks_detected=self.leaks_detected,
+            reclaimed=self.reclaimed,
+            closed_by_reason=dict(self.closed_by),
+            wait_time=self.wait_time.snapshot(),
+            create_time=self.create_time.snapshot(),
+            use_time=self.use_time.snapshot(),
+        )
