@@ -33,7 +33,7 @@ new_proxy = object.__new__
 
 
 def loops_for(pool: Any) -> list[tuple[str, Callable[[int], float]]]:
-    entry = pool._idle[-1]
+    entry = pool._state.idle[-1]
     raw = entry.raw
 
     def empty(n: int) -> float:

@@ -293,7 +293,7 @@ def test_item6_sqlite_memory_database_is_freed_with_its_pool() -> None:
         conn.execute(f"CREATE TABLE t{i} (v INTEGER)")
         conn.commit()
         pool.release(conn)
-        connect = pool._life.connector.connect  # the test looks inside on purpose
+        connect = pool._keeper.life.connector.connect  # the test looks inside on purpose
         uris.append(connect.uri)  # type: ignore[attr-defined]
         connects.append(weakref.ref(connect))
         pool.close()  # every pool connection is closed now

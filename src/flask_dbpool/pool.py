@@ -21,7 +21,6 @@ Health work runs in a background thread (:mod:`flask_dbpool.maintenance`) that c
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -31,24 +30,23 @@ from types import TracebackType
 from typing import Any, Final
 
 from flask_dbpool import messages
-from flask_dbpool._fork import INHERITED, abandon_inherited, track
+from flask_dbpool._fork import abandon_inherited, track
 from flask_dbpool._handoff import Waiter
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import IDLE, resolve_target
 from flask_dbpool.entry import Entry
-from flask_dbpool.errors import ConfigError, PoolClosed, PoolError, PoolTimeout, one_line
-from flask_dbpool.leaks import Checkout, TimeoutReport, capture_site, checkouts_of, find_orphans
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolTimeout, one_line
+from flask_dbpool.keeper import Keeper, detached
+from flask_dbpool.leaks import Checkout, TimeoutReport, capture_site, checkouts_of
 from flask_dbpool.lifecycle import Lifecycle
-from flask_dbpool.maintenance import PING_TIMEOUT, Maintenance
-from flask_dbpool.proxy import PooledConnection, set_entry
-from flask_dbpool.state import CLOSED, CONNECT, MAX_SLEEP, NEW_SLOT, PROBE, PoolState, Refusal
+from flask_dbpool.proxy import PooledConnection, handle_for, set_entry
+from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import DURATION_BUCKETS as _DURATION_BUCKETS
 from flask_dbpool.stats import PoolStats
 
 __all__ = ["Pool"]
 
 logger = logging.getLogger("flask_dbpool.pool")
-leak_logger = logging.getLogger("flask_dbpool.leaks")
 
 _new_proxy = object.__new__
 _bucket = bisect_left
@@ -57,16 +55,6 @@ _get_ident = threading.get_ident
 
 #: A checkout ping gets at least this long, even when the caller's timeout is nearly spent.
 _MIN_PING_TIMEOUT = 0.05
-
-
-def _detached(error: BaseException) -> BaseException:
-    """A copy of ``error`` without its traceback, to keep or to raise in another caller
-    (one exception object raised in several threads would collect all their frames)."""
-    try:
-        twin = copy.copy(error)
-    except Exception:  # an exception type that cannot be copied: share the original
-        return error.with_traceback(None)
-    return twin.with_traceback(None) if isinstance(twin, BaseException) else error
 
 
 def _check_timeout(timeout: object) -> None:
@@ -93,16 +81,7 @@ class Pool:
 
     # Slots keep attribute access on the hot path at its cheapest (a plain instance dict
     # slows down once attributes are added after __init__; docs/benchmarks.md).
-    __slots__ = (
-        "__weakref__",
-        "_drained",
-        "_life",
-        "_lock",
-        "_maintenance",
-        "_state",
-        "config",
-        "name",
-    )
+    __slots__ = ("__weakref__", "_keeper", "_lock", "_state", "config", "name")
 
     def __init__(
         self,
@@ -156,8 +135,8 @@ class Pool:
         )
         config = self.config
         self.name: Final = config.name
-        self._life = Lifecycle(resolve_target(target), config, self)
-        driver = self._life.connector.driver
+        life = Lifecycle(resolve_target(target), config, self)
+        driver = life.connector.driver
         if (
             config.reset_on_return == "discard"
             and driver is not None
@@ -167,10 +146,10 @@ class Pool:
                 f"reset_on_return='discard' is not supported by the {driver.name} driver "
                 "(PostgreSQL only); pass a callable that resets the session instead"
             )
-        self._fresh_state(closed=False)
+        self._fresh_state(life, closed=False)
         track(self._after_fork_in_child)
         if config.min_idle:
-            self._nudge()  # maintenance opens them
+            self._keeper.nudge()  # maintenance opens them
         if config.open_timeout is not None:
             try:
                 self.wait_ready(config.open_timeout)
@@ -178,21 +157,23 @@ class Pool:
                 self.close()
                 raise
 
-    def _fresh_state(self, *, closed: bool) -> None:
-        """A pool with nothing open: at construction, and in a forked child."""
-        self._lock = threading.Lock()
-        self._drained = threading.Event()  # set once closed and every slot is free
-        self._state: PoolState[Entry] = PoolState(
-            self.config, target=self.target, closed=closed, on_drained=self._drained.set
+    def _fresh_state(self, life: Lifecycle, *, closed: bool) -> None:
+        """A pool with nothing open: at construction, and in a forked child (where the
+        parent's lock may have been held by another thread)."""
+        state: PoolState[Entry] = PoolState(
+            self.config, target=life.connector.description, closed=closed
         )
-        self._maintenance: Maintenance | None = None
+        self._keeper = Keeper(self, life, state)
+        # The hot path's own references (one attribute load each, not two).
+        self._lock = self._keeper.lock
+        self._state = state
 
     # ------------------------------------------------------------------ public API
 
     @property
     def target(self) -> str:
         """The redacted URL (or the callable's name) connections are opened from."""
-        return self._life.connector.description
+        return self._keeper.life.connector.description
 
     @property
     def closed(self) -> bool:
@@ -259,9 +240,9 @@ class Pool:
         to another pool.
         """
         if conn.__class__ is not PooledConnection:
-            raise self._foreign(conn)
+            raise self._keeper.foreign(conn)
         if error is not None:
-            self._release_slow(conn, error)
+            self._keeper.release_slow(conn, error)
             return
         entry = conn._entry
         if entry is not None and entry.pool is self and entry.tx_state(entry.raw) == IDLE:
@@ -300,16 +281,16 @@ class Pool:
             finally:
                 lock.release()
             if surplus is not None:
-                self._life.close(surplus)
+                self._keeper.life.close(surplus)
                 return
-        self._release_slow(conn, None)
+        self._keeper.release_slow(conn, None)
 
     def invalidate(self, conn: PooledConnection) -> None:
         """Close ``conn``'s driver connection and free its slot instead of reusing it (what
         ``conn.invalidate()`` does). Raises :class:`~flask_dbpool.PoolError` if ``conn`` was
         already returned or belongs to another pool."""
-        entry, _ = self._claim(conn)
-        self._discard(entry, "invalidate() was called", "invalidated")
+        entry, _ = self._keeper.claim(conn)
+        self._keeper.discard(entry, "invalidate() was called", "invalidated")
 
     def warm_up(self) -> int:
         """Open connections now until ``pool_size`` are open; return how many were opened.
@@ -322,10 +303,10 @@ class Pool:
             with self._lock:
                 if not self._state.reserve(self.config.pool_size):
                     return opened
-            entry = self._connect_in_slot()
+            entry = self._keeper.connect_in_slot()
             if not isinstance(entry, Entry):
                 raise entry  # this attempt's own error (not a racing attempt's)
-            self._check_in(entry)
+            self._keeper.check_in(entry)
             opened += 1
 
     def wait_ready(self, timeout: float | None = None) -> None:
@@ -372,7 +353,7 @@ class Pool:
             surplus = self._state.resize(config)
             self.config = config
         for entry in surplus:
-            self._life.close(entry)
+            self._keeper.life.close(entry)
         logger.info(
             "pool %r resized to pool_size=%d, max_overflow=%d (%d idle closed)",
             self.name,
@@ -404,7 +385,7 @@ class Pool:
         # No lock: only the holder uses its handle, and the stamp concerns this checkout only.
         entry = conn._entry if conn.__class__ is PooledConnection else None
         if entry is None or entry.pool is not self:
-            raise self._foreign(conn)
+            raise self._keeper.foreign(conn)
         entry.pinned_for = entry.lent_at
 
     def checkouts(self) -> list[Checkout]:
@@ -456,14 +437,14 @@ class Pool:
             _check_timeout(timeout)
         with self._lock:
             first, idle = self._state.close()
-            maintenance, self._maintenance = self._maintenance, None
+            maintenance, self._keeper.maintenance = self._keeper.maintenance, None
         if maintenance is not None:
             maintenance.stop(timeout=1.0)
         for entry in idle:
-            self._life.close(entry)
+            self._keeper.life.close(entry)
         if first:
             logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
-        if timeout is None or self._drained.wait(timeout):
+        if timeout is None or self._keeper.drained.wait(timeout):
             return
         # Borrowers did not return in time: close their connections under them.
         with self._lock:
@@ -476,7 +457,7 @@ class Pool:
                 timeout,
             )
         for entry in leftovers:
-            self._life.close(entry)
+            self._keeper.life.close(entry)
 
     def run_maintenance(self) -> float:
         """One maintenance run now; returns the seconds until the next is due.
@@ -484,75 +465,10 @@ class Pool:
         The pool's maintenance thread calls it (started lazily); tests and tools may call it
         too, to apply lifetimes, idle timeouts, keepalive checks and leak detection at once.
         Reclaims dropped handles, closes what the state's sweep retires, pings what it asks
-        to check, logs leaks, then opens a connection if waiters or ``min_idle`` need one
-        (each ping bounded by ``maintenance.PING_TIMEOUT``).
+        to check (each ping bounded by ``maintenance.PING_TIMEOUT``), logs leaks, then opens
+        a connection if waiters or ``min_idle`` need one.
         """
-        state, lock = self._state, self._lock
-        with lock:
-            if state.closed:
-                return MAX_SLEEP
-            sweep = state.sweep(_now(), find_orphans)
-        next_run = sweep.next_run
-        # The I/O, outside the lock. Slots first: each dropped handle's slot is given back
-        # even if something below (a logging handler, say) raises.
-        for orphan in sweep.orphans:
-            try:
-                self._life.close(orphan)
-            finally:
-                self._free_slot()
-        for entry, reason in sweep.to_close:
-            logger.debug("pool %r: closing an idle connection (%s)", self.name, reason)
-            self._life.close(entry)
-        to_ping = sweep.to_ping
-        try:
-            while to_ping:
-                entry = to_ping.pop()
-                try:
-                    self._life.ping(entry, PING_TIMEOUT)
-                except Exception as error:
-                    why = f"its check failed ({one_line(error)})"
-                    self._discard(entry, why, "ping_failed", disconnect=True)
-                    continue
-                with lock:
-                    surplus = state.passed_check(entry, _now())
-                if surplus is not None:
-                    self._life.close(surplus)
-                next_run = min(next_run, entry.expires_at)
-                if self.config.keepalive_interval is not None:
-                    next_run = min(next_run, entry.checked_at + self.config.keepalive_interval)
-        finally:
-            for entry in to_ping:  # interrupted: the next run checks the rest
-                self._send_to_check(entry)
-        now = _now()
-        for holder in sweep.orphan_holders:
-            leak_logger.warning("%s", messages.orphan_report(self.name, holder, now))
-        for holder in sweep.leaks:
-            threshold = self.config.leak_threshold or 0.0
-            leak_logger.warning("%s", messages.leak_report(self.name, holder, now, threshold))
-        # Reconnect (with back-off) for waiters, or refill min_idle. Last, so that a
-        # reserved slot goes straight to the attempt.
-        with lock:
-            plan, due = state.plan_connect(_now())
-        if plan is None:
-            return max(0.0, min(next_run, due) - _now())
-        try:
-            opened = self._connect_in_slot(probe=plan is PROBE)
-        except Exception as error:  # on_connect failed: retry later, quietly
-            with lock:
-                delay = state.refill_failed(_now())
-            logger.warning(
-                "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
-                self.name,
-                one_line(error),
-                delay,
-            )
-            return delay
-        if isinstance(opened, Entry):
-            with lock:
-                state.refill_failures = 0
-            self._check_in(opened)
-            return 0.0  # there may be more to open
-        return max(0.0, next_run - _now())
+        return self._keeper.run_maintenance()
 
     def __enter__(self) -> Pool:
         return self
@@ -583,8 +499,9 @@ class Pool:
         inherited = list(old.entries)
         # Fresh state: the parent's lock may have been held by another thread, and its
         # waiters and maintenance thread do not exist here (maintenance restarts lazily).
-        self._fresh_state(closed=old.closed)
-        abandon_inherited(inherited, idle, self._life.close)
+        life = self._keeper.life
+        self._fresh_state(life, closed=old.closed)
+        abandon_inherited(inherited, idle, life.close)
 
     # ------------------------------------------------------------------ acquiring
 
@@ -607,11 +524,11 @@ class Pool:
                     try:
                         # Bounded by what is left of the caller's timeout (with a floor, so
                         # that a caller out of time still gets a fair check of this one).
-                        self._life.ping(entry, max(deadline - now, _MIN_PING_TIMEOUT))
+                        self._keeper.life.ping(entry, max(deadline - now, _MIN_PING_TIMEOUT))
                     except Exception as error:
-                        claimed, _ = self._claim(conn)
+                        claimed, _ = self._keeper.claim(conn)
                         why = f"its ping failed ({one_line(error)})"
-                        self._discard(claimed, why, "ping_failed", disconnect=True)
+                        self._keeper.discard(claimed, why, "ping_failed", disconnect=True)
                         continue  # another one, within the caller's deadline
                     entry.checked_at = now
                     entry.allow_fast_return()
@@ -623,7 +540,7 @@ class Pool:
                 if config.on_checkout is not None:
                     config.on_checkout(entry.raw)
             except BaseException as error:
-                self._release_after(conn, error)
+                self._keeper.release_after(conn, error)
                 raise
             return conn
 
@@ -636,11 +553,6 @@ class Pool:
         except Exception as error:  # a diagnostic must never fail a checkout
             return f"<describe_caller failed: {error!r}>"
 
-    def _handle(self, entry: Entry) -> PooledConnection:
-        conn = _new_proxy(PooledConnection)
-        set_entry(conn, entry)
-        return conn
-
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:
             timeout = self.config.timeout
@@ -652,19 +564,19 @@ class Pool:
             with self._lock:
                 got = self._state.request(now, _get_ident(), start, deadline, Waiter)
                 if isinstance(got, Entry):
-                    return self._handle(got)
+                    return handle_for(got)
                 if isinstance(got, Waiter):
                     # A dropped handle may be why the pool ran dry, and maintenance
                     # reclaims those: let it look.
                     nudge = self._state.dry_check_due(now)
             if isinstance(got, Waiter):
                 if nudge:
-                    self._nudge()
+                    self._keeper.nudge()
                 conn = self._wait(got, start, deadline)
             elif got is CONNECT or got is PROBE:
-                conn = self._open_in_slot(probe=got is PROBE)
+                conn = self._keeper.open_in_slot(probe=got is PROBE)
             elif isinstance(got, Refusal):
-                raise _detached(got.error)
+                raise detached(got.error)
             else:
                 assert isinstance(got, TimeoutReport)
                 raise messages.timeout_error(self.name, self.target, got, _now())
@@ -698,11 +610,11 @@ class Pool:
                 if got is CLOSED:
                     raise PoolClosed(messages.closed_while_waiting(self.name))
                 if got is NEW_SLOT:
-                    return self._open_in_slot(waiter=waiter)
+                    return self._keeper.open_in_slot(waiter=waiter)
                 if isinstance(got, Refusal):
-                    raise _detached(got.error)
+                    raise detached(got.error)
                 assert isinstance(got, Entry)
-                conn = self._handle(got)
+                conn = handle_for(got)
                 waiter.item = None
                 return conn
         except BaseException:
@@ -715,249 +627,6 @@ class Pool:
         with self._lock:
             item = self._state.abandon(waiter)
         if item is NEW_SLOT:
-            self._free_slot(connecting=True)
+            self._keeper.free_slot(connecting=True)
         elif isinstance(item, Entry):
-            self._check_in(item)
-
-    def _open_in_slot(
-        self, *, probe: bool = False, waiter: Waiter | None = None
-    ) -> PooledConnection | None:
-        """Open a connection in a slot already reserved and lend it; ``None`` if the database
-        could not be reached (the slot is released and the failure recorded)."""
-        entry = self._connect_in_slot(probe=probe, waiter=waiter)
-        if not isinstance(entry, Entry):
-            if self._life.is_rejection(entry):
-                raise entry  # refused for good: the caller gets the driver's error now
-            return None
-        with self._lock:
-            if not self._state.closed:
-                return self._handle(self._state.lend(entry, _now(), _get_ident()))
-            self._state.forget(entry, "pool_closed")
-        self._life.close(entry)
-        raise PoolClosed(messages.closed_while_connecting(self.name))
-
-    def _connect_in_slot(
-        self, *, probe: bool = False, waiter: Waiter | None = None
-    ) -> Entry | Exception:
-        """Connect in a reserved slot (counted in open and connecting).
-
-        Returns the new entry, accounted for but not lent; the driver's error if connecting
-        failed (the slot is released and back-off starts); raises what ``on_connect`` raised
-        (the slot is released, to a waiter if one exists). ``probe``: this is the one attempt
-        allowed while the database is unreachable. ``waiter``: the slot was handed to this
-        waiter.
-        """
-        started = _now()
-        try:
-            if waiter is not None:
-                waiter.item = None  # from here on this call owns the slot
-            raw = self._life.connect()
-        except Exception as error:
-            self._connect_failed(error, probe, started)
-            return error
-        except BaseException:
-            self._free_slot(connecting=True, probe=probe)
-            raise
-        try:
-            entry = self._life.prepare(raw, _now)
-        except BaseException:
-            self._free_slot(connecting=True, probe=probe)
-            raise
-        accounted = False
-        try:
-            with self._lock:
-                recovered = self._state.connected(entry, started, entry.created, probe)
-                accounted = True
-        except BaseException:
-            if not accounted:  # interrupted before the pool knew of it
-                try:
-                    self._life.close(entry)
-                finally:
-                    self._free_slot(connecting=True, probe=probe)
-            raise
-        if recovered:
-            logger.warning(
-                "pool %r: connected to %s again after %d failed attempt(s)",
-                self.name,
-                self.target,
-                recovered,
-            )
-        try:
-            self._nudge()  # starts maintenance, or lets it schedule the new connection
-        except BaseException:
-            self._check_in(entry)  # interrupted (gevent): the connection must not be lost
-            raise
-        return entry
-
-    def _connect_failed(self, error: Exception, probe: bool, started: float) -> None:
-        """Release the slot of a failed connection attempt and schedule a retry."""
-        rejected = self._life.is_rejection(error)
-        # Kept without its traceback: the frames would keep callers' locals alive.
-        kept = _detached(error)
-        with self._lock:
-            failures, delay = self._state.connect_failed(kept, rejected, started, _now(), probe)
-        log = logger.warning if failures == 1 else logger.debug
-        log(
-            "pool %r: %s %s (%s); attempt %d, retrying in %.2f s",
-            self.name,
-            "the database rejected the connection to" if rejected else "cannot connect to",
-            self.target,
-            one_line(error),
-            failures,
-            delay,
-        )
-        self._nudge()
-
-    # ------------------------------------------------------------------ returning
-
-    def _check_in(self, entry: Entry) -> None:
-        """Put a reset, healthy entry back: to the oldest waiter, the idle deque, or close it."""
-        with self._lock:
-            surplus = self._state.check_in(entry)
-        if surplus is not None:
-            self._life.close(surplus)
-
-    def _free_slot(self, *, connecting: bool = False, probe: bool = False) -> None:
-        """A slot's connection is gone: hand the slot to the oldest waiter, or release it."""
-        with self._lock:
-            reconnect = self._state.slot_freed(connecting=connecting, probe=probe)
-        if reconnect:
-            self._nudge()  # a slot for maintenance's next reconnection attempt
-
-    def _claim(self, conn: PooledConnection) -> tuple[Entry, bool]:
-        """Take the entry out of ``conn`` under the lock, so that only one release wins.
-
-        Also returns whether a leak warning was logged for this checkout. From here on, no
-        new one is: a slow reset on return is not the holder's doing.
-        """
-        if conn.__class__ is not PooledConnection:
-            raise self._foreign(conn)
-        with self._lock:
-            entry = conn._entry
-            if entry is None:
-                raise PoolError(messages.already_returned())
-            if entry.pool is not self:
-                raise self._foreign(conn)
-            set_entry(conn, None)
-            return entry, self._state.claim(entry)
-
-    def _release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
-        entry, reported = self._claim(conn)
-        held = _now() - entry.lent_at
-        verdict = self._life.reset(entry, exc)
-        if verdict is not None:
-            self._discard(
-                entry,
-                verdict.why,
-                verdict.reason,
-                disconnect=verdict.disconnect,
-                quiet=verdict.quiet,
-            )
-            if verdict.interrupt is not None:
-                raise verdict.interrupt
-        else:
-            with self._lock:
-                state = self._state
-                # Lent across a disconnect: maintenance pings it before it is lent again.
-                checking = state.suspect(entry) and state.send_to_check(entry)
-                surplus = None if checking else state.check_in(entry, fast=True)
-            if surplus is not None:
-                self._life.close(surplus)
-            if checking:
-                self._nudge()
-        # After the connection is safe (checked in or discarded): an observer or a log
-        # handler interrupted here can lose nothing.
-        if self._state.track_use:  # (returns with an exception come here directly)
-            with self._lock:
-                self._state.use_time.record(held)
-                for observer in self._state.observers:
-                    observer("use", held)
-        if reported:
-            # It was reported as a possible leak: say how it ended, so that a slow request
-            # and a real leak can be told apart.
-            leak_logger.warning(
-                "pool %r: the connection held longer than leak_threshold=%g s by thread %r "
-                "came back after %.1f s",
-                self.name,
-                self.config.leak_threshold,
-                entry.thread_name,
-                held,
-            )
-
-    def _release_after(self, conn: PooledConnection, exc: BaseException) -> None:
-        """Return ``conn`` after ``exc`` interrupted its checkout; a handle already returned
-        (by a racing ``close()``) is fine."""
-        try:
-            self._release_slow(conn, exc)
-        except PoolError:
-            if conn._entry is not None:
-                raise
-
-    def _discard(
-        self,
-        entry: Entry,
-        why: str,
-        reason: str,
-        *,
-        disconnect: bool = False,
-        quiet: bool = False,
-    ) -> None:
-        """Close ``entry`` for good and free its slot, whatever happens on the way.
-
-        ``disconnect``: the connection was found dead; unless it was already suspect, others
-        opened before now are suspect too and get checked before reuse.
-        """
-        news = False
-        try:
-            with self._lock:
-                news = self._state.discarded(entry, reason, disconnect=disconnect, now=_now())
-            (logger.debug if quiet else logger.info)(
-                "pool %r: discarding a connection because %s", self.name, why
-            )
-            self._life.close(entry)
-        finally:
-            self._free_slot()
-            if news:
-                self._nudge()
-
-    def _send_to_check(self, entry: Entry) -> None:
-        with self._lock:
-            queued = self._state.send_to_check(entry)
-        if queued:
-            self._nudge()
-        else:
-            self._check_in(entry)  # the pool is closed: this closes it
-
-    def _nudge(self) -> None:
-        """Wake the maintenance thread, starting it if needed (again, if it died)."""
-        maintenance = self._maintenance
-        if maintenance is not None and not maintenance.dead:
-            maintenance.nudge()
-            return
-        with self._lock:
-            if self._state.closed:
-                return
-            if self._maintenance is not maintenance:  # another thread just started one
-                return
-            maintenance = self._maintenance = Maintenance(self)
-        # Outside the lock: under gevent, starting a thread switches greenlets.
-        try:
-            maintenance.start()
-        except BaseException as error:
-            with self._lock:
-                if self._maintenance is maintenance:
-                    self._maintenance = None  # the next nudge tries again
-            if isinstance(error, RuntimeError):  # e.g. "can't create new thread" at exit
-                logger.debug("pool %r: cannot start maintenance: %r", self.name, error)
-                return
-            raise
-
-    def _foreign(self, conn: object) -> PoolError:
-        if isinstance(conn, PooledConnection):
-            entry = conn._entry
-            if entry is None:
-                return PoolError(messages.already_returned())
-            if entry.pool is INHERITED:
-                return PoolError(messages.inherited_across_fork())
-            return PoolError(messages.of_another_pool(entry.pool.name, self.name))
-        return PoolError(messages.foreign_object(self.name, conn))
+            self._keeper.check_in(item)

@@ -162,3 +162,13 @@ def _give_back(conn: PooledConnection, error: BaseException | None) -> None:
 set_entry: Callable[[PooledConnection, Entry | None], None] = vars(PooledConnection)[
     "_entry"
 ].__set__
+
+
+def handle_for(entry: Entry) -> PooledConnection:
+    """A new handle lending ``entry`` (without ``__init__``, which makes a returned one)."""
+    conn = _new_handle(PooledConnection)
+    set_entry(conn, entry)
+    return conn
+
+
+_new_handle = object.__new__
