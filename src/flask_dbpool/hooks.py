@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flask_dbpool import messages
 from flask_dbpool.drivers import BROKEN, FAILED, IDLE, Driver
 from flask_dbpool.errors import PoolError
 
@@ -20,10 +21,7 @@ def run_on_connect(hook: Hook, pool: str, raw: Any, driver: type[Driver]) -> Non
         state = driver.transaction_state(raw)
         if state in (BROKEN, FAILED):
             # Committing an aborted transaction would silently roll the hook's work back.
-            raise PoolError(
-                f"pool {pool!r}: on_connect left the connection "
-                + ("broken" if state == BROKEN else "in an aborted transaction")
-            )
+            raise PoolError(messages.on_connect_left(pool, broken=state == BROKEN))
         if state != IDLE:
             raw.commit()  # so that SET / PRAGMA statements outlive the first reset
     except BaseException:
@@ -40,7 +38,7 @@ def reset_session(
     """The full reset of ``reset_on_return="discard"`` or a callable; raises on failure."""
     if style == "discard":
         if not driver.supports_session_reset:
-            raise PoolError(f"reset_on_return='discard' is not supported by {driver.name}")
+            raise PoolError(messages.session_reset_unsupported(driver.name))
         driver.reset_session(raw)
         if on_connect is not None:
             run_on_connect(on_connect, pool, raw, driver)  # DISCARD ALL wiped what it had set

@@ -21,9 +21,11 @@ __all__ = [
     "leak_report",
     "not_callable",
     "of_another_pool",
+    "on_connect_left",
     "orphan_report",
     "pool_state",
     "returned_handle",
+    "session_reset_unsupported",
     "settings_not_restorable",
     "timeout_error",
     "too_many_waiters",
@@ -127,6 +129,20 @@ def of_another_pool(owner: str, pool: str) -> str:
 def foreign_object(pool: str, value: object) -> str:
     """Something that is not a handle was returned."""
     return f"pool {pool!r} can only take back connections it lent, got {type(value).__name__}"
+
+
+def session_reset_unsupported(driver: str) -> str:
+    """``reset_on_return='discard'`` with a driver that has no session reset."""
+    return (
+        f"reset_on_return='discard' is not supported by the {driver} driver (PostgreSQL "
+        "only); pass a callable that resets the session instead"
+    )
+
+
+def on_connect_left(pool: str, broken: bool) -> str:
+    """``on_connect`` left the connection unusable."""
+    what = "broken" if broken else "in an aborted transaction"
+    return f"pool {pool!r}: on_connect left the connection {what}"
 
 
 def settings_not_restorable() -> PoolError:

@@ -142,10 +142,7 @@ class Pool:
             and driver is not None
             and not driver.supports_session_reset
         ):
-            raise ConfigError(
-                f"reset_on_return='discard' is not supported by the {driver.name} driver "
-                "(PostgreSQL only); pass a callable that resets the session instead"
-            )
+            raise ConfigError(messages.session_reset_unsupported(driver.name))
         self._fresh_state(life, closed=False)
         track(self._after_fork_in_child)
         if config.min_idle:

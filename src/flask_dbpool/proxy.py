@@ -6,6 +6,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from flask_dbpool import messages
 from flask_dbpool.drivers.base import IDLE
 from flask_dbpool.errors import PoolError
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PooledConnection"]
 
-_RETURNED = "connection was returned to the pool; acquire a new one"
+_RETURNED = messages.returned_handle()
 
 
 class PooledConnection:

@@ -635,91 +635,7 @@ class PoolState(Generic[T]):
         by ``find_orphans(entries, not_lent)``, which must see no other reference to them),
         retire idle items past their lifetime or idle timeout, queue checks (keepalive,
         suspects), mark lent ones to retire on return, find new leaks."""
-        config = self.config
-        next_run = now + MAX_SLEEP
-        # Dropped handles first: their slots may be what waiters are waiting for.
-        orphans = find_orphans(self.entries, [*self.idle, *self.checking])
-        for item in orphans:
-            self.entries.discard(item)
-            self.reclaimed += 1
-            self.count_closed("leaked")
-        orphan_holders = [holder_of(item) for item in orphans]
-        to_ping = self.to_check[:]
-        self.to_check.clear()
-        to_close: list[tuple[T, str]] = []
-
-        # Idle items, least recently returned first.
-        keepalive = config.keepalive_interval
-        survivors = []
-        for item in self.idle:
-            if item.expires_at <= now:
-                to_close.append((item, "lifetime"))
-            elif item.checked_at < self.disconnect_at or (
-                keepalive is not None and now - max(item.lent_at, item.checked_at) >= keepalive
-            ):
-                to_ping.append(item)
-                self.checking.add(item)
-            else:
-                if item.seen_lent_at != item.lent_at:  # first seen idle since its checkout
-                    item.seen_lent_at = item.lent_at
-                    never_lent = item.lent_at == item.created
-                    item.idle_since = item.created if never_lent else now
-                survivors.append(item)
-        idle_timeout = config.idle_timeout
-        if idle_timeout is not None:
-            excess = len(survivors) - config.min_idle
-            kept = []
-            for item in survivors:
-                if excess > 0 and now - item.idle_since >= idle_timeout:
-                    to_close.append((item, "idle"))
-                    excess -= 1
-                else:
-                    kept.append(item)
-                    if excess > 0:
-                        next_run = min(next_run, item.idle_since + idle_timeout)
-            survivors = kept
-        self.idle.clear()
-        self.idle.extend(survivors)
-        for item in survivors:
-            next_run = min(next_run, item.expires_at)
-            if keepalive is not None:
-                next_run = min(next_run, max(item.lent_at, item.checked_at) + keepalive)
-        for item, reason in to_close:
-            self.forget(item, reason)
-
-        # Lent items: retire on return, warn about leaks. When they come back is unknown
-        # (returns are not timed), so look again soon enough for idle_timeout (within a
-        # quarter of it) and keepalive to act close to their settings.
-        threshold = config.leak_threshold
-        leaks = []
-        lent_horizon = min(
-            idle_timeout / 4 if idle_timeout is not None else FOREVER,
-            keepalive if keepalive is not None else FOREVER,
-        )
-        suspects = any(item.checked_at < self.disconnect_at for item in self.entries)
-        for item in self.lent():
-            next_run = min(next_run, now + lent_horizon)
-            if not item.retire:
-                if item.expires_at <= now:
-                    item.retire = True
-                    item.mark_slow_return()
-                else:
-                    next_run = min(next_run, item.expires_at)
-            if threshold is not None and item.warned_for != item.lent_at:
-                if now - item.lent_at >= threshold:
-                    item.warned_for = item.lent_at
-                    item.mark_slow_return()  # its return is logged
-                    self.leaks_detected += 1
-                    leaks.append(holder_of(item))
-                else:
-                    next_run = min(next_run, item.lent_at + threshold)
-        if self.suspects and not suspects:
-            self.suspects = False
-            self.check_on_acquire = self.checked_checkouts
-        if self.waiters:
-            # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
-            next_run = min(next_run, now + 1.0)
-        return Sweep(orphans, orphan_holders, to_close, to_ping, leaks, next_run)
+        return _sweep(self, now, find_orphans)
 
     def plan_connect(self, now: float) -> tuple[Token | None, float]:
         """Maintenance's last decision: open a connection to reconnect (with back-off) for
@@ -826,32 +742,128 @@ class PoolState(Generic[T]):
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the gauges and totals."""
-        config = self.config
-        return PoolStats(
-            name=config.name,
-            pool_size=config.pool_size,
-            max_overflow=config.max_overflow,
-            min_idle=config.min_idle,
-            open=self.open,
-            idle=len(self.idle),
-            in_use=self.in_use(),
-            connecting=self.connecting,
-            checking=len(self.checking),
-            waiting=len(self.waiters),
-            acquired=self.acquired,
-            created=self.created,
-            closed=self.closed_count,
-            timeouts=self.timeouts,
-            rejected=self.rejected,
-            waits=self.waits,
-            wait_seconds_total=self.wait_total,
-            wait_seconds_max=self.wait_max,
-            connect_errors=self.connect_errors,
-            pings_failed=self.pings_failed,
-            leaks_detected=self.leaks_detected,
-            reclaimed=self.reclaimed,
-            closed_by_reason=dict(self.closed_by),
-            wait_time=self.wait_time.snapshot(),
-            create_time=self.create_time.snapshot(),
-            use_time=self.use_time.snapshot(),
-        )
+        return _snapshot(self)
+
+
+def _snapshot(state: PoolState[Any]) -> PoolStats:
+    """:meth:`PoolState.stats`, written out of the class."""
+    config = state.config
+    return PoolStats(
+        name=config.name,
+        pool_size=config.pool_size,
+        max_overflow=config.max_overflow,
+        min_idle=config.min_idle,
+        open=state.open,
+        idle=len(state.idle),
+        in_use=state.in_use(),
+        connecting=state.connecting,
+        checking=len(state.checking),
+        waiting=len(state.waiters),
+        acquired=state.acquired,
+        created=state.created,
+        closed=state.closed_count,
+        timeouts=state.timeouts,
+        rejected=state.rejected,
+        waits=state.waits,
+        wait_seconds_total=state.wait_total,
+        wait_seconds_max=state.wait_max,
+        connect_errors=state.connect_errors,
+        pings_failed=state.pings_failed,
+        leaks_detected=state.leaks_detected,
+        reclaimed=state.reclaimed,
+        closed_by_reason=dict(state.closed_by),
+        wait_time=state.wait_time.snapshot(),
+        create_time=state.create_time.snapshot(),
+        use_time=state.use_time.snapshot(),
+    )
+
+
+def _sweep(
+    state: PoolState[T], now: float, find_orphans: Callable[[set[T], list[T]], list[T]]
+) -> Sweep[T]:
+    """:meth:`PoolState.sweep`, written out of the class to keep it readable."""
+    config = state.config
+    next_run = now + MAX_SLEEP
+    # Dropped handles first: their slots may be what waiters are waiting for.
+    orphans = find_orphans(state.entries, [*state.idle, *state.checking])
+    for item in orphans:
+        state.entries.discard(item)
+        state.reclaimed += 1
+        state.count_closed("leaked")
+    orphan_holders = [holder_of(item) for item in orphans]
+    to_ping = state.to_check[:]
+    state.to_check.clear()
+    to_close: list[tuple[T, str]] = []
+
+    # Idle items, least recently returned first.
+    keepalive = config.keepalive_interval
+    survivors = []
+    for item in state.idle:
+        if item.expires_at <= now:
+            to_close.append((item, "lifetime"))
+        elif item.checked_at < state.disconnect_at or (
+            keepalive is not None and now - max(item.lent_at, item.checked_at) >= keepalive
+        ):
+            to_ping.append(item)
+            state.checking.add(item)
+        else:
+            if item.seen_lent_at != item.lent_at:  # first seen idle since its checkout
+                item.seen_lent_at = item.lent_at
+                never_lent = item.lent_at == item.created
+                item.idle_since = item.created if never_lent else now
+            survivors.append(item)
+    idle_timeout = config.idle_timeout
+    if idle_timeout is not None:
+        excess = len(survivors) - config.min_idle
+        kept = []
+        for item in survivors:
+            if excess > 0 and now - item.idle_since >= idle_timeout:
+                to_close.append((item, "idle"))
+                excess -= 1
+            else:
+                kept.append(item)
+                if excess > 0:
+                    next_run = min(next_run, item.idle_since + idle_timeout)
+        survivors = kept
+    state.idle.clear()
+    state.idle.extend(survivors)
+    for item in survivors:
+        next_run = min(next_run, item.expires_at)
+        if keepalive is not None:
+            next_run = min(next_run, max(item.lent_at, item.checked_at) + keepalive)
+    for item, reason in to_close:
+        state.forget(item, reason)
+
+    # Lent items: retire on return, warn about leaks. When they come back is unknown
+    # (returns are not timed), so look again soon enough for idle_timeout (within a
+    # quarter of it) and keepalive to act close to their settings.
+    threshold = config.leak_threshold
+    leaks = []
+    lent_horizon = min(
+        idle_timeout / 4 if idle_timeout is not None else FOREVER,
+        keepalive if keepalive is not None else FOREVER,
+    )
+    suspects = any(item.checked_at < state.disconnect_at for item in state.entries)
+    for item in state.lent():
+        next_run = min(next_run, now + lent_horizon)
+        if not item.retire:
+            if item.expires_at <= now:
+                item.retire = True
+                item.mark_slow_return()
+            else:
+                next_run = min(next_run, item.expires_at)
+        if threshold is not None and item.warned_for != item.lent_at:
+            if now - item.lent_at >= threshold:
+                item.warned_for = item.lent_at
+                item.mark_slow_return()  # its return is logged
+                state.leaks_detected += 1
+                leaks.append(holder_of(item))
+            else:
+                next_run = min(next_run, item.lent_at + threshold)
+    if state.suspects and not suspects:
+        state.suspects = False
+        state.check_on_acquire = state.checked_checkouts
+    if state.waiters:
+        # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
+        next_run = min(next_run, now + 1.0)
+    return Sweep(orphans, orphan_holders, to_close, to_ping, leaks, next_run)
