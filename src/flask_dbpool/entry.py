@@ -5,12 +5,9 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from traceback import StackSummary
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from flask_dbpool.drivers import IN_TRANSACTION, Driver
-
-if TYPE_CHECKING:
-    from flask_dbpool.proxy import PooledConnection
 
 __all__ = ["FOREVER", "Entry", "Owner", "slow_return"]
 
@@ -19,16 +16,18 @@ FOREVER = float("inf")
 
 class Owner(Protocol):
     """What a handle may call on the pool that lent its entry (a :class:`~flask_dbpool.Pool`
-    is one; so is the stand-in for connections inherited across ``fork()``)."""
+    is one; so is the stand-in for connections inherited across ``fork()``). ``conn`` is a
+    :class:`~flask_dbpool.proxy.PooledConnection`, typed ``Any`` here because the handle's
+    module imports this one."""
 
     @property
     def name(self) -> str:
         """The pool's name, for messages."""
 
-    def release(self, conn: PooledConnection, error: BaseException | None = None) -> None:
+    def release(self, conn: Any, error: BaseException | None = None) -> None:
         """Take ``conn`` back (see :meth:`flask_dbpool.Pool.release`)."""
 
-    def invalidate(self, conn: PooledConnection) -> None:
+    def invalidate(self, conn: Any) -> None:
         """Close ``conn``'s connection instead of reusing it."""
 
 
