@@ -1,7 +1,8 @@
 """Leaks: who holds the connections, warnings past leak_threshold, dropped handles reclaimed.
 
-All against real databases; the maintenance thread runs for real (its idle sleep is shortened
-where a test would otherwise wait for it).
+All against real databases. The maintenance thread runs for real; a test that needs a
+maintenance run at a given point makes it itself with ``pool.run_maintenance()`` rather than
+waiting for the thread (nor patching its timing).
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-import flask_dbpool.maintenance as maintenance
 from backends import Backend, MakePool, Worker, query, wait_until
 from flask_dbpool import Pool, PoolTimeout
 from flask_dbpool.leaks import ORPHANS_DETECTABLE
@@ -23,13 +22,6 @@ from flask_dbpool.leaks import ORPHANS_DETECTABLE
 needs_refcounts = pytest.mark.skipif(
     not ORPHANS_DETECTABLE, reason="dropped handles are detected through CPython refcounts"
 )
-
-
-@pytest.fixture
-def fast_maintenance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Let maintenance threads wake every 50 ms instead of every few seconds."""
-    monkeypatch.setattr(maintenance, "MAX_SLEEP", 0.05)
-    yield
 
 
 def _check_out_and_drop(pool: Pool) -> None:
@@ -77,66 +69,101 @@ def test_dropped_handle_without_tracking_still_reclaimed(
 
 @needs_refcounts
 def test_live_handles_are_never_reclaimed_under_stress(
-    sqlite_url: str, make_pool: MakePool, fast_maintenance: None
+    sqlite_url: str, make_pool: MakePool
 ) -> None:
-    """Maintenance scans for dropped handles continuously while 12 threads churn through a
-    small pool: a handle still held must never be taken away (nor used twice)."""
+    """Maintenance scans for dropped handles again and again (at least 200 runs) while 12
+    threads churn through a small pool (at least 1000 rounds each, for as long as the
+    scans go on): a handle still held must never be taken away (nor used twice)."""
     pool = make_pool(sqlite_url, pool_size=3, max_overflow=2, timeout=10, idle_timeout=0.05)
     in_hand: set[int] = set()
     guard = threading.Lock()
-    stop = time.monotonic() + 2.0
+    scanned = threading.Event()  # maintenance has made its 200 runs
+    churners = 12
+    churned = threading.Semaphore(0)  # released once by each churner when it stops
+
+    def maintain() -> int:
+        runs = 0
+        stopped = 0
+        try:
+            while runs < 200 or stopped < churners:  # on until every churner has stopped
+                pool.run_maintenance()
+                runs += 1
+                time.sleep(0.001)  # leave the churners the lock in between
+                if runs >= 200:
+                    scanned.set()
+                    while churned.acquire(blocking=False):
+                        stopped += 1
+        finally:  # done, even by a failure: the churners need not wait for it
+            scanned.set()
+        return runs
 
     def churn() -> int:
         rng = random.Random()
         rounds = 0
-        while time.monotonic() < stop:
-            with pool.connection() as conn:
-                raw = id(conn.driver_connection)
-                with guard:
-                    assert raw not in in_hand, "one connection in two hands"
-                    in_hand.add(raw)
-                time.sleep(rng.random() / 1000)
-                assert query(conn, "SELECT 3") == [(3,)]
-                with guard:
-                    in_hand.discard(raw)
-            rounds += 1
+        try:
+            while rounds < 1000 or not scanned.is_set():
+                with pool.connection() as conn:
+                    raw = id(conn.driver_connection)
+                    with guard:
+                        assert raw not in in_hand, "one connection in two hands"
+                        in_hand.add(raw)
+                    time.sleep(rng.random() / 1000)
+                    assert query(conn, "SELECT 3") == [(3,)]
+                    with guard:
+                        in_hand.discard(raw)
+                rounds += 1
+        finally:  # stopped, even by a failure: maintenance need not go on for it
+            churned.release()
         return rounds
 
-    workers = [Worker(churn, f"churn-{i}") for i in range(12)]
-    for worker in workers:
+    maintainer = Worker(maintain, "maintainer")
+    workers = [Worker(churn, f"churn-{i}") for i in range(churners)]
+    for worker in [*workers, maintainer]:
         worker.start()
-    for worker in workers:
-        worker.join(30)
+    for worker in [*workers, maintainer]:
+        worker.join(60)
         assert not worker.is_alive()
         assert worker.error is None, worker.error
     s = pool.stats()
     assert s.reclaimed == 0, s
     assert s.in_use == 0 and s.open == s.idle and s.open <= 5, s
+    assert maintainer.result >= 200
     assert sum(worker.result for worker in workers) > 100
 
 
 @pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
 def test_leak_warning_names_thread_and_checkout_site(
-    backend: Backend,
-    make_pool: MakePool,
-    caplog: pytest.LogCaptureFixture,
-    fast_maintenance: None,
+    backend: Backend, make_pool: MakePool, caplog: pytest.LogCaptureFixture
 ) -> None:
     pool = make_pool(backend.url, pool_size=2, leak_threshold=0.2)
+    taken = threading.Event()
+    done = threading.Event()
 
     def hold_too_long() -> None:
         with pool.connection() as conn:
             query(conn, "SELECT 1")
-            wait_until(lambda: pool.stats().leaks_detected == 1, 10, "the leak warning")
+            taken.set()
+            assert done.wait(10)
 
     with caplog.at_level(logging.WARNING, logger="flask_dbpool"):
         worker = Worker(hold_too_long, "slow-report-thread")
         worker.start()
-        worker.join(15)
+        try:
+            assert taken.wait(10)
+            time.sleep(0.3)  # held past leak_threshold
+            pool.run_maintenance()
+            assert pool.stats().leaks_detected == 1
+            pool.run_maintenance()  # still held: no second warning for this checkout
+            assert pool.stats().leaks_detected == 1
+        finally:
+            done.set()
+            worker.join(15)
         assert worker.error is None, worker.error
         with pool.connection():  # a short hold: no warning
             pass
-        time.sleep(0.4)
+        time.sleep(0.3)  # as long after its checkout as the leak above
+        pool.run_maintenance()
+        pool.close()  # stops the maintenance thread: whatever it found is logged by now
     warnings = [r.getMessage() for r in caplog.records if "possible leak" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once per checkout
     assert "slow-report-thread" in warnings[0]
@@ -185,7 +212,7 @@ def test_pool_timeout_names_checkout_site_when_tracking(
 
 
 def test_flask_leak_report_names_the_request(
-    sqlite_url: str, caplog: pytest.LogCaptureFixture, fast_maintenance: None
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flask import Flask
 
@@ -198,7 +225,9 @@ def test_flask_leak_report_names_the_request(
     @app.post("/orders/<int:order>")
     def slow(order: int) -> str:
         query(db.connection, "SELECT 1")
-        wait_until(lambda: db.pool.stats().leaks_detected == 1, 10, "the leak warning")
+        time.sleep(0.15)  # held past leak_threshold
+        db.pool.run_maintenance()
+        assert db.pool.stats().leaks_detected == 1
         return "ok"
 
     with caplog.at_level(logging.WARNING, logger="flask_dbpool"):

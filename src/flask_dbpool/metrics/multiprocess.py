@@ -24,11 +24,11 @@ import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask_dbpool.metrics.prometheus import PoolCollector, _prometheus_core
+from flask_dbpool.metrics.prometheus import PoolCollector, prometheus_core
 from flask_dbpool.stats import HistogramSnapshot
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class SnapshotWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
-        _all_writers.add(self)
+        _call_after_fork(self._after_fork_in_parent, self._after_fork_in_child)
 
     def add(self, pool: Pool) -> None:
         """Report ``pool`` (held weakly) and make sure the writer runs in this process."""
@@ -135,20 +135,37 @@ class SnapshotWriter:
             self._start()
 
 
-# Every writer of the process, for the fork hooks below (a started writer's thread keeps it).
-_all_writers: weakref.WeakSet[SnapshotWriter] = weakref.WeakSet()
+# The fork hooks of every writer of the process, in creation order: each writer registers its
+# own bound methods, held weakly (a started writer's thread keeps its writer alive).
+_Hook = weakref.WeakMethod[Callable[[], None]]
+_fork_hooks: list[tuple[_Hook, _Hook]] = []
+_fork_hooks_lock = threading.Lock()
+
+
+def _call_after_fork(in_parent: Callable[[], None], in_child: Callable[[], None]) -> None:
+    """Call the bound methods ``in_parent`` and ``in_child`` after each fork (in the parent
+    and in the child) for as long as their object lives."""
+    with _fork_hooks_lock:
+        _fork_hooks[:] = [hooks for hooks in _fork_hooks if hooks[0]() is not None]
+        _fork_hooks.append((weakref.WeakMethod(in_parent), weakref.WeakMethod(in_child)))
 
 
 def _after_fork_in_parent() -> None:
-    for writer in list(_all_writers):
-        writer._after_fork_in_parent()
+    for in_parent, _ in list(_fork_hooks):
+        hook = in_parent()
+        if hook is not None:
+            hook()
 
 
 def _after_fork_in_child() -> None:
-    global _writers_lock
+    global _fork_hooks_lock, _writers_lock
+    # Another parent thread may have held either lock at the fork.
+    _fork_hooks_lock = threading.Lock()
     _writers_lock = threading.Lock()
-    for writer in list(_all_writers):
-        writer._after_fork_in_child()
+    for _, in_child in list(_fork_hooks):
+        hook = in_child()
+        if hook is not None:
+            hook()
 
 
 # flask_dbpool._fork registered its hook when flask_dbpool.pool was imported (by the package,
@@ -187,7 +204,7 @@ class MultiProcessCollector:
     :class:`~flask_dbpool.metrics.prometheus.PoolCollector`, with a ``pid`` label."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self._core = _prometheus_core()
+        self._core = prometheus_core()
         self._directory = Path(directory)
 
     def describe(self) -> Iterable[Any]:

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["EndpointCollector", "PoolCollector"]
 
 
-def _prometheus_core() -> Any:
+def prometheus_core() -> Any:
+    """``prometheus_client.core``; raises :class:`~flask_dbpool.ConfigError` naming the extra
+    if ``prometheus_client`` is missing."""
     try:
         return importlib.import_module("prometheus_client.core")
     except ImportError:
@@ -53,7 +55,7 @@ class PoolCollector:
     """
 
     def __init__(self, *pools: Pool) -> None:
-        self._core = _prometheus_core()
+        self._core = prometheus_core()
         self._pools = list(pools)
         for pool in pools:
             pool.track_use_time()
@@ -181,7 +183,7 @@ class EndpointCollector:
         pool_name: str,
         source: Callable[[], Mapping[str, tuple[HistogramSnapshot, HistogramSnapshot]]],
     ) -> None:
-        self._core = _prometheus_core()
+        self._core = prometheus_core()
         self._pool_name = pool_name
         self._source = source
 
