@@ -167,3 +167,20 @@ def test_fork_while_another_thread_queries_does_not_hang_the_child(sqlite_url: s
         assert _in_child(child) == "0"  # a hang here would trip the test timeout
         worker.join(60)
         busy.close()
+
+
+def test_observers_and_use_time_tracking_survive_fork(sqlite_url: str) -> None:
+    """Exporters set a pool up once (gunicorn --preload: in the parent): a worker must keep
+    feeding them."""
+    events: list[str] = []
+    with Pool(sqlite_url, pool_size=2) as pool:
+        pool.add_observer(lambda event, seconds: events.append(event))
+        pool.track_use_time()
+
+        def child() -> str:
+            events.clear()
+            with pool.connection():
+                pass
+            return f"{sorted(events)} {pool.stats().use_time.count}"
+
+        assert _in_child(child) == "['create', 'use'] 1"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
 from backends import Backend, query
-from flask_dbpool import ConfigError, Pool, PooledConnection, PoolError
+from flask_dbpool import ConfigError, Pool, PooledConnection, PoolError, PoolTimeout
 
 # ------------------------------------------------------------------ passwords in URLs
 
@@ -171,3 +172,54 @@ def test_warm_up_raises_its_own_connect_error_when_another_connect_succeeds_mean
     finally:
         pool_logger.removeFilter(hold_failure_log)
         pool.close()
+
+
+def test_an_observer_raising_on_create_costs_no_slot(sqlite_url: str) -> None:
+    """The books are done before observers run: one that raises on "create" leaves the new
+    connection in the pool, never a slot counted twice (issue 10 review)."""
+    calls = [0]
+
+    def observer(event: str, seconds: float) -> None:
+        if event == "create" and not calls[0]:
+            calls[0] += 1
+            raise RuntimeError("observer failed")
+
+    with Pool(sqlite_url, pool_size=2, max_overflow=0) as pool:
+        pool.add_observer(observer)
+        with pytest.raises(RuntimeError, match="observer failed"):
+            pool.acquire()
+        s = pool.stats()
+        assert (s.open, s.connecting, s.idle, s.in_use) == (1, 0, 1, 0), s
+        pool.run_maintenance()
+        held = [pool.acquire(), pool.acquire()]
+        with pytest.raises(PoolTimeout):
+            pool.acquire(timeout=0.05)  # never a third with max 2
+        s = pool.stats()
+        assert (s.open, s.connecting, s.in_use) == (2, 0, 2), s
+        for conn in held:
+            conn.close()
+
+
+def test_maintenance_logs_under_its_own_logger(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: flask_dbpool.maintenance carries idle/lifetime closes and min_idle refill
+    problems."""
+
+    def refuse(raw: object) -> None:
+        raise RuntimeError("on_connect says no")
+
+    caplog.set_level(logging.DEBUG, logger="flask_dbpool")
+    with Pool(sqlite_url, min_idle=1, on_connect=refuse) as pool:
+        pool.run_maintenance()
+    with Pool(sqlite_url, idle_timeout=0.01) as pool:
+        pool.acquire().close()
+        time.sleep(0.05)
+        pool.run_maintenance()
+        pool.run_maintenance()
+    where = {
+        record.name
+        for record in caplog.records
+        if "min_idle" in record.getMessage() or "closing an idle" in record.getMessage()
+    }
+    assert where == {"flask_dbpool.maintenance"}, [(r.name, r.getMessage()) for r in caplog.records]

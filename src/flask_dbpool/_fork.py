@@ -11,6 +11,7 @@ goodbye into the void. The pool then starts empty. No user call is needed.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,13 +23,15 @@ from flask_dbpool.proxy import PooledConnection, set_entry
 __all__ = ["INHERITED", "abandon_inherited", "detach_fd", "keep_forever", "track"]
 
 _resets: list[weakref.WeakMethod[Callable[[], None]]] = []
+_resets_lock = threading.Lock()  # pools may be created in several threads at once
 
 
 def track(reset: Callable[[], None]) -> None:
     """Call the bound method ``reset`` in every child process forked from now on (held
     weakly: a pool that is gone is not kept alive, nor reset)."""
-    _resets[:] = [ref for ref in _resets if ref() is not None]
-    _resets.append(weakref.WeakMethod(reset))
+    with _resets_lock:
+        _resets[:] = [ref for ref in _resets if ref() is not None]
+        _resets.append(weakref.WeakMethod(reset))
 
 
 _kept: list[object] = []
@@ -111,6 +114,8 @@ def abandon_inherited(
 
 
 def _after_fork_in_child() -> None:
+    global _resets_lock
+    _resets_lock = threading.Lock()  # another parent thread may have held it at the fork
     for ref in list(_resets):
         reset = ref()
         if reset is not None:

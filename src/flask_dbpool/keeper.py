@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Keeper", "KeptPool", "detached"]
 
 logger = logging.getLogger("flask_dbpool.pool")
+maintenance_logger = logging.getLogger("flask_dbpool.maintenance")
 leak_logger = logging.getLogger("flask_dbpool.leaks")
 
 _now = time.monotonic
@@ -84,7 +85,8 @@ class Keeper:
         with lock:
             if state.closed:
                 return MAX_SLEEP
-            sweep = state.sweep(_now(), find_orphans)
+            swept_at = _now()
+            sweep = state.sweep(swept_at, find_orphans)
         next_run = sweep.next_run
         # The I/O, outside the lock. Slots first: each dropped handle's slot is given back
         # even if something below (a logging handler, say) raises.
@@ -94,7 +96,7 @@ class Keeper:
             finally:
                 self.free_slot()
         for entry, reason in sweep.to_close:
-            logger.debug("pool %r: closing an idle connection (%s)", self.name, reason)
+            maintenance_logger.debug("pool %r: closing an idle connection (%s)", self.name, reason)
             self.life.close(entry)
         to_ping = sweep.to_ping
         try:
@@ -117,7 +119,7 @@ class Keeper:
         finally:
             for entry in to_ping:  # interrupted: the next run checks the rest
                 self.send_to_check(entry)
-        now = _now()
+        now = swept_at  # hold times as the sweep saw them
         for holder in sweep.orphan_holders:
             leak_logger.warning("%s", messages.orphan_report(self.name, holder, now))
         for holder in sweep.leaks:
@@ -134,7 +136,7 @@ class Keeper:
         except Exception as error:  # on_connect failed: retry later, quietly
             with lock:
                 delay = state.refill_failed(_now())
-            logger.warning(
+            maintenance_logger.warning(
                 "pool %r: cannot open a connection for min_idle (%s); retrying in %.1f s",
                 self.name,
                 one_line(error),
@@ -197,8 +199,11 @@ class Keeper:
             with self.lock:
                 recovered = self.state.connected(entry, started, entry.created, probe)
                 accounted = True
+                self.state.notify("create", entry.created - started)
         except BaseException:
-            if not accounted:  # interrupted before the pool knew of it
+            if accounted:  # an observer raised: the connection is the pool's already
+                self.check_in(entry)
+            else:  # interrupted before the pool knew of it
                 try:
                     self.life.close(entry)
                 finally:

@@ -498,6 +498,9 @@ class Pool:
         # waiters and maintenance thread do not exist here (maintenance restarts lazily).
         life = self._keeper.life
         self._fresh_state(life, closed=old.closed)
+        # What the parent's exporters turned on stays on (they are set up once per pool).
+        self._state.observers = old.observers
+        self._state.track_use = old.track_use
         abandon_inherited(inherited, idle, life.close)
 
     # ------------------------------------------------------------------ acquiring
@@ -556,9 +559,9 @@ class Pool:
         start = _now()
         deadline = start + timeout
         while True:
-            now = _now()
             nudge = False
             with self._lock:
+                now = _now()  # under the lock: lent_at stamps never go backwards
                 got = self._state.request(now, _get_ident(), start, deadline, Waiter)
                 if isinstance(got, Entry):
                     return handle_for(got)
@@ -595,8 +598,8 @@ class Pool:
             while True:
                 wait = state.wait_step(_now(), deadline)
                 waiter.signal.acquire(True, min(wait, threading.TIMEOUT_MAX))
-                now = _now()  # woken up, or the wait ran out
                 with self._lock:
+                    now = _now()  # woken up, or the wait ran out
                     got = state.woken(waiter, now, _get_ident(), now - start, deadline)
                 if got is None:
                     continue

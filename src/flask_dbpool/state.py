@@ -431,14 +431,13 @@ class PoolState(Generic[T]):
         """A connection was opened in a reserved slot: account for it (not lent yet).
 
         Returns how many attempts had failed in a row before it (``0`` normally): the
-        database is back, and waiters are given slots to connect in too.
+        database is back, and waiters are given slots to connect in too. Observers are not
+        called here (see :meth:`notify`): one that raised must not cut the books short.
         """
         self.entries.add(item)
         self.connecting -= 1
         self.created += 1
         self.create_time.record(now - started)
-        for observer in self.observers:
-            observer("create", now - started)
         if probe:
             self.probing = False
         recovered = self.connect_failures
@@ -448,6 +447,11 @@ class PoolState(Generic[T]):
             self.rejection = None
             self.fill_waiters()
         return recovered
+
+    def notify(self, event: str, seconds: float) -> None:
+        """Tell the observers about ``event`` (after the books are done: they may raise)."""
+        for observer in self.observers:
+            observer(event, seconds)
 
     def connect_failed(
         self, error: BaseException, rejected: bool, started: float, now: float, probe: bool
