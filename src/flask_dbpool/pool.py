@@ -362,12 +362,13 @@ class Pool:
     def label_checkout(self, conn: PooledConnection, label: str) -> None:
         """Attach ``label`` (short; e.g. the Flask endpoint or a job name) to ``conn``'s
         current checkout, for :meth:`checkouts` and the dashboard. It lasts until the
-        connection is returned. Costs nothing on the pool's hot path."""
-        with self._lock:
-            entry = conn._entry
-            if entry is not None and entry.pool is self:
-                entry.label = label
-                entry.label_for = entry.lent_at
+        connection is returned. Costs nothing on the pool's hot path, and takes no lock:
+        only the holder labels its checkout, and a reader (:meth:`checkouts`) sees the label
+        only once ``label_for`` matches the checkout, which is written last."""
+        entry = conn._entry if conn.__class__ is PooledConnection else None
+        if entry is not None and entry.pool is self:
+            entry.label = label
+            entry.label_for = entry.lent_at
 
     def pin(self, conn: PooledConnection) -> None:
         """Keep ``conn`` checked out across ``with conn:`` blocks for this checkout.

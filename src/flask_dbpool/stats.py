@@ -56,6 +56,15 @@ class Histogram:
         if seconds > self.max:
             self.max = seconds
 
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s counts to this one (for histograms kept in shards)."""
+        self.first += other.first
+        for index, count in enumerate(other.counts):
+            self.counts[index] += count
+        self.sum += other.sum
+        if other.max > self.max:
+            self.max = other.max
+
     def snapshot(self) -> HistogramSnapshot:
         """An immutable copy."""
         counts = (self.first, *self.counts[1:])

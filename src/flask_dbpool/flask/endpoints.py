@@ -7,6 +7,7 @@ request, outside the pool's own checkout path.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 
@@ -39,39 +40,72 @@ class EndpointTimesSnapshot:
     """Time from checkout to return at teardown."""
 
 
-class EndpointTimes:
-    """Per-endpoint wait and hold histograms of one app's pool (thread-safe)."""
+class _Stripe:
+    """One shard of an app's endpoint histograms, with its own lock."""
+
+    __slots__ = ("holds", "lock", "waits")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waits: dict[str, Histogram] = {}
-        self._holds: dict[str, Histogram] = {}
+        self.lock = threading.Lock()
+        self.waits: dict[str, Histogram] = {}
+        self.holds: dict[str, Histogram] = {}
+
+
+#: Shards per app: request threads spread over them round-robin, so two threads rarely
+#: record into the same one at once (gthread workers run 4-64 threads).
+STRIPES = 16
+
+
+class EndpointTimes:
+    """Per-endpoint wait and hold histograms of one app's pool (thread-safe).
+
+    Recording costs no lock shared by every request thread: each record goes to one of
+    :data:`STRIPES` shards, chosen round-robin (``itertools.count`` is atomic in CPython),
+    each with its own lock; :meth:`snapshot` merges them.
+    """
+
+    def __init__(self) -> None:
+        self._stripes = tuple(_Stripe() for _ in range(STRIPES))
+        self._turn = itertools.count()
+
+    def record(self, endpoint: str, wait: float | None, hold: float | None) -> None:
+        """Count one checkout of ``endpoint``: its wait for a connection and how long it was
+        held (either may be ``None``: a wait that timed out held nothing)."""
+        stripe = self._stripes[next(self._turn) % STRIPES]
+        with stripe.lock:
+            if wait is not None:
+                histogram = stripe.waits.get(endpoint)
+                if histogram is None:
+                    histogram = stripe.waits[endpoint] = Histogram()
+                histogram.record(wait)
+            if hold is not None:
+                histogram = stripe.holds.get(endpoint)
+                if histogram is None:
+                    histogram = stripe.holds[endpoint] = Histogram()
+                histogram.record(hold)
 
     def record_wait(self, endpoint: str, seconds: float) -> None:
         """Count one checkout's wait for ``endpoint``."""
-        with self._lock:
-            histogram = self._waits.get(endpoint)
-            if histogram is None:
-                histogram = self._waits[endpoint] = Histogram()
-            histogram.record(seconds)
+        self.record(endpoint, seconds, None)
 
     def record_hold(self, endpoint: str, seconds: float) -> None:
         """Count one checkout's hold for ``endpoint``."""
-        with self._lock:
-            histogram = self._holds.get(endpoint)
-            if histogram is None:
-                histogram = self._holds[endpoint] = Histogram()
-            histogram.record(seconds)
+        self.record(endpoint, None, seconds)
 
     def snapshot(self) -> dict[str, EndpointTimesSnapshot]:
-        """Every endpoint seen so far, by name."""
+        """Every endpoint seen so far, by name (the shards merged)."""
+        waits: dict[str, Histogram] = {}
+        holds: dict[str, Histogram] = {}
+        for stripe in self._stripes:
+            with stripe.lock:
+                for merged, part in ((waits, stripe.waits), (holds, stripe.holds)):
+                    for name, histogram in part.items():
+                        merged.setdefault(name, Histogram()).merge(histogram)
         empty = HistogramSnapshot()
-        with self._lock:
-            names = sorted(set(self._waits) | set(self._holds))
-            return {
-                name: EndpointTimesSnapshot(
-                    self._waits[name].snapshot() if name in self._waits else empty,
-                    self._holds[name].snapshot() if name in self._holds else empty,
-                )
-                for name in names
-            }
+        return {
+            name: EndpointTimesSnapshot(
+                waits[name].snapshot() if name in waits else empty,
+                holds[name].snapshot() if name in holds else empty,
+            )
+            for name in sorted(set(waits) | set(holds))
+        }

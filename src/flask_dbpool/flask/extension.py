@@ -37,8 +37,7 @@ from flask_dbpool.proxy import PooledConnection
 
 __all__ = ["CONFIG_PREFIX", "ENDPOINTS_KEY", "EXTENSION_KEY", "DBPool", "describe_request"]
 
-_G_KEY = "_flask_dbpool_connection"
-_G_CHECKOUT = "_flask_dbpool_checkout"  # (endpoint, perf_counter at checkout)
+_G_KEY = "_flask_dbpool_checkout"  # a _Checkout
 _EXTENSION_KEYS = frozenset(
     {"url", "metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"}
 )
@@ -164,26 +163,29 @@ class DBPool:
         when it raises, keeping the connection for the rest of the request. Waits and raises
         like :meth:`Pool.acquire`. Needs an app context.
         """
-        conn: PooledConnection | None = g.get(_G_KEY)
-        if conn is None or conn.returned:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-            pool = self.get_pool(app)
-            started = perf_counter()
-            try:
-                conn = pool.acquire()
-            except PoolTimeout:  # the wait that ran out counts for this endpoint too
-                times: EndpointTimes = app.extensions[ENDPOINTS_KEY]
-                times.record_wait(endpoint_label(), perf_counter() - started)
-                raise
-            checked_out = perf_counter()
-            # `with db.connection:` commits like the driver's own block, but the connection
-            # stays with the request until teardown.
-            pool.pin(conn)
-            setattr(g, _G_KEY, conn)
-            endpoint = endpoint_label()
-            pool.label_checkout(conn, endpoint)  # the dashboard's "endpoint" column
-            setattr(g, _G_CHECKOUT, (endpoint, checked_out))
-            app.extensions[ENDPOINTS_KEY].record_wait(endpoint, checked_out - started)
+        # Every proxy lookup costs (werkzeug's LocalProxy): resolve ``g`` once, and keep what
+        # teardown needs in one record on it, so teardown needs no lookup of the app.
+        context_g = g._get_current_object()
+        # (g.get, not getattr: a missing attribute costs an AttributeError raised and caught.)
+        checkout: _Checkout | None = context_g.get(_G_KEY)
+        if checkout is not None and not checkout.conn.returned:
+            return checkout.conn
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        pool = pool_of(app)
+        times: EndpointTimes = app.extensions[ENDPOINTS_KEY]
+        started = perf_counter()
+        try:
+            conn = pool.acquire()
+        except PoolTimeout:  # the wait that ran out counts for this endpoint too
+            times.record(endpoint_label(), perf_counter() - started, None)
+            raise
+        checked_out = perf_counter()
+        # `with db.connection:` commits like the driver's own block, but the connection
+        # stays with the request until teardown.
+        pool.pin(conn)
+        endpoint = endpoint_label()
+        pool.label_checkout(conn, endpoint)  # the dashboard's "endpoint" column
+        setattr(context_g, _G_KEY, _Checkout(conn, pool, times, endpoint, started, checked_out))
         return conn
 
     @staticmethod
@@ -265,20 +267,45 @@ def describe_request() -> str | None:
     return f"{request.method} {rule.rule if rule is not None else UNMATCHED}"
 
 
+class _Checkout:
+    """The app context's connection and what teardown needs to return it and time it."""
+
+    __slots__ = ("checked_out", "conn", "endpoint", "pool", "started", "times")
+
+    def __init__(
+        self,
+        conn: PooledConnection,
+        pool: Pool,
+        times: EndpointTimes,
+        endpoint: str,
+        started: float,
+        checked_out: float,
+    ) -> None:
+        self.conn = conn
+        self.pool = pool
+        self.times = times
+        self.endpoint = endpoint
+        self.started = started
+        self.checked_out = checked_out
+
+
 def _return_connection(exc: BaseException | None) -> None:
-    conn: PooledConnection | None = g.pop(_G_KEY, None)
-    checkout: tuple[str, float] | None = g.pop(_G_CHECKOUT, None)
-    if conn is not None and not conn.returned:
-        if checkout is not None:
-            endpoint, checked_out = checkout
-            times: EndpointTimes = current_app.extensions[ENDPOINTS_KEY]
-            times.record_hold(endpoint, perf_counter() - checked_out)
-        # Not conn.__exit__: a ``with`` block commits, the end of a request rolls back what
-        # was not committed.
-        try:
-            DBPool.get_pool(current_app).release(conn, exc)
-        except PoolError:
-            if not conn.returned:  # not a racing return: a real error
-                raise
-
-
+    checkout: _Checkout | None = g.pop(_G_KEY, None)
+    if checkout is None:
+        return
+    conn = checkout.conn
+    if conn.returned:  # returned during the request (conn.close()): nothing held now
+        checkout.times.record(checkout.endpoint, checkout.checked_out - checkout.started, None)
+        return
+    # Wait and hold recorded together: one shard lock per request.
+    checked_out = checkout.checked_out
+    checkout.times.record(
+        checkout.endpoint, checked_out - checkout.started, perf_counter() - checked_out
+    )
+    # Not conn.__exit__: a ``with`` block commits, the end of a request rolls back what was
+    # not committed.
+    try:
+        checkout.pool.release(conn, exc)
+    except PoolError:
+        if not conn.returned:  # not a racing return: a real error
+            raise
