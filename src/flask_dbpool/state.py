@@ -147,6 +147,10 @@ class Sweep(NamedTuple, Generic[T]):
     """When the state wants to be looked at again (same clock as ``now``)."""
 
 
+def _nothing() -> None:
+    pass
+
+
 class PoolState(Generic[T]):
     """Every mutable field of one pool and every transition on it. See the module docstring.
 
@@ -212,7 +216,7 @@ class PoolState(Generic[T]):
         target: str = "",
         closed: bool = False,
         backoff: Callable[[int], float] = backoff_delay,
-        on_drained: Callable[[], object] = lambda: None,
+        on_drained: Callable[[], object] = _nothing,
     ) -> None:
         self.config = config
         self.target = target  # for messages: the redacted URL or the callable's name
@@ -330,7 +334,7 @@ class PoolState(Generic[T]):
         waiter = new_waiter()
         self.waiters.append(waiter)
         if now >= deadline:
-            report = self._report(now - start)  # with this caller counted as waiting
+            report = _timeout_report(self, now - start)  # with this caller counted as waiting
             self.waiters.pop()
             return report
         return waiter
@@ -362,15 +366,17 @@ class PoolState(Generic[T]):
                 return None
             # Timed out with nothing handed over: leave the queue.
             self._count_wait(waited)
-            report = self._report(waited)
+            report = _timeout_report(self, waited)
             self.waiters.remove(waiter)
+            self.notify("wait", waited)
             return report
         self._count_wait(waited)
-        if isinstance(item, Token):
-            return item
-        # Counted when taken, not when handed over: an acquisition counter must never go
-        # down, even for a waiter interrupted right after.
-        return self.lend(item, now, ident)  # type: ignore[arg-type]
+        if not isinstance(item, Token):
+            # Counted when taken, not when handed over: an acquisition counter must never go
+            # down, even for a waiter interrupted right after.
+            self.lend(item, now, ident)  # type: ignore[arg-type]
+        self.notify("wait", waited)  # last: an observer that raises finds the books done
+        return item  # type: ignore[return-value]
 
     def reconnect_due(self, now: float) -> bool:
         """Whether a waiter should leave the queue and try to reconnect itself: the
@@ -387,7 +393,7 @@ class PoolState(Generic[T]):
         outage may begin meanwhile) and, while the database is unreachable, until an attempt
         is due in case nobody else makes it."""
         wait = min(deadline - now, 1.0)
-        if self.connect_failures:
+        if self.connect_failures and (self.probing or self.open < self.max_open):
             due = now + 0.25 if self.probing else self.retry_at
             wait = min(wait, max(due - now, 0.01))
         return max(wait, 0.0)
@@ -410,8 +416,6 @@ class PoolState(Generic[T]):
         if waited > self.wait_max:
             self.wait_max = waited
         self.wait_time.record(waited)
-        for observer in self.observers:
-            observer("wait", waited)
 
     # ------------------------------------------------------------------ connecting
 
@@ -468,7 +472,9 @@ class PoolState(Generic[T]):
         if started >= self.failed_at or not self.connect_failures:
             self.connect_failures += 1
             self.retry_at = now + self.backoff(self.connect_failures)
-        self.failed_at = now
+            # Only a counted failure starts a new outage: an attempt from before it failing
+            # late must not swallow the next probe's failure.
+            self.failed_at = now
         if probe:
             self.probing = False
         self.connecting -= 1
@@ -536,6 +542,8 @@ class PoolState(Generic[T]):
             self.checking.discard(item)
         if fast:
             item.allow_fast_return()
+        # Its next checkout may get the same lent_at on a coarse clock: no leftover mark.
+        item.warned_for = -1.0
         if self.waiters and self.open <= self.max_open:
             self.hand_off(item)
             return None
@@ -591,6 +599,7 @@ class PoolState(Generic[T]):
         if self.closed:
             if self.open == 0:
                 self.on_drained()
+                self.on_drained = _nothing  # once: a shell may resolve a future there
         elif self.keep != self.config.pool_size and self.open <= self.max_open:
             # Back under the new maximum: keep idle connections again, fill free slots.
             self.keep = self.config.pool_size
@@ -731,19 +740,6 @@ class PoolState(Generic[T]):
             waiting=len(self.waiters),
         )
 
-    def _report(self, waited: float) -> TimeoutReport:
-        """What a ``PoolTimeout`` for a caller that waited ``waited`` s (still queued) will
-        say; counts the timeout. The message is built outside the lock."""
-        self.timeouts += 1
-        return TimeoutReport(
-            waited,
-            self.describe(),
-            self.connect_failures,
-            self.connect_error if self.connect_failures else None,
-            self.rejection is not None,
-            self.holders(),
-        )
-
     def stats(self) -> PoolStats:
         """A consistent snapshot of the gauges and totals."""
         return _snapshot(self)
@@ -871,3 +867,17 @@ def _sweep(
         # Callers are waiting: a handle dropped meanwhile should not keep them waiting.
         next_run = min(next_run, now + 1.0)
     return Sweep(orphans, orphan_holders, to_close, to_ping, leaks, next_run)
+
+
+def _timeout_report(state: PoolState[Any], waited: float) -> TimeoutReport:
+    """What a ``PoolTimeout`` for a caller that waited ``waited`` s (still queued) will
+    say; counts the timeout. The message is built outside the lock."""
+    state.timeouts += 1
+    return TimeoutReport(
+        waited,
+        state.describe(),
+        state.connect_failures,
+        state.connect_error if state.connect_failures else None,
+        state.rejection is not None,
+        state.holders(),
+    )
