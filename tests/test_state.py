@@ -1917,3 +1917,17 @@ def test_an_observer_raising_on_wait_finds_the_books_done() -> None:
         state.woken(waiter, 2.0, 2, 1.0, 30.0)
     assert state.acquired == 2 and state.waits == 1  # lent and counted before the observer
     assert held.holder == 2 and held.lent_at == 2.0
+
+
+def test_no_leak_reported_for_an_item_handed_to_a_waiter_not_yet_awake() -> None:
+    """Between the hand-off and the waiter's wake-up nobody holds the item: the previous
+    holder's stamp must not read as a leak, and the new checkout is watched as usual."""
+    state = make_state(pool_size=1, max_overflow=0, leak_threshold=5.0)
+    held = lend_new(state, 0.0)
+    waiter = state.request(1.0, 2, 1.0, 300.0, FakeWaiter)
+    assert isinstance(waiter, FakeWaiter)
+    assert state.check_in(held) is None and waiter.item is held
+    assert state.sweep(100.0, lambda entries, not_lent: []).leaks == []
+    assert state.woken(waiter, 100.0, 2, 99.0, 300.0) is held
+    leaks = state.sweep(106.0, lambda entries, not_lent: []).leaks
+    assert [(leak.ident, leak.lent_at) for leak in leaks] == [(2, 100.0)]

@@ -522,6 +522,10 @@ class PoolState(Generic[T]):
         waiter.item = item
         if item is NEW_SLOT:
             self.connecting += 1
+        elif not isinstance(item, Token):
+            # Nobody holds it until the waiter wakes and stamps its checkout (holder 0: not
+            # lent), so no leak is reported on the previous holder's stamp meanwhile.
+            item.holder = 0
         waiter.wake()
 
     def fill_waiters(self) -> None:
@@ -852,7 +856,7 @@ def _sweep(
                 item.mark_slow_return()
             else:
                 next_run = min(next_run, item.expires_at)
-        if threshold is not None and item.warned_for != item.lent_at:
+        if threshold is not None and item.holder and item.warned_for != item.lent_at:
             if now - item.lent_at >= threshold:
                 item.warned_for = item.lent_at
                 item.mark_slow_return()  # its return is logged
