@@ -575,15 +575,17 @@ def test_invalidate_hands_the_slot_to_a_waiter(backend: Backend, make_pool: Make
 # ---------------------------------------------------------------------- sizing
 
 
-def test_overflow_connections_are_closed_on_return(backend: Backend, make_pool: MakePool) -> None:
-    """After a burst the pool shrinks back to pool_size, counted on the server. A returned
-    connection is kept while fewer than pool_size are idle (no churn while demand stays above
-    pool_size) and closed once pool_size are idle."""
+def test_overflow_connections_are_closed_on_return_without_grace(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """overflow_idle_timeout=0: after a burst the pool shrinks back to pool_size at once,
+    counted on the server. A returned connection is kept while fewer than pool_size are idle
+    and closed once pool_size are idle."""
     if backend.has_server:
         url, count_sessions = backend.tagged()
     else:
         url, count_sessions = backend.url, None
-    pool = make_pool(url, pool_size=2, max_overflow=3)
+    pool = make_pool(url, pool_size=2, max_overflow=3, overflow_idle_timeout=0)
     held = [pool.acquire() for _ in range(5)]
     raws = [c.driver_connection for c in held]
     if count_sessions is not None:
@@ -602,6 +604,52 @@ def test_overflow_connections_are_closed_on_return(backend: Backend, make_pool: 
     with pool.connection() as a, pool.connection() as b:
         assert {a.driver_connection, b.driver_connection} == set(raws[:2])
     assert pool.stats().created == 5
+
+
+def test_overflow_connections_are_reused_then_closed_after_the_grace_period(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """Default: an overflow connection returned while demand lasts stays idle and is reused
+    (no close-and-reopen churn); maintenance closes it once idle for overflow_idle_timeout,
+    counted on the server, never below pool_size."""
+    if backend.has_server:
+        url, count_sessions = backend.tagged()
+    else:
+        url, count_sessions = backend.url, None
+    grace = 0.3
+    pool = make_pool(url, pool_size=2, max_overflow=3, overflow_idle_timeout=grace)
+    for _ in range(3):  # bursts of 5 at once, back to back
+        held = [pool.acquire() for _ in range(5)]
+        for conn in held:
+            conn.close()
+        s = pool.stats()
+        assert (s.open, s.idle, s.closed) == (5, 5, 0), s
+    assert pool.stats().created == 5  # every burst after the first reused them
+    if count_sessions is not None:
+        assert count_sessions() == 5
+    pool.run_maintenance()  # sees them idle
+    time.sleep(grace * 1.5)
+    pool.run_maintenance()
+    s = pool.stats()
+    assert (s.open, s.idle, s.closed_by_reason) == (2, 2, {"overflow": 3}), s
+    if count_sessions is not None:
+        wait_until(lambda: count_sessions() == 2, what="the overflow sessions to end")
+    pool.run_maintenance()
+    assert pool.stats().open == 2  # pool_size stays
+
+
+def test_overflow_connections_closed_by_the_maintenance_thread(
+    sqlite_url: str, make_pool: MakePool
+) -> None:
+    """Without anyone calling run_maintenance(): the thread schedules itself to retire them
+    (about the grace period plus half of it)."""
+    pool = make_pool(sqlite_url, pool_size=1, max_overflow=2, overflow_idle_timeout=0.2)
+    held = [pool.acquire() for _ in range(3)]
+    for conn in held:
+        conn.close()
+    assert pool.stats().open == 3
+    wait_until(lambda: pool.stats().open == 1, timeout=5, what="the overflow to be closed")
+    assert pool.stats().closed_by_reason == {"overflow": 2}
 
 
 def test_warm_up_opens_pool_size_connections(backend: Backend, make_pool: MakePool) -> None:

@@ -93,7 +93,15 @@ BASE_OPTIONS: dict[str, Any] = {
     "max_overflow": 1,
     "max_lifetime": None,
     "idle_timeout": None,
+    # Overflow items closed on return unless a test sets a grace period (see the
+    # overflow_idle_timeout tests).
+    "overflow_idle_timeout": 0,
 }
+
+
+def expected_keep(config: PoolConfig) -> int:
+    """What ``keep`` is while the pool is open and under its maximum."""
+    return config.max_open if config.overflow_idle_timeout > 0 else config.pool_size
 
 
 def make_config(**options: Any) -> PoolConfig:
@@ -1382,6 +1390,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         idle_timeout=st.sampled_from([None, 20.0]),
         keepalive=st.sampled_from([None, 15.0]),
         leak_threshold=st.sampled_from([None, 10.0]),
+        overflow_idle_timeout=st.sampled_from([0.0, 3.0]),
         lifo=st.booleans(),
         pre_ping=st.booleans(),
         warm=st.integers(0, 4),
@@ -1397,6 +1406,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         idle_timeout: float | None,
         keepalive: float | None,
         leak_threshold: float | None,
+        overflow_idle_timeout: float,
         lifo: bool,
         pre_ping: bool,
         warm: int,
@@ -1412,6 +1422,7 @@ class PoolStateMachine(RuleBasedStateMachine):
                 "idle_timeout": idle_timeout,
                 "keepalive_interval": keepalive,
                 "leak_threshold": leak_threshold,
+                "overflow_idle_timeout": overflow_idle_timeout,
                 "lifo": lifo,
                 "pre_ping": pre_ping,
             }
@@ -1691,11 +1702,16 @@ class PoolStateMachine(RuleBasedStateMachine):
             self.move(item, "idle", "closed")
             if reason == "lifetime":
                 assert item.expires_at <= now
+            elif reason == "overflow":
+                assert config.overflow_idle_timeout > 0
+                assert now - item.idle_since >= config.overflow_idle_timeout
             else:
                 assert reason == "idle" and config.idle_timeout is not None
                 assert now - item.idle_since >= config.idle_timeout
-        if config.idle_timeout is not None and any(r == "idle" for _, r in sweep.to_close):
+        if any(r in ("idle", "overflow") for _, r in sweep.to_close):
             assert len(state.idle) >= config.min_idle
+        if any(r == "overflow" for _, r in sweep.to_close):
+            assert state.open >= config.pool_size  # only overflow items go for that
         for item in sweep.to_ping:
             self.move(item, ("to_check", "idle"), "pinging")
         assert not state.to_check
@@ -1770,7 +1786,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert state.keep == 0
             self.above_max = True
         else:
-            assert state.keep == config.pool_size
+            assert state.keep == expected_keep(config)
 
     @rule(chance=st.integers(0, 7))
     def close(self, chance: int) -> None:
@@ -1818,7 +1834,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         else:
             self.above_max = False
             if not state.closed:  # back under: idle ones are kept again
-                assert state.keep == state.config.pool_size
+                assert state.keep == expected_keep(state.config)
         self.prev_open = state.open
 
     @invariant()
@@ -1931,3 +1947,55 @@ def test_no_leak_reported_for_an_item_handed_to_a_waiter_not_yet_awake() -> None
     assert state.woken(waiter, 100.0, 2, 99.0, 300.0) is held
     leaks = state.sweep(106.0, lambda entries, not_lent: []).leaks
     assert [(leak.ident, leak.lent_at) for leak in leaks] == [(2, 100.0)]
+
+
+# ---------------------------------------------------------------- overflow_idle_timeout
+
+
+def test_overflow_items_stay_idle_on_return_with_a_grace_period() -> None:
+    state = make_state(pool_size=1, max_overflow=2, overflow_idle_timeout=3.0)
+    items = [lend_new(state, 0.0, ident) for ident in (1, 2, 3)]
+    for item in items:
+        assert state.check_in(item) is None  # none closed on return
+    assert (len(state.idle), state.open, state.closed_count) == (3, 3, 0)
+    assert state.keep == state.max_open == 3
+    # Reused while demand lasts: no new connection needed.
+    assert state.request(1.0, 4, 1.0, 30.0, FakeWaiter) in items
+
+
+def test_sweep_closes_overflow_items_idle_for_the_grace_period() -> None:
+    state = make_state(pool_size=1, max_overflow=3, overflow_idle_timeout=3.0, min_idle=1)
+    a, b, c, d = (lend_new(state, 0.0, ident) for ident in (1, 2, 3, 4))
+    for item in (a, b, c):
+        state.check_in(item)  # d stays lent
+    first = state.sweep(1.0, no_orphans)  # first seen idle at 1.0
+    assert first.to_close == []
+    assert first.next_run == 2.5  # within half the grace while overflow items are open
+    assert state.sweep(2.0, no_orphans).next_run == 3.0
+    swept = state.sweep(4.0, no_orphans)
+    # Open 4 for pool_size 1: 3 above it, all idle long enough, but min_idle keeps 1 idle.
+    assert swept.to_close == [(a, "overflow"), (b, "overflow")]  # least recently returned
+    assert list(state.idle) == [c] and state.open == 2
+    assert state.closed_by == {"overflow": 2}
+    state.check_in(d)
+    swept = state.sweep(5.0, no_orphans)  # d first seen idle; c idle for 4 s
+    assert swept.to_close == [(c, "overflow")]  # down to pool_size, never below
+    assert list(state.idle) == [d] and state.open == 1
+    assert state.sweep(20.0, no_orphans).to_close == []
+
+
+def test_resize_closes_idle_beyond_the_new_pool_size_at_once_despite_the_grace() -> None:
+    state = make_state(pool_size=3, max_overflow=1, overflow_idle_timeout=3.0)
+    items = [lend_new(state, 0.0, ident) for ident in (1, 2, 3, 4)]
+    for item in items:
+        state.check_in(item)
+    surplus = state.resize(make_config(pool_size=1, max_overflow=3, overflow_idle_timeout=3.0))
+    assert surplus == items[:3] and list(state.idle) == items[3:]
+    assert state.keep == 4
+
+
+def test_returns_to_a_closed_pool_are_closed_despite_the_grace() -> None:
+    state = make_state(pool_size=1, max_overflow=1, overflow_idle_timeout=3.0)
+    held = lend_new(state, 0.0)
+    state.close()
+    assert state.check_in(held) is held and state.closed_by == {"pool_closed": 1}

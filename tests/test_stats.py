@@ -15,7 +15,9 @@ from flask_dbpool.stats import CLOSE_REASONS, DURATION_BUCKETS
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
 def test_closed_by_reason_adds_up(backend: Backend, make_pool: MakePool) -> None:
-    pool = make_pool(backend.url, pool_size=1, max_overflow=2, idle_timeout=0.2)
+    pool = make_pool(
+        backend.url, pool_size=1, max_overflow=2, idle_timeout=0.2, overflow_idle_timeout=0
+    )
     a, b, c = pool.acquire(), pool.acquire(), pool.acquire()
     a.invalidate()  # invalidated
     b.close()  # kept idle (pool_size 1)

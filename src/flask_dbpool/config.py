@@ -165,6 +165,13 @@ class PoolConfig:
     ``idle_timeout``
         Close connections idle this long, keeping ``min_idle`` (seconds > 0 or None, default
         600).
+    ``overflow_idle_timeout``
+        How long an overflow connection (one above ``pool_size``) may stay idle before
+        maintenance closes it (seconds >= 0, default 5). While demand stays above
+        ``pool_size`` the overflow connections are reused instead of being closed on return
+        and reopened for the next caller; once a spike is over they are closed within about
+        this long (plus half of it, maintenance's granularity). 0 closes an overflow
+        connection as soon as it is returned while ``pool_size`` are idle.
     ``min_idle``
         Connections the maintenance thread keeps open and idle (integer, 0 to ``pool_size``,
         default 0).
@@ -202,6 +209,7 @@ class PoolConfig:
     ping_interval: float = 1.0
     max_lifetime: float | None = 1800.0
     idle_timeout: float | None = 600.0
+    overflow_idle_timeout: float = 5.0
     min_idle: int = 0
     keepalive_interval: float | None = None
     leak_threshold: float | None = None
@@ -245,6 +253,9 @@ class PoolConfig:
             ping_interval=_check_interval(label("ping_interval"), get("ping_interval")),
             max_lifetime=_check_optional_seconds(label("max_lifetime"), get("max_lifetime")),
             idle_timeout=_check_optional_seconds(label("idle_timeout"), get("idle_timeout")),
+            overflow_idle_timeout=_check_interval(
+                label("overflow_idle_timeout"), get("overflow_idle_timeout")
+            ),
             min_idle=min_idle,
             keepalive_interval=_check_optional_seconds(
                 label("keepalive_interval"), get("keepalive_interval")

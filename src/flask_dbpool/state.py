@@ -151,6 +151,12 @@ def _nothing() -> None:
     pass
 
 
+def _keep_for(config: PoolConfig) -> int:
+    """How many idle items a return may leave: every open one, when overflow items wait
+    for the sweep to retire them; only ``pool_size`` when they are closed on return."""
+    return config.max_open if config.overflow_idle_timeout > 0 else config.pool_size
+
+
 class PoolState(Generic[T]):
     """Every mutable field of one pool and every transition on it. See the module docstring.
 
@@ -236,7 +242,7 @@ class PoolState(Generic[T]):
         self.checking: set[T] = set()  # out of circulation while maintenance pings them
         self.to_check: list[T] = []  # ...of which not picked up for a ping yet
         self.max_open = config.max_open
-        self.keep = 0 if closed else config.pool_size  # most idle ones kept
+        self.keep = 0 if closed else _keep_for(config)  # most idle ones kept on return
         # Checkouts with work to do (pre_ping, on_checkout, leak tracking, suspects).
         self.checked_checkouts = (
             config.pre_ping or config.on_checkout is not None or config.leak_threshold is not None
@@ -554,9 +560,10 @@ class PoolState(Generic[T]):
         if len(self.idle) < self.keep:
             self.idle.append(item)
             return None
-        # pool_size items are idle already (or the pool is closed): this one is surplus.
-        # Closing only then avoids reopening overflow connections over and over while
-        # demand stays between pool_size and the maximum.
+        # The pool is closed or shrinking after resize(), or overflow_idle_timeout=0 and
+        # pool_size items are idle already: this one is surplus. (Otherwise an overflow item
+        # stays idle and the sweep closes it once idle for overflow_idle_timeout, so that it
+        # is reused, not closed and reopened, while demand lasts.)
         self.forget(item, "pool_closed" if self.closed else "overflow")
         return item
 
@@ -604,9 +611,9 @@ class PoolState(Generic[T]):
             if self.open == 0:
                 self.on_drained()
                 self.on_drained = _nothing  # once: a shell may resolve a future there
-        elif self.keep != self.config.pool_size and self.open <= self.max_open:
+        elif not self.keep and self.open <= self.max_open:
             # Back under the new maximum: keep idle connections again, fill free slots.
-            self.keep = self.config.pool_size
+            self.keep = _keep_for(self.config)
             self.fill_waiters()
 
     def send_to_check(self, item: T) -> bool:
@@ -690,10 +697,10 @@ class PoolState(Generic[T]):
         self.max_open = config.max_open
         # While more are open than the new maximum, returned items are closed (keep 0)
         # until _after_shrink sees the pool back under it.
-        self.keep = config.pool_size if self.open <= self.max_open else 0
+        self.keep = _keep_for(config) if self.open <= self.max_open else 0
         self.fill_waiters()
         surplus = []
-        while len(self.idle) > self.keep:
+        while len(self.idle) > min(self.keep, config.pool_size):
             item = self.idle.popleft()  # the least recently used go first
             self.forget(item, "resized")
             surplus.append(item)
@@ -816,6 +823,24 @@ def _sweep(
                 never_lent = item.lent_at == item.created
                 item.idle_since = item.created if never_lent else now
             survivors.append(item)
+    # Overflow items (above pool_size) idle for overflow_idle_timeout go first, the least
+    # recently returned first, never below min_idle idle.
+    grace = config.overflow_idle_timeout
+    over = min(state.open - len(to_close) - config.pool_size, len(survivors) - config.min_idle)
+    if grace > 0 and over > 0:
+        kept = []
+        for item in survivors:
+            if over > 0 and now - item.idle_since >= grace:
+                to_close.append((item, "overflow"))
+                over -= 1
+            else:
+                kept.append(item)
+                if over > 0:
+                    next_run = min(next_run, item.idle_since + grace)
+        survivors = kept
+    if grace > 0 and state.open > config.pool_size:
+        # Overflow items may come back at any time: see them idle soon after.
+        next_run = min(next_run, now + grace / 2)
     idle_timeout = config.idle_timeout
     if idle_timeout is not None:
         excess = len(survivors) - config.min_idle
