@@ -18,7 +18,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 #: Why connections were closed (keys of ``PoolStats.closed_by_reason``).
 CLOSE_REASONS: tuple[str, ...] = (
-    "overflow",  # returned while pool_size connections were idle already
+    "overflow",  # above pool_size: idle for overflow_idle_timeout (or returned, with 0)
     "idle",  # idle for idle_timeout
     "lifetime",  # reached max_lifetime
     "broken",  # found dead or raised a disconnect error while in use
