@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+# e.g. make bench-e2e BENCH_E2E_ARGS='--rounds 3 --worker-class gevent'
+BENCH_E2E_ARGS ?= --pin
 
-.PHONY: test demo lint typecheck pytest bench clean
+.PHONY: test demo lint typecheck pytest bench bench-e2e clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +31,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/checkout.py
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+# End to end: gunicorn + wrk per variant (benchmarks/e2e/run.py --help); needs PostgreSQL.
+bench-e2e: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y -q wrk; \
+	  else echo "wrk is missing: sudo apt-get install wrk (or build github.com/wg/wrk)"; exit 1; fi; }
+	$(PY) benchmarks/e2e/run.py $(BENCH_E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
