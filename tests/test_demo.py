@@ -10,8 +10,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,10 +34,12 @@ from flask_dbpool.demo import (
     default_url,
     format_table,
     main,
+    run_both,
     run_demo,
 )
 from flask_dbpool.demo.app import MAX_LIMIT, MAX_TEXT_LENGTH, paramstyle_of
 from flask_dbpool.demo.load import percentile
+from flask_dbpool.demo.postgres import LocalPostgres, find_bindir
 from flask_dbpool.url import parse_url
 
 BACKENDS = ["sqlite", "postgres", "mysql"]
@@ -306,7 +312,8 @@ def test_main_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
 def test_command_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DBPOOL_URL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "flask_dbpool.demo", "--no-serve", "--requests", "100"],
+        [sys.executable, "-m", "flask_dbpool.demo", "--no-serve", "--no-postgres",
+         "--requests", "100"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -323,3 +330,194 @@ def test_command_line(tmp_path: Path) -> None:
     assert rows["pooled"][6] == rows["direct"][6] == "0"
     assert f"sqlite:///{tmp_path.resolve() / 'demo-data' / 'notes.db'}" in proc.stdout
     assert (tmp_path / "demo-data" / "notes.db").is_file()
+    assert "== PostgreSQL" not in proc.stdout
+    assert re.search(r"^  SQLite\s+[\d.]+x", proc.stdout, re.M), proc.stdout
+
+
+# ------------------------------------------------------------------ the demo's own PostgreSQL
+
+SECTION = re.compile(r"^== (\w+)", re.M)
+REMOVED = re.compile(r"stopped the demo's PostgreSQL and removed (\S+)")
+SERVER = re.compile(r"server   : PostgreSQL \S+ in (\S+), 127\.0\.0\.1:(\d+)")
+
+
+def _tables(stdout: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The rows of each section's table: ``{"SQLite": {"pooled": groups, ...}, ...}``."""
+    marks = list(SECTION.finditer(stdout))
+    tables = {}
+    for mark, following in zip(marks, [*marks[1:], None], strict=True):
+        chunk = stdout[mark.end() : following.start() if following else len(stdout)]
+        tables[mark.group(1)] = {m.group(1): m.groups() for m in ROW.finditer(chunk)}
+    return tables
+
+
+def _demo_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "DBPOOL_URL"}
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def pg_bindir() -> Path:
+    bindir = find_bindir()
+    if bindir is None:
+        reason = "no PostgreSQL server binaries (pg_config --bindir, /usr/lib/postgresql, PATH)"
+        print(f"skipped: {reason}")
+        pytest.skip(reason)
+    return bindir
+
+
+def test_local_postgres(pg_bindir: Path) -> None:
+    import psycopg
+
+    pg = LocalPostgres()
+    with pg:
+        directory, port = pg.directory, pg.port
+        assert directory is not None and directory.is_dir() and port is not None
+        assert pg.running and pg.postmaster_pid is not None
+        with psycopg.connect(pg.url, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            if pg.tls:
+                assert conn.pgconn.ssl_in_use
+        no_password = pg.url.replace(pg.url.split("@")[0], "postgresql://postgres")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(no_password, connect_timeout=10)
+        assert "***" in redact_url(pg.url)
+    assert not pg.running
+    assert not directory.exists()
+    assert not _port_open(port)
+    pg.close()  # idempotent
+
+
+def redact_url(url: str) -> str:
+    from flask_dbpool.url import redact
+
+    return redact(url)
+
+
+def test_make_demo_runs_sqlite_and_postgres(pg_bindir: Path, tmp_path: Path) -> None:
+    """`make demo` (with --no-serve): both tables, both ratios; the cluster is gone after."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flask_dbpool.demo", "--no-serve", "--port", "0",
+         "--requests", "80", "--concurrency", "8"],
+        cwd=tmp_path,
+        env=_demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    print(proc.stdout)
+    print(f"(took {time.monotonic() - started:.1f} s)")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tables = _tables(proc.stdout)
+    assert list(tables) == ["SQLite", "PostgreSQL"], proc.stdout
+    for rows in tables.values():
+        assert set(rows) == {"pooled", "direct"}
+        assert rows["pooled"][1] == rows["direct"][1] == "80"
+        assert 1 <= int(rows["pooled"][5]) <= 4
+        assert rows["direct"][5] == "80"
+        assert rows["pooled"][6] == rows["direct"][6] == "0"
+    for label in ("SQLite", "PostgreSQL"):
+        assert re.search(rf"^  {label}\s+[\d.]+x", proc.stdout, re.M), proc.stdout
+    assert "postgresql://postgres:***@127.0.0.1:" in proc.stdout  # the password is not shown
+    server = SERVER.search(proc.stdout)
+    removed = REMOVED.search(proc.stdout)
+    assert server is not None and removed is not None, proc.stdout
+    assert removed.group(1) == server.group(1)
+    assert not Path(server.group(1)).exists()
+    assert not _port_open(int(server.group(2)))
+
+
+def test_postgres_cannot_start(tmp_path: Path) -> None:
+    """No binaries: one line says why, and the SQLite comparison still runs."""
+    out = io.StringIO()
+    url = f"sqlite:///{tmp_path / 'notes.db'}"
+    results = run_both(
+        url,
+        postgres=LocalPostgres(bindir=tmp_path / "nothing-here"),
+        port=0,
+        requests=20,
+        concurrency=4,
+        out=out,
+    )
+    text = out.getvalue()
+    assert list(results) == ["SQLite"]
+    reason = [line for line in text.splitlines() if line.startswith("PostgreSQL: not started")]
+    assert len(reason) == 1, text
+    assert "no PostgreSQL server binaries" in reason[0]
+    assert set(_tables(text)["SQLite"]) == {"pooled", "direct"}
+    assert not list(tmp_path.glob("nothing-here*"))
+
+
+def test_given_server_url_starts_nothing(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    table = f"demo_test_{uuid.uuid4().hex[:12]}"
+    started = LocalPostgres()
+    try:
+        results = run_both(
+            postgres_url, postgres=started, port=0, requests=20, concurrency=4, table=table,
+            out=out,
+        )
+    finally:
+        with Pool(postgres_url, pool_size=1) as pool, pool.connection() as conn:
+            NotesStore("postgresql", paramstyle_of(conn.driver_connection), table).drop_schema(
+                conn
+            )
+    text = out.getvalue()
+    assert list(results) == ["SQLite", "PostgreSQL"]
+    assert "nothing started" in text
+    assert started.directory is None and not started.running
+    assert "stopped the demo's PostgreSQL" not in text
+
+
+@pytest.mark.parametrize("when", ["starting", "burst"])
+def test_sigterm_stops_the_demo_postgres(pg_bindir: Path, when: str) -> None:
+    """SIGTERM (as Ctrl-C) while the cluster starts or during its burst: it is removed."""
+    # The demo's temporary directory goes in a directory of this test's own (TMPDIR),
+    # traversable by the postgres user when running as root.
+    tmp = Path(tempfile.mkdtemp(prefix="dbpool-demo-test-"))
+    tmp.chmod(0o755)
+    trigger = SERVER if when == "burst" else re.compile(r"^== PostgreSQL", re.M)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask_dbpool.demo", "--no-serve", "--port", "0",
+         "--requests", "300", "--concurrency", "4"],
+        cwd=tmp,
+        env={**_demo_env(), "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if trigger.search(line):
+                break
+        assert trigger.search("".join(lines)), "".join(lines)
+        time.sleep(0.3 if when == "starting" else 1.0)
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=60)
+        text = "".join(lines) + rest
+        print(text)
+        assert proc.returncode == 130, text + err
+        assert not list(tmp.glob("flask-dbpool-demo-pg-*")), text
+        server = SERVER.search(text)
+        if server is not None:
+            assert not _port_open(int(server.group(2)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 Run it with ``make demo`` or ``python -m flask_dbpool.demo --help``. Build the app yourself
 with :func:`create_app` (``create_app(url, pooled=False)`` for the per-request-connection
-comparison); :func:`run_demo` runs the whole comparison and returns the table's rows.
+comparison); :func:`run_demo` runs the comparison on one database and returns the table's
+rows; :func:`run_both` is ``make demo``: SQLite, then PostgreSQL (a :class:`LocalPostgres`
+started for the demo unless a server URL is given).
 """
 
 from flask_dbpool.demo.app import (
@@ -13,12 +15,15 @@ from flask_dbpool.demo.app import (
     db,
     default_url,
 )
-from flask_dbpool.demo.cli import main, run_demo
+from flask_dbpool.demo.cli import main, run_both, run_demo
 from flask_dbpool.demo.load import BurstResult, format_table
+from flask_dbpool.demo.postgres import LocalPostgres, PostgresUnavailable
 
 __all__ = [
     "BurstResult",
+    "LocalPostgres",
     "NotesStore",
+    "PostgresUnavailable",
     "close_app",
     "connections_opened",
     "create_app",
@@ -26,5 +31,6 @@ __all__ = [
     "default_url",
     "format_table",
     "main",
+    "run_both",
     "run_demo",
 ]

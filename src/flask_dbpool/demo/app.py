@@ -50,6 +50,7 @@ __all__ = [
     "connections_opened",
     "create_app",
     "db",
+    "default_sqlite_url",
     "default_url",
     "demo_state",
 ]
@@ -98,6 +99,11 @@ def default_url() -> str:
     env = os.environ.get("DBPOOL_URL")
     if env:
         return env
+    return default_sqlite_url()
+
+
+def default_sqlite_url() -> str:
+    """An SQLite file in ``./demo-data/`` (created if need be), else under the temp dir."""
     for directory in (Path.cwd() / "demo-data", Path(tempfile.gettempdir()) / "flask-dbpool-demo"):
         try:
             directory.mkdir(parents=True, exist_ok=True)

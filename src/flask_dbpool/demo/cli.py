@@ -1,19 +1,25 @@
 """``python -m flask_dbpool.demo``: serve the notes API and compare pooled vs per-request.
 
-Starts one werkzeug threaded server with both apps mounted (pooled at ``/``, one connection per
-request at ``/direct``), seeds a few notes, drives the same burst of HTTP requests through
-each, prints a table, and keeps serving until Ctrl-C (unless ``--no-serve``).
+For each database, starts one werkzeug threaded server with both apps mounted (pooled at
+``/``, one connection per request at ``/direct``), seeds a few notes, drives the same burst of
+HTTP requests through each and prints a table. The databases: an SQLite file, then a
+PostgreSQL server (the one ``--url`` / ``DBPOOL_URL`` names, else one started for the demo in
+a temporary directory by :mod:`flask_dbpool.demo.postgres` and removed afterwards). Then it
+prints the pooled ÷ per-request throughput of each and keeps serving (the ``--url`` database
+if given, else SQLite) until Ctrl-C, unless ``--no-serve``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from flask import Flask
@@ -24,15 +30,18 @@ from flask_dbpool.demo.app import (
     close_app,
     connections_opened,
     create_app,
+    default_sqlite_url,
     default_url,
     demo_state,
 )
 from flask_dbpool.demo.load import BurstResult, drive, format_table, http_json
+from flask_dbpool.demo.postgres import LocalPostgres, PostgresUnavailable
 from flask_dbpool.demo.server import DemoServer
+from flask_dbpool.drivers import resolve_target
 from flask_dbpool.errors import ConfigError
-from flask_dbpool.url import redact
+from flask_dbpool.url import parse_url, redact
 
-__all__ = ["build_parser", "main", "run_demo"]
+__all__ = ["build_parser", "main", "run_both", "run_demo"]
 
 DIRECT_PREFIX = "/direct"
 SEED_NOTES = (
@@ -53,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
-        help="database URL (default: $DBPOOL_URL, else SQLite in ./demo-data/notes.db), e.g. "
-        "postgresql://postgres@127.0.0.1:5432/test or mysql://root@127.0.0.1:3306/test",
+        help="a running database server to compare on besides SQLite, instead of starting a "
+        "PostgreSQL (default: $DBPOOL_URL), e.g. postgresql://postgres@127.0.0.1:5432/test or "
+        "mysql://root@127.0.0.1:3306/test; an sqlite:/// URL replaces ./demo-data/notes.db",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
@@ -73,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", default=DEFAULT_TABLE, help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-serve", action="store_true", help="exit after the comparison instead of serving"
+    )
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="do not start a PostgreSQL for the demo (SQLite only, unless --url names a server)",
     )
     return parser
 
@@ -134,6 +149,101 @@ def _examples(url: str) -> list[str]:
     ]
 
 
+class _Site:
+    """One database's two apps (pooled at ``/``, direct at ``/direct``) on a running server."""
+
+    def __init__(
+        self, url: str, host: str, port: int, pool_size: int, max_overflow: int, table: str
+    ) -> None:
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.pooled = create_app(
+            url, pooled=True, pool_size=pool_size, max_overflow=max_overflow, table=table
+        )
+        try:
+            self.direct = create_app(url, pooled=False, table=table)
+            wsgi = DispatcherMiddleware(self.pooled, {DIRECT_PREFIX: self.direct})
+            self.server = DemoServer(wsgi, host, port)
+        except BaseException:
+            close_app(self.pooled)
+            raise
+        self.server.start()
+
+    @property
+    def base(self) -> str:
+        return self.server.url
+
+    def close(self) -> None:
+        try:
+            self.server.stop()
+        finally:
+            close_app(self.pooled)
+            close_app(self.direct)
+
+    def compare(
+        self, requests: int, concurrency: int, say: Callable[[str], None]
+    ) -> list[BurstResult]:
+        """Seed, run the burst through each app, print the table; return its rows."""
+        base, server = self.base, self.server
+        say(f"  database : {demo_state(self.pooled).database}")
+        if server.port != server.requested_port and server.requested_port:
+            say(f"  note     : port {server.requested_port} is busy, using {server.port}")
+        say(f"  pooled   : {base}/notes  (DBPool, pool_size={self.pool_size}, "
+            f"max_overflow={self.max_overflow})")
+        say(f"  direct   : {base}{DIRECT_PREFIX}/notes  (a new connection per request)")
+        seeded = _seed(base)
+        if seeded:
+            say(f"  seeded {seeded} notes")
+        writes = (requests + 3) // 4
+        say("")
+        say(f"Burst: {requests} requests per mode ({requests - writes} GET /notes?limit=20, "
+            f"{writes} POST /notes)")
+        say(f"       from {min(concurrency, requests)} client threads, a new HTTP connection "
+            "per request")
+        say("")
+        pooled_result, pooled_ids = _burst(self.pooled, base, requests, concurrency)
+        direct_result, direct_ids = _burst(
+            self.direct, base + DIRECT_PREFIX, requests, concurrency
+        )
+        results = [pooled_result, direct_result]
+        _cleanup(self.pooled, pooled_ids + direct_ids)
+        say(format_table(results))
+        say("")
+        say(_summary(pooled_result, direct_result, self.pool_size,
+                     self.pool_size + self.max_overflow))
+        for result in results:
+            for sample in result.error_samples:
+                say(f"  {result.mode} error: {sample}")
+        return results
+
+    def serve(self, say: Callable[[str], None], stop: threading.Event | None) -> None:
+        """Log requests and serve until Ctrl-C (or until ``stop`` is set)."""
+        base = self.base
+        say(f"Serving {demo_state(self.pooled).database} on {base}  (Ctrl-C to stop). "
+            f"Live pool dashboard: {base}/_dbpool/")
+        say("Try:")
+        for example in _examples(base):
+            say(f"  {example}")
+        self.server.log_requests = True
+        try:
+            (stop or threading.Event()).wait()
+        except KeyboardInterrupt:
+            say("")
+            say("Stopping.")
+
+
+def _sayer(out: TextIO | None) -> Callable[[str], None]:
+    stream = out if out is not None else sys.stdout
+
+    def say(text: str = "") -> None:
+        print(text, file=stream, flush=True)
+
+    return say
+
+
+TITLE = "flask-dbpool demo: a notes JSON API served by werkzeug's threaded server"
+
+
 def run_demo(
     url: str | None = None,
     *,
@@ -148,73 +258,155 @@ def run_demo(
     out: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> list[BurstResult]:
-    """Run the comparison; return its rows (pooled first). Prints progress to ``out``.
+    """Run the comparison on one database; return its rows (pooled first).
 
-    With ``serve=True``, keeps serving afterwards until Ctrl-C (or until ``stop`` is set).
-    Raises :class:`~flask_dbpool.ConfigError` for a bad URL or setting and the driver's error
-    when the database cannot be reached.
+    Prints progress to ``out``. With ``serve=True``, keeps serving afterwards until Ctrl-C (or
+    until ``stop`` is set). Raises :class:`~flask_dbpool.ConfigError` for a bad URL or setting
+    and the driver's error when the database cannot be reached. :func:`run_both` is what
+    ``make demo`` runs.
     """
-    stream = out if out is not None else sys.stdout
-
-    def say(text: str = "") -> None:
-        print(text, file=stream, flush=True)
-
-    url = url or default_url()
-    pooled = create_app(
-        url, pooled=True, pool_size=pool_size, max_overflow=max_overflow, table=table
-    )
+    say = _sayer(out)
+    site = _Site(url or default_url(), host, port, pool_size, max_overflow, table)
     try:
-        direct = create_app(url, pooled=False, table=table)
-    except BaseException:
-        close_app(pooled)
-        raise
-    wsgi = DispatcherMiddleware(pooled, {DIRECT_PREFIX: direct})
-    try:
-        with DemoServer(wsgi, host, port) as server:
-            base = server.url
-            say("flask-dbpool demo: a notes JSON API served by werkzeug's threaded server")
-            say(f"  database : {demo_state(pooled).database}")
-            if server.port != server.requested_port and server.requested_port:
-                say(f"  note     : port {server.requested_port} is busy, using {server.port}")
-            say(f"  pooled   : {base}/notes  (DBPool, pool_size={pool_size}, "
-                f"max_overflow={max_overflow})")
-            say(f"  direct   : {base}{DIRECT_PREFIX}/notes  (a new connection per request)")
-            seeded = _seed(base)
-            if seeded:
-                say(f"  seeded {seeded} notes")
-            writes = (requests + 3) // 4
-            say()
-            say(f"Burst: {requests} requests per mode ({requests - writes} GET /notes?limit=20, "
-                f"{writes} POST /notes)")
-            say(f"       from {min(concurrency, requests)} client threads, a new HTTP connection "
-                "per request")
-            say()
-            pooled_result, pooled_ids = _burst(pooled, base, requests, concurrency)
-            direct_result, direct_ids = _burst(direct, base + DIRECT_PREFIX, requests, concurrency)
-            results = [pooled_result, direct_result]
-            _cleanup(pooled, pooled_ids + direct_ids)
-            say(format_table(results))
-            say()
-            say(_summary(pooled_result, direct_result, pool_size, pool_size + max_overflow))
-            for result in results:
-                for sample in result.error_samples:
-                    say(f"  {result.mode} error: {sample}")
-            if serve:
-                say()
-                say(f"Serving on {base}  (Ctrl-C to stop). Live pool dashboard: {base}/_dbpool/")
-                say("Try:")
-                for example in _examples(base):
-                    say(f"  {example}")
-                server.log_requests = True
-                try:
-                    (stop or threading.Event()).wait()
-                except KeyboardInterrupt:
-                    say()
-                    say("Stopping.")
-            return results
+        say(TITLE)
+        results = site.compare(requests, concurrency, say)
+        if serve:
+            say("")
+            site.serve(say, stop)
+        return results
     finally:
-        close_app(pooled)
-        close_app(direct)
+        site.close()
+
+
+def _label(url: str) -> str:
+    return _LABELS.get(parse_url(url).dialect, parse_url(url).dialect)
+
+
+_LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
+_WHY = {
+    "SQLite": "opening an SQLite connection opens a local file: nearly free",
+    "PostgreSQL": "a new connection: TCP + TLS handshakes, SCRAM password, a server process",
+}
+
+
+def _have_postgres_driver() -> bool:
+    return any(importlib.util.find_spec(name) for name in ("psycopg", "psycopg2"))
+
+
+def run_both(
+    url: str | None = None,
+    *,
+    start_postgres: bool = True,
+    postgres: LocalPostgres | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    requests: int = 600,
+    concurrency: int = 16,
+    pool_size: int = 4,
+    max_overflow: int = 0,
+    table: str = DEFAULT_TABLE,
+    serve: bool = False,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, list[BurstResult]]:
+    """``make demo``: the comparison on SQLite, then on a database server; return the rows.
+
+    The server is ``url`` if it names one (nothing is started), else a PostgreSQL started for
+    the demo (``postgres``, default a new :class:`LocalPostgres`; skipped with
+    ``start_postgres=False``), stopped and deleted before this returns (or serves). When it
+    cannot be started, one line says why and only SQLite runs. An SQLite ``url`` replaces the
+    default SQLite file. With ``serve=True`` the database named by ``url`` is served afterwards,
+    else SQLite. Returns ``{"SQLite": rows, "PostgreSQL": rows}`` (rows pooled first).
+    """
+    say = _sayer(out)
+    if url:
+        resolve_target(url)  # a bad URL or a missing driver fails before anything runs
+    given_sqlite = bool(url) and parse_url(url or "").dialect == "sqlite"
+    sqlite_url = url if url and given_sqlite else default_sqlite_url()
+    server_url = url if url and not given_sqlite else None
+    options = (host, port, pool_size, max_overflow, table)
+    results: dict[str, list[BurstResult]] = {}
+    served: _Site | None = None
+    try:
+        say(TITLE)
+        say("")
+        say("== SQLite ==")
+        site = _Site(sqlite_url, *options)
+        try:
+            results["SQLite"] = site.compare(requests, concurrency, say)
+        finally:
+            if serve and server_url is None:
+                served = site
+            else:
+                site.close()
+        say("")
+        if server_url is not None:
+            label = _label(server_url)
+            say(f"== {label} (given by --url / DBPOOL_URL: nothing started) ==")
+            site = _Site(server_url, *options)
+            try:
+                results[label] = site.compare(requests, concurrency, say)
+            finally:
+                if serve:
+                    served = site
+                else:
+                    site.close()
+        elif start_postgres:
+            results.update(
+                _run_local_postgres(postgres, requests, concurrency, options, say)
+            )
+        say("")
+        say("Pooled vs a new connection per request (requests/s, pooled ÷ direct):")
+        width = max(len(label) for label in results)
+        for label, (pooled, direct) in results.items():
+            ratio = (
+                pooled.requests_per_second / direct.requests_per_second
+                if direct.requests_per_second else 0.0
+            )
+            why = f"  ({_WHY[label]})" if label in _WHY else ""
+            say(f"  {label.ljust(width)}  {ratio:4.1f}x{why}")
+        if served is not None:
+            say("")
+            served.serve(say, stop)
+        return results
+    finally:
+        if served is not None:
+            served.close()
+
+
+def _run_local_postgres(
+    postgres: LocalPostgres | None,
+    requests: int,
+    concurrency: int,
+    options: tuple[str, int, int, int, str],
+    say: Callable[[str], None],
+) -> dict[str, list[BurstResult]]:
+    """Start a PostgreSQL for the demo, run the comparison on it, stop and delete it."""
+    if not _have_postgres_driver():
+        say("PostgreSQL: skipped: no PostgreSQL driver installed (pip install psycopg)")
+        return {}
+    pg = postgres if postgres is not None else LocalPostgres()
+    say("== PostgreSQL (started for the demo) ==")
+    try:
+        started = time.monotonic()
+        try:
+            pg.start()
+        except PostgresUnavailable as exc:
+            say(f"PostgreSQL: not started, so SQLite only: {exc}")
+            return {}
+        security = "TLS + SCRAM password" if pg.tls else "SCRAM password, no TLS (no openssl)"
+        say(f"  server   : PostgreSQL {pg.version or '?'} in {pg.directory}, "
+            f"127.0.0.1:{pg.port} ({security}; started in {time.monotonic() - started:.1f} s)")
+        site = _Site(pg.url, *options)
+        try:
+            return {"PostgreSQL": site.compare(requests, concurrency, say)}
+        finally:
+            site.close()
+    finally:
+        directory = pg.directory
+        pg.close()
+        if directory is not None:
+            say(f"  stopped the demo's PostgreSQL and removed {directory}")
 
 
 def _summary(pooled: BurstResult, direct: BurstResult, pool_size: int, max_open: int) -> str:
@@ -248,8 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        results = run_demo(
+        results = run_both(
             url,
+            start_postgres=not args.no_postgres,
             host=args.host,
             port=args.port,
             requests=args.requests,
@@ -272,4 +465,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-    return 1 if any(result.errors for result in results) else 0
+    return 1 if any(r.errors for rows in results.values() for r in rows) else 0
