@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # e.g. make bench-e2e BENCH_E2E_ARGS='--rounds 3 --worker-class gevent'
 BENCH_E2E_ARGS ?= --pin
 
-.PHONY: test demo lint typecheck pytest bench bench-e2e clean
+.PHONY: test demo lint typecheck pytest bench bench-e2e wrk clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,19 +29,25 @@ pytest: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m flask_dbpool.demo
 
-bench: $(STAMP)
-	$(PY) benchmarks/checkout.py
+# Hot path + contention + end to end with progress bars; tables into docs/benchmarks.md
+# (between <!-- bench:begin/end -->), charts into docs/img/ (benchmarks/bench_all.py --help).
+# e.g. make bench BENCH_ARGS=--quick, or BENCH_ARGS='--rounds 3 --seconds 5 --skip-e2e'
+BENCH_ARGS ?=
+bench: $(BENCH_STAMP) $(if $(findstring --skip-e2e,$(BENCH_ARGS)),,wrk)
+	$(PY) benchmarks/bench_all.py $(BENCH_ARGS)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
 # End to end: gunicorn + wrk per variant (benchmarks/e2e/run.py --help); needs PostgreSQL.
-bench-e2e: $(BENCH_STAMP)
+bench-e2e: $(BENCH_STAMP) wrk
+	$(PY) benchmarks/e2e/run.py $(BENCH_E2E_ARGS)
+
+wrk:
 	@command -v wrk >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y -q wrk; \
 	  else echo "wrk is missing: sudo apt-get install wrk (or build github.com/wg/wrk)"; exit 1; fi; }
-	$(PY) benchmarks/e2e/run.py $(BENCH_E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
