@@ -209,15 +209,10 @@ _ALLOWED: dict[tuple[str, str], _Allowed] = {
     ("flask_dbpool.drivers.postgres", "_notify_handlers"): _Allowed(
         "psycopg", "as _notice_handlers"
     ),
-    # Ours: a handle's entry (PooledConnection._entry, a slot), read where a property would
-    # cost a call per checkout or return; written only through proxy.set_entry.
+    # Ours: a handle's entry (PooledConnection._entry, a slot), read directly only on the
+    # pool's inlined release path, where a call (proxy.entry_of) would cost on every return;
+    # everywhere else through proxy.entry_of / proxy.set_entry.
     ("flask_dbpool.pool", "_entry"): _Allowed(_OURS, "the pool's inlined hot path"),
-    ("flask_dbpool.keeper", "_entry"): _Allowed(
-        _OURS, "the pool's slow return and its checks of foreign or returned handles"
-    ),
-    ("flask_dbpool.proxy", "_entry"): _Allowed(
-        _OURS, "_give_back(), the module-level helper behind the handle's close() and with"
-    ),
 }
 
 

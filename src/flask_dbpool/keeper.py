@@ -25,7 +25,7 @@ from flask_dbpool.errors import PoolClosed, PoolError, one_line
 from flask_dbpool.leaks import find_orphans
 from flask_dbpool.lifecycle import Lifecycle
 from flask_dbpool.maintenance import PING_TIMEOUT, Maintenance
-from flask_dbpool.proxy import PooledConnection, handle_for, set_entry
+from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
 from flask_dbpool.state import MAX_SLEEP, PROBE, PoolState
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ class Keeper:
         if conn.__class__ is not PooledConnection:
             raise self.foreign(conn)
         with self.lock:
-            entry = conn._entry
+            entry = entry_of(conn)
             if entry is None:
                 raise PoolError(messages.already_returned())
             if entry.pool is not self.owner:
@@ -324,7 +324,7 @@ class Keeper:
         try:
             self.release_slow(conn, exc)
         except PoolError:
-            if conn._entry is not None:
+            if entry_of(conn) is not None:
                 raise
 
     def discard(
@@ -388,7 +388,7 @@ class Keeper:
 
     def foreign(self, conn: object) -> PoolError:
         if isinstance(conn, PooledConnection):
-            entry = conn._entry
+            entry = entry_of(conn)
             if entry is None:
                 return PoolError(messages.already_returned())
             if entry.pool is INHERITED:

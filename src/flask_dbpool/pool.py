@@ -39,7 +39,7 @@ from flask_dbpool.errors import ConfigError, PoolClosed, PoolTimeout, one_line
 from flask_dbpool.keeper import Keeper, detached
 from flask_dbpool.leaks import Checkout, TimeoutReport, capture_site, checkouts_of
 from flask_dbpool.lifecycle import Lifecycle
-from flask_dbpool.proxy import PooledConnection, handle_for, set_entry
+from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
 from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import DURATION_BUCKETS as _DURATION_BUCKETS
 from flask_dbpool.stats import PoolStats
@@ -367,7 +367,7 @@ class Pool:
         connection is returned. Costs nothing on the pool's hot path, and takes no lock:
         only the holder labels its checkout, and a reader (:meth:`checkouts`) sees the label
         only once ``label_for`` matches the checkout, which is written last."""
-        entry = conn._entry if conn.__class__ is PooledConnection else None
+        entry = entry_of(conn) if conn.__class__ is PooledConnection else None
         if entry is not None and entry.pool is self:
             entry.label = label
             entry.label_for = entry.lent_at
@@ -383,7 +383,7 @@ class Pool:
         returned or belongs to another pool.
         """
         # No lock: only the holder uses its handle, and the stamp concerns this checkout only.
-        entry = conn._entry if conn.__class__ is PooledConnection else None
+        entry = entry_of(conn) if conn.__class__ is PooledConnection else None
         if entry is None or entry.pool is not self:
             raise self._keeper.foreign(conn)
         entry.pinned_for = entry.lent_at
@@ -517,7 +517,7 @@ class Pool:
         config = self.config
         while True:
             conn = self._acquire_slow(max(0.0, deadline - _now()))
-            entry = conn._entry
+            entry = entry_of(conn)
             assert entry is not None
             now = entry.lent_at
             try:

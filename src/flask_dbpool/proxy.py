@@ -149,20 +149,23 @@ class PooledConnection:
 def _give_back(conn: PooledConnection, error: BaseException | None) -> None:
     """Return ``conn`` through the pool's public ``release``; a handle returned already (or
     by a racing ``close()``) is fine, as ``close()`` promises."""
-    entry = conn._entry
+    entry = entry_of(conn)
     if entry is None:
         return
     try:
         entry.pool.release(conn, error)
     except PoolError:
-        if conn._entry is not None:  # not a racing return: a real error
+        if entry_of(conn) is not None:  # not a racing return: a real error
             raise
 
 
-# The pool fills the slot through its descriptor, bypassing the forwarding __setattr__.
+# The pool fills the slot through its descriptor, bypassing the forwarding __setattr__...
 set_entry: Callable[[PooledConnection, Entry | None], None] = vars(PooledConnection)[
     "_entry"
 ].__set__
+#: ...and reads it the same way off its hot path (the hot path reads ``conn._entry`` itself:
+#: an attribute load is cheaper than this call). ``conn`` must be a PooledConnection.
+entry_of: Callable[[PooledConnection], Entry | None] = vars(PooledConnection)["_entry"].__get__
 
 
 def handle_for(entry: Entry) -> PooledConnection:

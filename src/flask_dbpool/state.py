@@ -789,6 +789,32 @@ def _snapshot(state: PoolState[Any]) -> PoolStats:
     )
 
 
+def _retire_idle(
+    survivors: list[T],
+    up_to: int,
+    timeout: float,
+    reason: str,
+    now: float,
+    to_close: list[tuple[T, str]],
+    next_run: float,
+    min_idle: int,
+) -> tuple[list[T], float]:
+    """Move to ``to_close`` (with ``reason``) at most ``up_to`` of the idle ``survivors``
+    (oldest first) idle for ``timeout``, keeping ``min_idle``; returns the rest and when to
+    look again for the next one due."""
+    excess = min(up_to, len(survivors) - min_idle)
+    kept = []
+    for item in survivors:
+        if excess > 0 and now - item.idle_since >= timeout:
+            to_close.append((item, reason))
+            excess -= 1
+        else:
+            kept.append(item)
+            if excess > 0:
+                next_run = min(next_run, item.idle_since + timeout)
+    return kept, next_run
+
+
 def _sweep(
     state: PoolState[T], now: float, find_orphans: Callable[[set[T], list[T]], list[T]]
 ) -> Sweep[T]:
@@ -823,37 +849,29 @@ def _sweep(
                 never_lent = item.lent_at == item.created
                 item.idle_since = item.created if never_lent else now
             survivors.append(item)
-    # Overflow items (above pool_size) idle for overflow_idle_timeout go first, the least
-    # recently returned first, never below min_idle idle.
+    # Overflow items (above pool_size) idle for overflow_idle_timeout go first, then any
+    # idle for idle_timeout; the least recently returned first, never below min_idle idle.
     grace = config.overflow_idle_timeout
-    over = min(state.open - len(to_close) - config.pool_size, len(survivors) - config.min_idle)
-    if grace > 0 and over > 0:
-        kept = []
-        for item in survivors:
-            if over > 0 and now - item.idle_since >= grace:
-                to_close.append((item, "overflow"))
-                over -= 1
-            else:
-                kept.append(item)
-                if over > 0:
-                    next_run = min(next_run, item.idle_since + grace)
-        survivors = kept
-    if grace > 0 and state.open > config.pool_size:
-        # Overflow items may come back at any time: see them idle soon after.
-        next_run = min(next_run, now + grace / 2)
+    if grace > 0:
+        over = state.open - len(to_close) - config.pool_size
+        survivors, next_run = _retire_idle(
+            survivors, over, grace, "overflow", now, to_close, next_run, config.min_idle
+        )
+        if state.open > config.pool_size:
+            # Overflow items may come back at any time: see them idle soon after.
+            next_run = min(next_run, now + grace / 2)
     idle_timeout = config.idle_timeout
     if idle_timeout is not None:
-        excess = len(survivors) - config.min_idle
-        kept = []
-        for item in survivors:
-            if excess > 0 and now - item.idle_since >= idle_timeout:
-                to_close.append((item, "idle"))
-                excess -= 1
-            else:
-                kept.append(item)
-                if excess > 0:
-                    next_run = min(next_run, item.idle_since + idle_timeout)
-        survivors = kept
+        survivors, next_run = _retire_idle(
+            survivors,
+            len(survivors),
+            idle_timeout,
+            "idle",
+            now,
+            to_close,
+            next_run,
+            config.min_idle,
+        )
     state.idle.clear()
     state.idle.extend(survivors)
     for item in survivors:

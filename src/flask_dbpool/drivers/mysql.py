@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,6 +109,37 @@ def _error_code(exc: BaseException) -> int | None:
 _tracking_classes: dict[int, type] = {}
 
 
+@contextmanager
+def _io_bounded(conn: Any, bound: float | None) -> Iterator[None]:
+    """Cap a PyMySQL connection's read and write timeouts at ``bound`` seconds for the block,
+    then put the user's back.
+
+    ``_read_timeout``/``_write_timeout`` are PyMySQL's private settings (no public setter),
+    applied by its own I/O code before each read and write, which tracks what the socket
+    has: the one place this module touches them.
+    """
+    saved = conn._read_timeout, conn._write_timeout
+
+    def put(read: float | None, write: float | None) -> None:
+        conn._read_timeout, conn._write_timeout = read, write
+
+    if bound is not None:
+        read, write = saved
+        put(
+            bound if read is None else min(bound, read),
+            bound if write is None else min(bound, write),
+        )
+    try:
+        yield
+    finally:
+        put(*saved)
+
+
+def _last_result(raw: Any) -> Any:
+    """PyMySQL's last result of ``raw`` (private, but its own cursors rely on it so)."""
+    return raw._result
+
+
 def _tracking_class(pymysql: Any) -> type:
     """A PyMySQL connection class that remembers whether its last statement failed."""
     base = pymysql.connections.Connection
@@ -116,8 +149,6 @@ def _tracking_class(pymysql: Any) -> type:
 
     class TrackedConnection(base):  # type: ignore[misc,valid-type]
         dbpool_statement_failed = False
-        _read_timeout: float | None
-        _write_timeout: float | None
         connect_timeout: float | None
 
         def connect(self, sock: Any = None) -> None:
@@ -126,15 +157,8 @@ def _tracking_class(pymysql: Any) -> type:
             # never answers would hold the pool's caller for good. Bound them by
             # connect_timeout too, then give the user's timeouts back (PyMySQL applies them
             # again before its next read or write).
-            read_timeout, write_timeout = self._read_timeout, self._write_timeout
-            bound = self.connect_timeout
-            if bound is not None:
-                self._read_timeout = bound if read_timeout is None else min(bound, read_timeout)
-                self._write_timeout = bound if write_timeout is None else min(bound, write_timeout)
-            try:
+            with _io_bounded(self, self.connect_timeout):
                 super().connect(sock)
-            finally:
-                self._read_timeout, self._write_timeout = read_timeout, write_timeout
 
         def query(self, sql: Any, unbuffered: bool = False) -> Any:
             self.dbpool_statement_failed = True
@@ -248,7 +272,7 @@ class PyMySQLDriver(_MySQLDriver):
         # flags describe only the results read so far, the rest (a transaction the
         # procedure opened, an error packet) would reach the next borrower. ``_result`` is
         # PyMySQL's last result (private, but its own cursors rely on it the same way).
-        result = raw._result
+        result = _last_result(raw)
         if result is not None and (result.has_next or result.unbuffered_active):
             return IN_TRANSACTION
         # PyMySQL refreshes server_status only from successful replies, so after a failed
@@ -275,14 +299,14 @@ class PyMySQLDriver(_MySQLDriver):
         failed) ended that reply and is dropped; any other error while draining means the
         protocol state is unknown and is raised (the pool then discards the connection).
         """
-        result = raw._result
+        result = _last_result(raw)
         if result is not None:
             try:
                 if result.unbuffered_active:
                     # An unbuffered (SSCursor) result not read to its end: PyMySQL itself
                     # reads it out before the next command; do it here, without its warning.
                     result._finish_unbuffered_query()
-                while raw._result is not None and raw._result.has_next:
+                while (result := _last_result(raw)) is not None and result.has_next:
                     raw.next_result()
             except cls.import_module().MySQLError as exc:
                 if not (raw.open and _is_server_error(exc)):
@@ -297,22 +321,15 @@ class PyMySQLDriver(_MySQLDriver):
         """One ``COM_PING`` round trip, bounded by ``timeout`` through the socket timeout
         PyMySQL applies before each read and write; on expiry PyMySQL closes the socket and
         :class:`PingTimeout` is raised."""
-        # _read_timeout/_write_timeout are PyMySQL's private settings, applied by its own
-        # I/O code (which tracks what the socket has): set them for the ping, then put the
-        # user's back (the next read or write applies them again).
-        read_timeout, write_timeout = raw._read_timeout, raw._write_timeout
-        raw._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
-        raw._write_timeout = timeout if write_timeout is None else min(timeout, write_timeout)
         try:
-            raw.ping(reconnect=False)
+            with _io_bounded(raw, timeout):
+                raw.ping(reconnect=False)
         except cls.import_module().OperationalError as exc:
             if isinstance(exc.__context__, (TimeoutError, socket.timeout)):
                 raise PingTimeout(
                     f"no answer to the ping within {timeout:.3g} s; the connection was closed"
                 ) from exc
             raise
-        finally:
-            raw._read_timeout, raw._write_timeout = read_timeout, write_timeout
 
     @staticmethod
     def socket_fd(raw: Any) -> int | None:
