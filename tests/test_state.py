@@ -28,6 +28,7 @@ from flask_dbpool.state import (
     CLOSED,
     CONNECT,
     FOREVER,
+    GROW,
     MAX_SLEEP,
     NEW_SLOT,
     PROBE,
@@ -575,7 +576,7 @@ def test_connect_failed_rejection_refuses_waiters_when_nothing_is_open() -> None
 def test_connect_failed_rejection_keeps_waiters_while_something_is_open() -> None:
     state = make_state(pool_size=1, max_overflow=1)
     lend_new(state, 0.0)
-    assert state.request(0.0, 2, 0.0, 30.0, FakeWaiter) is CONNECT
+    assert state.request(0.0, 2, 0.0, 0.0, FakeWaiter) is CONNECT  # timeout=0: no waiting
     waiter = wait(state, 0.5)
     state.connect_failed(PermissionError("no"), True, 0.0, 1.0, False)
     assert list(state.waiters) == [waiter] and waiter.item is None
@@ -1450,6 +1451,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         idle_before = list(state.idle)
         waiting_before = len(state.waiters)
         open_before = state.open
+        lent_before = open_before - state.connecting - len(state.checking) - len(idle_before)
         failing = state.connect_failures
         timeouts = state.timeouts
         made: list[FakeWaiter] = []
@@ -1475,6 +1477,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         elif got is CONNECT or got is PROBE:
             assert open_before < state.max_open
             assert (got is PROBE) == bool(failing)
+            if not failing:  # nothing lent could come back to it first, or it will not wait
+                assert not waiting_before and (lent_before == 0 or timeout == 0.0)
             self.slots.append(Slot("caller", got is PROBE, now, ident))
             if connect:
                 self.connect(len(self.slots) - 1, "ok")
@@ -1490,8 +1494,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         else:
             assert isinstance(got, FakeWaiter) and made == [got]
             assert not idle_before or waiting_before
-            if not failing:  # queued behind others, or every slot is taken
-                assert waiting_before or open_before >= state.max_open
+            if not failing:  # queued behind others, every slot taken, or some lent
+                assert waiting_before or open_before >= state.max_open or lent_before > 0
             self.queued.append(Caller(got, ident, now, now + timeout))
             assert list(state.waiters)[-1] is got
 
@@ -1506,16 +1510,22 @@ class PoolStateMachine(RuleBasedStateMachine):
             elif state.reserve(state.config.pool_size):
                 self.slots.append(Slot("warm_up", False, self.now))
             return
+        wanted = state.wants_growth()
         token, due = state.plan_connect(self.now)
         if state.closed:
             assert token is None
+        if wanted:  # waiters first: min_idle can wait
+            assert token is GROW and state.growing
         if token is None:
             assert due > self.now
         else:
             assert due == FOREVER
             if token is CONNECT:  # a refill: not before its back-off
                 assert self.now >= state.refill_at and not state.connect_failures
-            self.slots.append(Slot("maintenance", token is PROBE, self.now))
+            if token is GROW:
+                assert wanted
+            owner = "grower" if token is GROW else "maintenance"
+            self.slots.append(Slot(owner, token is PROBE, self.now))
 
     @precondition(lambda self: self.slots)
     @rule(
@@ -1544,6 +1554,8 @@ class PoolStateMachine(RuleBasedStateMachine):
             self.free_slot(connecting=True, probe=slot.probe)
             if slot.owner == "maintenance":
                 assert state.refill_failed(self.now) > 0
+            if slot.owner == "grower":  # the slot went to the oldest waiter, if any
+                state.grow_done()
         else:
             rejected = outcome == "rejected"
             error = PermissionError("rejected") if rejected else OSError("unreachable")
@@ -1557,6 +1569,8 @@ class PoolStateMachine(RuleBasedStateMachine):
             self.sync()
             if rejected and not state.entries:
                 assert not state.waiters  # refused at once
+            if slot.owner == "grower":
+                state.grow_done()
 
     @precondition(lambda self: self.fresh)
     @rule(index=st.integers(0, 10))
@@ -1577,6 +1591,8 @@ class PoolStateMachine(RuleBasedStateMachine):
                 state.refill_failures = 0
             self.move(item, "fresh", "returning")
             self.placed(item, state.check_in(item))
+            if slot.owner == "grower":
+                state.grow_done()
 
     @precondition(lambda self: self.holder)
     @rule(
@@ -1822,8 +1838,18 @@ class PoolStateMachine(RuleBasedStateMachine):
         assert list(state.waiters) == [caller.waiter for caller in self.queued]
         assert not (state.waiters and state.idle)
         if state.waiters and not state.connect_failures:
-            # Not failing: a queued caller waits only for a slot that is taken.
-            assert state.open >= state.max_open
+            # Not failing: a queued caller waits for something lent, being opened or being
+            # checked (never on an empty pool); below the maximum, the pool grows for it.
+            assert state.open > 0
+            if state.open < state.max_open and not state.closed:
+                assert state.growing or state.wants_growth()
+
+    @invariant()
+    def one_growth_at_a_time(self) -> None:
+        growers = sum(1 for slot in self.slots if slot.owner == "grower")
+        growers += sum(1 for _, slot in self.fresh if slot.owner == "grower")
+        assert growers <= 1
+        assert self.state.growing == (growers == 1)
 
     @invariant()
     def never_above_max_open_but_after_a_shrink(self) -> None:
@@ -1999,3 +2025,74 @@ def test_returns_to_a_closed_pool_are_closed_despite_the_grace() -> None:
     held = lend_new(state, 0.0)
     state.close()
     assert state.check_in(held) is held and state.closed_by == {"pool_closed": 1}
+
+
+# ---------------------------------------------------------------------------- growth
+
+
+def test_request_connects_itself_on_a_cold_pool() -> None:
+    """Nothing lent could come back to the caller: it connects (and gets any error)."""
+    state = make_state()
+    assert state.request(0.0, 1, 0.0, 30.0, FakeWaiter) is CONNECT
+    assert (state.open, state.connecting) == (1, 1)
+    assert not state.wants_growth()
+
+
+def test_request_queues_while_something_is_lent_and_asks_for_growth() -> None:
+    state = make_state()  # max_open 3
+    lend_new(state, 0.0)
+    waiter = wait(state, 1.0)
+    assert list(state.waiters) == [waiter] and state.open == 1
+    assert state.wants_growth()
+    token, due = state.plan_connect(1.0)
+    assert (token, due) == (GROW, FOREVER)
+    assert (state.open, state.connecting, state.growing) == (2, 1, True)
+    # One at a time: no second growth while this one is under way.
+    second = wait(state, 1.5)
+    assert not state.wants_growth()
+    assert state.plan_connect(1.5) == (None, FOREVER)
+    # The lent one comes back first: the oldest waiter gets it, no connect needed.
+    (lent,) = state.lent()
+    assert state.check_in(lent) is None
+    assert waiter.item is lent and list(state.waiters) == [second]
+    # The grown connection serves the next waiter.
+    grown = Item(2.0)
+    state.connected(grown, 1.0, 2.0, False)
+    assert state.check_in(grown) is None
+    state.grow_done()
+    assert second.item is grown and not state.waiters
+    assert not state.growing and not state.wants_growth()
+
+
+def test_request_with_timeout_zero_connects_itself_while_something_is_lent() -> None:
+    state = make_state()
+    lend_new(state, 0.0)
+    assert state.request(1.0, 2, 1.0, 1.0, FakeWaiter) is CONNECT
+
+
+def test_request_connects_itself_when_only_checks_and_connects_are_under_way() -> None:
+    """Items being opened for others or being checked are not lent: nothing will be
+    returned to a waiter from them, so the caller connects."""
+    state = make_state()
+    assert state.reserve()  # someone else connecting
+    assert state.request(0.0, 2, 0.0, 30.0, FakeWaiter) is CONNECT
+
+
+def test_plan_connect_grows_for_waiters_before_refilling_min_idle() -> None:
+    state = make_state(pool_size=3, max_overflow=1, min_idle=2)
+    lend_new(state, 0.0)
+    wait(state, 0.0)
+    assert state.plan_connect(0.0)[0] is GROW
+
+
+def test_no_growth_while_failing_or_at_the_maximum() -> None:
+    state = make_state(pool_size=1, max_overflow=0)
+    lend_new(state, 0.0)
+    wait(state, 0.0)
+    assert not state.wants_growth()  # every slot is taken
+    state = make_state()
+    lend_new(state, 0.0)
+    fail(state, 0.5)
+    wait(state, 1.0)
+    assert not state.wants_growth()  # reconnecting is the probe's job (with back-off)
+    assert state.plan_connect(1.0)[0] is None

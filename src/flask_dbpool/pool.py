@@ -569,9 +569,9 @@ class Pool:
                 if isinstance(got, Entry):
                     return handle_for(got)
                 if isinstance(got, Waiter):
-                    # A dropped handle may be why the pool ran dry, and maintenance
-                    # reclaims those: let it look.
-                    nudge = self._state.dry_check_due(now)
+                    # Maintenance opens a connection for waiters; and a dropped handle may
+                    # be why the pool ran dry, and it reclaims those: let it look.
+                    nudge = self._state.wants_growth() or self._state.dry_check_due(now)
             if isinstance(got, Waiter):
                 if nudge:
                     self._keeper.nudge()

@@ -16,6 +16,11 @@ Rules the methods keep (checked by ``tests/test_state.py``):
 - ``open == len(entries) + connecting`` outside the moments a shell holds a reserved slot
   it has not connected in yet (``connecting`` counts those too);
 - waiters queue only while nothing is idle, served first come, first served;
+- a caller connects itself only while nothing is lent (a cold pool: its errors, such as a
+  refused login or ``on_connect``'s, reach it directly) or when it will not wait
+  (``timeout=0``); otherwise it queues and the pool grows in the background, one connection
+  at a time (:data:`GROW`), so that a connection returned meanwhile serves it instead of a
+  slow connect (HikariCP's and psycopg_pool's answer to a spike);
 - never more than ``max_open`` open, except transiently after ``resize()`` shrank it;
 - each item is idle, lent, or being checked, exactly one;
 - a waiter that left the queue is never handed anything.
@@ -38,6 +43,7 @@ __all__ = [
     "CLOSED",
     "CONNECT",
     "FOREVER",
+    "GROW",
     "NEW_SLOT",
     "PROBE",
     "Lendable",
@@ -101,6 +107,9 @@ CLOSED: Final = Token("CLOSED")
 CONNECT: Final = Token("CONNECT")
 #: As :data:`CONNECT`, as the one attempt allowed while the database is unreachable.
 PROBE: Final = Token("PROBE")
+#: Returned to maintenance: "a slot is reserved: open a connection in it for the waiters,
+#: then :meth:`PoolState.check_in` it and call :meth:`PoolState.grow_done`".
+GROW: Final = Token("GROW")
 
 
 class Refusal(Token):
@@ -185,6 +194,7 @@ class PoolState(Generic[T]):
         "disconnect_at",
         "entries",
         "failed_at",
+        "growing",
         "idle",
         "keep",
         "leaks_detected",
@@ -261,6 +271,7 @@ class PoolState(Generic[T]):
         self.retry_at = 0.0  # when the next attempt to connect is due
         self.failed_at = 0.0  # when the last attempt failed
         self.probing = False  # an attempt to reconnect is under way
+        self.growing = False  # maintenance is opening a connection for the waiters
         self.refill_at = 0.0  # min_idle refills back off after on_connect errors
         self.refill_failures = 0
         self.next_dry_check = 0.0
@@ -300,9 +311,9 @@ class PoolState(Generic[T]):
         Returns the item (lent), :data:`CONNECT` or :data:`PROBE` (a slot is reserved:
         connect, then :meth:`connected` or :meth:`connect_failed`), a :class:`Refusal`, a
         waiter from ``new_waiter`` (queued: wait for it to be handed something, then call
-        :meth:`woken`), or a :class:`TimeoutReport` (``deadline`` has passed; ``start``: when
-        the caller asked). Raises
-        :class:`~flask_dbpool.PoolClosed` and :class:`~flask_dbpool.TooManyWaiters`.
+        :meth:`woken`; if :meth:`wants_growth`, have maintenance open a connection), or a
+        :class:`TimeoutReport` (``deadline`` has passed; ``start``: when the caller asked).
+        Raises :class:`~flask_dbpool.PoolClosed` and :class:`~flask_dbpool.TooManyWaiters`.
         """
         if self.closed:
             raise PoolClosed(messages.closed(self.config.name))
@@ -318,7 +329,13 @@ class PoolState(Generic[T]):
             # waiting would only wait out the timeout. Back-off still spaces the attempts.
             return Refusal(self.rejection)
         if self.open < self.max_open and (
-            (not failing and not self.waiters)
+            # Connect yourself only if nothing lent can come back to you first (or you
+            # will not wait): else queue, and the pool grows in the background.
+            (
+                not failing
+                and not self.waiters
+                and (now >= deadline or self.open <= self.connecting + len(self.checking))
+            )
             # The database was unreachable: one caller at a time tries again once the
             # back-off delay has passed; the others wait for its outcome.
             or (failing and now >= self.retry_at and not self.probing)
@@ -344,6 +361,21 @@ class PoolState(Generic[T]):
             self.waiters.pop()
             return report
         return waiter
+
+    def wants_growth(self) -> bool:
+        """Whether waiters need maintenance to open a connection for them (in the background:
+        see :data:`GROW`); the shell nudges it when a caller queues."""
+        return bool(
+            self.waiters
+            and not self.growing
+            and not self.connect_failures
+            and not self.closed
+            and self.open < self.max_open
+        )
+
+    def grow_done(self) -> None:
+        """A :data:`GROW` attempt is over (its connection checked in, or it failed)."""
+        self.growing = False
 
     def dry_check_due(self, now: float) -> bool:
         """A caller must wait: should maintenance look for dropped handles (whose slots may
@@ -472,25 +504,7 @@ class PoolState(Generic[T]):
         Returns the consecutive failures and the delay before the next attempt. Attempts
         under way when the outage began fail together: one failure for the back-off.
         """
-        self.connect_errors += 1
-        self.connect_error = error
-        self.rejection = error if rejected else None
-        if started >= self.failed_at or not self.connect_failures:
-            self.connect_failures += 1
-            self.retry_at = now + self.backoff(self.connect_failures)
-            # Only a counted failure starts a new outage: an attempt from before it failing
-            # late must not swallow the next probe's failure.
-            self.failed_at = now
-        if probe:
-            self.probing = False
-        self.connecting -= 1
-        self.open -= 1
-        if rejected and not self.entries:
-            # Nothing open could come back to them: waiters get the refusal now.
-            while self.waiters:
-                self.hand_off(Refusal(error))
-        self._after_shrink()
-        return self.connect_failures, max(0.0, self.retry_at - now)
+        return _connect_failed(self, error, rejected, started, now, probe)
 
     def slot_freed(self, *, connecting: bool = False, probe: bool = False) -> bool:
         """A slot's connection is gone (closed, or never opened): hand the slot to the
@@ -509,7 +523,7 @@ class PoolState(Generic[T]):
             self.hand_off(NEW_SLOT)
             return False
         self.open -= 1
-        self._after_shrink()
+        _after_shrink(self)
         return bool(self.waiters and self.connect_failures and not self.closed)
 
     def refill_failed(self, now: float) -> float:
@@ -581,7 +595,7 @@ class PoolState(Generic[T]):
         self.checking.discard(item)
         self.open -= 1
         self.count_closed(reason)
-        self._after_shrink()
+        _after_shrink(self)
 
     def discarded(self, item: T, reason: str, *, disconnect: bool, now: float) -> bool:
         """``item`` is being closed for good; its slot stays taken until :meth:`slot_freed`.
@@ -604,17 +618,6 @@ class PoolState(Generic[T]):
         """Count one connection closed for ``reason``."""
         self.closed_count += 1
         self.closed_by[reason] = self.closed_by.get(reason, 0) + 1
-
-    def _after_shrink(self) -> None:
-        """A slot was released: signal a draining close, or finish a shrinking resize."""
-        if self.closed:
-            if self.open == 0:
-                self.on_drained()
-                self.on_drained = _nothing  # once: a shell may resolve a future there
-        elif not self.keep and self.open <= self.max_open:
-            # Back under the new maximum: keep idle connections again, fill free slots.
-            self.keep = _keep_for(self.config)
-            self.fill_waiters()
 
     def send_to_check(self, item: T) -> bool:
         """A returned ``item`` was lent across a disconnect: queue it for a check. Returns
@@ -663,27 +666,10 @@ class PoolState(Generic[T]):
 
     def plan_connect(self, now: float) -> tuple[Token | None, float]:
         """Maintenance's last decision: open a connection to reconnect (with back-off) for
-        waiters, or to refill ``min_idle``? Returns :data:`PROBE` or :data:`CONNECT` (the
-        slot is reserved) or ``None``, and when to look again if an attempt is not due
-        yet (else ``FOREVER``)."""
-        if self.closed or self.open >= self.max_open:
-            return None, FOREVER
-        min_idle = self.config.min_idle
-        if self.connect_failures:
-            if self.waiters or len(self.idle) < min_idle:
-                if now >= self.retry_at and not self.probing:
-                    self.probing = True
-                    self.open += 1
-                    self.connecting += 1
-                    return PROBE, FOREVER
-                return None, max(self.retry_at, now + 0.05)
-        elif len(self.idle) + len(self.checking) + self.connecting < min_idle:
-            if now < self.refill_at:
-                return None, self.refill_at
-            self.open += 1
-            self.connecting += 1
-            return CONNECT, FOREVER
-        return None, FOREVER
+        waiters, to grow for waiters, or to refill ``min_idle``? Returns :data:`PROBE`,
+        :data:`GROW` or :data:`CONNECT` (the slot is reserved) or ``None``, and when to look
+        again if an attempt is not due yet (else ``FOREVER``)."""
+        return _plan_connect(self, now)
 
     # ------------------------------------------------------------------ pool-wide changes
 
@@ -719,7 +705,7 @@ class PoolState(Generic[T]):
         self.to_check.clear()
         for item in idle:
             self.forget(item, "pool_closed")
-        self._after_shrink()
+        _after_shrink(self)
         return first, idle
 
     # ------------------------------------------------------------------ reading
@@ -754,6 +740,77 @@ class PoolState(Generic[T]):
     def stats(self) -> PoolStats:
         """A consistent snapshot of the gauges and totals."""
         return _snapshot(self)
+
+
+def _plan_connect(state: PoolState[Any], now: float) -> tuple[Token | None, float]:
+    """:meth:`PoolState.plan_connect`, written out of the class."""
+    if state.closed or state.open >= state.max_open:
+        return None, FOREVER
+    min_idle = state.config.min_idle
+    if state.connect_failures:
+        if state.waiters or len(state.idle) < min_idle:
+            if now >= state.retry_at and not state.probing:
+                state.probing = True
+                state.open += 1
+                state.connecting += 1
+                return PROBE, FOREVER
+            return None, max(state.retry_at, now + 0.05)
+    elif state.waiters and not state.growing:
+        # Callers queued while connections were lent: open one for them. One at a time:
+        # each connection returned meanwhile serves one of them without a connect.
+        state.growing = True
+        state.open += 1
+        state.connecting += 1
+        return GROW, FOREVER
+    elif len(state.idle) + len(state.checking) + state.connecting < min_idle:
+        if now < state.refill_at:
+            return None, state.refill_at
+        state.open += 1
+        state.connecting += 1
+        return CONNECT, FOREVER
+    return None, FOREVER
+
+
+def _connect_failed(
+    state: PoolState[Any],
+    error: BaseException,
+    rejected: bool,
+    started: float,
+    now: float,
+    probe: bool,
+) -> tuple[int, float]:
+    """:meth:`PoolState.connect_failed`, written out of the class."""
+    state.connect_errors += 1
+    state.connect_error = error
+    state.rejection = error if rejected else None
+    if started >= state.failed_at or not state.connect_failures:
+        state.connect_failures += 1
+        state.retry_at = now + state.backoff(state.connect_failures)
+        # Only a counted failure starts a new outage: an attempt from before it failing
+        # late must not swallow the next probe's failure.
+        state.failed_at = now
+    if probe:
+        state.probing = False
+    state.connecting -= 1
+    state.open -= 1
+    if rejected and not state.entries:
+        # Nothing open could come back to them: waiters get the refusal now.
+        while state.waiters:
+            state.hand_off(Refusal(error))
+    _after_shrink(state)
+    return state.connect_failures, max(0.0, state.retry_at - now)
+
+
+def _after_shrink(state: PoolState[Any]) -> None:
+    """A slot was released: signal a draining close, or finish a shrinking resize."""
+    if state.closed:
+        if state.open == 0:
+            state.on_drained()
+            state.on_drained = _nothing  # once: a shell may resolve a future there
+    elif not state.keep and state.open <= state.max_open:
+        # Back under the new maximum: keep idle connections again, fill free slots.
+        state.keep = _keep_for(state.config)
+        state.fill_waiters()
 
 
 def _snapshot(state: PoolState[Any]) -> PoolStats:
