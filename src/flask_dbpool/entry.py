@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from traceback import StackSummary
 from typing import Any, Protocol
 
 from flask_dbpool.drivers import IN_TRANSACTION, Driver
+from flask_dbpool.leaks import Site
 
 __all__ = ["FOREVER", "Entry", "Owner", "slow_return"]
 
@@ -116,7 +116,7 @@ class Entry:
         self.seen_lent_at = -1.0
         self.retire = False
         # Leak tracking (only filled when leak_threshold is set).
-        self.site: StackSummary | None = None
+        self.site: Site | None = None
         self.caller: str | None = None
         self.thread_name: str | None = None
         self.warned_for = -1.0
