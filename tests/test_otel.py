@@ -67,8 +67,8 @@ def test_semantic_convention_instruments(backend: Backend, make_pool: MakePool) 
     provider = MeterProvider(metric_readers=[reader])
     pool = make_pool(backend.url, pool_size=2, max_overflow=1, min_idle=0, name="orders")
     instrument_pool(pool, meter_provider=provider)
-    # timeout=0: each opens its connection itself, without queueing for one opened in
-    # the background, so the only waits recorded are the timeouts below.
+    # timeout=0: each opens its connection at once, without first waiting a moment for
+    # one to come back, so the only waits recorded are the timeouts below.
     held = [pool.acquire(timeout=0), pool.acquire(timeout=0), pool.acquire(timeout=0)]
     with pytest.raises(PoolTimeout):
         pool.acquire(timeout=0.01)
@@ -149,16 +149,16 @@ def test_two_pools_on_one_provider_are_both_reported(
     instrument_pool(orders, meter_provider=provider)
     instrument_pool(billing, meter_provider=provider)
 
-    # timeout=0: each opens its connection itself, without queueing for one opened in
-    # the background, so the only waits recorded are the timeouts below.
+    # timeout=0: each opens its connection at once, without first waiting a moment for
+    # one to come back, so the only waits recorded are the timeouts below.
     held = [orders.acquire(timeout=0), orders.acquire(timeout=0), orders.acquire(timeout=0)]
     try:
         for _ in range(2):
             with pytest.raises(PoolTimeout):
                 orders.acquire(timeout=0.01)
         held.pop().close()
-        # timeout=0: each opens its connection itself, without queueing for one opened in
-        # the background, so the only waits recorded are the timeouts below.
+        # timeout=0: each opens its connection at once, without first waiting a moment for
+        # one to come back, so the only waits recorded are the timeouts below.
         lent = [billing.acquire(timeout=0), billing.acquire(timeout=0)]
         try:
             with pytest.raises(PoolTimeout):

@@ -29,8 +29,8 @@ def _scrape(collector: PoolCollector) -> dict[str, dict[tuple[tuple[str, str], .
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
 def test_scrape_matches_stats(backend: Backend, make_pool: MakePool) -> None:
     pool = make_pool(backend.url, pool_size=2, max_overflow=1, name="orders", min_idle=0)
-    # timeout=0: each opens its connection itself, without queueing for one opened in
-    # the background, so the only waits recorded are the timeouts below.
+    # timeout=0: each opens its connection at once, without first waiting a moment for
+    # one to come back, so the only waits recorded are the timeouts below.
     held = [pool.acquire(timeout=0), pool.acquire(timeout=0), pool.acquire(timeout=0)]
     with pytest.raises(PoolTimeout):
         pool.acquire(timeout=0.01)

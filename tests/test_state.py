@@ -28,7 +28,6 @@ from flask_dbpool.state import (
     CLOSED,
     CONNECT,
     FOREVER,
-    GROW,
     MAX_SLEEP,
     NEW_SLOT,
     PROBE,
@@ -78,6 +77,7 @@ class FakeWaiter:
 
     def __init__(self) -> None:
         self.item: object = None
+        self.connect_at = FOREVER
         self.wakes = 0
 
     def wake(self) -> None:
@@ -1478,7 +1478,8 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert open_before < state.max_open
             assert (got is PROBE) == bool(failing)
             if not failing:  # nothing lent could come back to it first, or it will not wait
-                assert not waiting_before and (lent_before == 0 or timeout == 0.0)
+                assert not waiting_before
+                assert lent_before == 0 or timeout == 0.0 or state.create_time.sum == 0.0
             self.slots.append(Slot("caller", got is PROBE, now, ident))
             if connect:
                 self.connect(len(self.slots) - 1, "ok")
@@ -1496,6 +1497,10 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert not idle_before or waiting_before
             if not failing:  # queued behind others, every slot taken, or some lent
                 assert waiting_before or open_before >= state.max_open or lent_before > 0
+                # Below the maximum it waits only a while for a lent one to come back.
+                assert (got.connect_at == FOREVER) == (open_before >= state.max_open)
+                if got.connect_at < FOREVER:
+                    assert now <= got.connect_at <= now + timeout / 2
             self.queued.append(Caller(got, ident, now, now + timeout))
             assert list(state.waiters)[-1] is got
 
@@ -1510,22 +1515,16 @@ class PoolStateMachine(RuleBasedStateMachine):
             elif state.reserve(state.config.pool_size):
                 self.slots.append(Slot("warm_up", False, self.now))
             return
-        wanted = state.wants_growth()
         token, due = state.plan_connect(self.now)
         if state.closed:
             assert token is None
-        if wanted:  # waiters first: min_idle can wait
-            assert token is GROW and state.growing
         if token is None:
             assert due > self.now
         else:
             assert due == FOREVER
             if token is CONNECT:  # a refill: not before its back-off
                 assert self.now >= state.refill_at and not state.connect_failures
-            if token is GROW:
-                assert wanted
-            owner = "grower" if token is GROW else "maintenance"
-            self.slots.append(Slot(owner, token is PROBE, self.now))
+            self.slots.append(Slot("maintenance", token is PROBE, self.now))
 
     @precondition(lambda self: self.slots)
     @rule(
@@ -1544,7 +1543,10 @@ class PoolStateMachine(RuleBasedStateMachine):
             item = Item(self.now, lifetime=state.config.max_lifetime, name=f"c{len(self.where)}")
             self.where[item] = "fresh"
             failures = state.connect_failures
-            assert state.connected(item, slot.started, self.now, slot.probe) == failures
+            # Every connect takes 0.4 s at least, so that callers below the maximum wait a
+            # while (PoolState.patience) and the model reaches the end of that wait.
+            started = min(slot.started, self.now - 0.4)
+            assert state.connected(item, started, self.now, slot.probe) == failures
             assert not state.connect_failures and state.rejection is None
             self.fresh.append((item, slot))
             self.sync()  # a recovery gives waiters slots
@@ -1554,8 +1556,6 @@ class PoolStateMachine(RuleBasedStateMachine):
             self.free_slot(connecting=True, probe=slot.probe)
             if slot.owner == "maintenance":
                 assert state.refill_failed(self.now) > 0
-            if slot.owner == "grower":  # the slot went to the oldest waiter, if any
-                state.grow_done()
         else:
             rejected = outcome == "rejected"
             error = PermissionError("rejected") if rejected else OSError("unreachable")
@@ -1569,8 +1569,6 @@ class PoolStateMachine(RuleBasedStateMachine):
             self.sync()
             if rejected and not state.entries:
                 assert not state.waiters  # refused at once
-            if slot.owner == "grower":
-                state.grow_done()
 
     @precondition(lambda self: self.fresh)
     @rule(index=st.integers(0, 10))
@@ -1591,8 +1589,6 @@ class PoolStateMachine(RuleBasedStateMachine):
                 state.refill_failures = 0
             self.move(item, "fresh", "returning")
             self.placed(item, state.check_in(item))
-            if slot.owner == "grower":
-                state.grow_done()
 
     @precondition(lambda self: self.holder)
     @rule(
@@ -1631,10 +1627,12 @@ class PoolStateMachine(RuleBasedStateMachine):
         waiter = caller.waiter
         handed = waiter.item
         due = state.reconnect_due(now)
+        connect_due = handed is None and now < caller.deadline and state.connect_due(waiter, now)
         acquired = state.acquired
+        open_before = state.open
         got = state.woken(waiter, now, caller.ident, now - caller.start, caller.deadline)
         if got is None:
-            assert handed is None and now < caller.deadline and not due
+            assert handed is None and now < caller.deadline and not due and not connect_due
             assert caller in self.queued and waiter in state.waiters
             return
         if isinstance(got, TimeoutReport):
@@ -1654,7 +1652,11 @@ class PoolStateMachine(RuleBasedStateMachine):
             else:
                 waiter.item = None
         elif got is NEW_SLOT:
-            assert handed is NEW_SLOT
+            if handed is None:  # its patience ran out: a slot of its own, off the queue
+                assert connect_due and not due and waiter not in state.waiters
+                assert state.open == open_before + 1 <= state.max_open
+            else:
+                assert handed is NEW_SLOT
             if interrupt:
                 assert state.abandon(waiter) is NEW_SLOT
                 self.free_slot(connecting=True)
@@ -1841,15 +1843,10 @@ class PoolStateMachine(RuleBasedStateMachine):
             # Not failing: a queued caller waits for something lent, being opened or being
             # checked (never on an empty pool); below the maximum, the pool grows for it.
             assert state.open > 0
-            if state.open < state.max_open and not state.closed:
-                assert state.growing or state.wants_growth()
-
-    @invariant()
-    def one_growth_at_a_time(self) -> None:
-        growers = sum(1 for slot in self.slots if slot.owner == "grower")
-        growers += sum(1 for _, slot in self.fresh if slot.owner == "grower")
-        assert growers <= 1
-        assert self.state.growing == (growers == 1)
+            if state.open < state.max_open:
+                # ...and each will connect once its patience runs out: none is stuck with
+                # a free slot.
+                assert all(waiter.connect_at < FOREVER for waiter in state.waiters)
 
     @invariant()
     def never_above_max_open_but_after_a_shrink(self) -> None:
@@ -2027,72 +2024,94 @@ def test_returns_to_a_closed_pool_are_closed_despite_the_grace() -> None:
     assert state.check_in(held) is held and state.closed_by == {"pool_closed": 1}
 
 
-# ---------------------------------------------------------------------------- growth
+
+# ---------------------------------------------------------------------------- patience
 
 
-def test_request_connects_itself_on_a_cold_pool() -> None:
-    """Nothing lent could come back to the caller: it connects (and gets any error)."""
+def lend_timed(state: PoolState[Item], started: float, now: float, ident: int = 1) -> Item:
+    """An item whose connect took ``now - started``, lent."""
+    assert state.reserve()
+    item = Item(now)
+    state.connected(item, started, now, False)
+    return state.lend(item, now, ident)
+
+
+def test_a_cold_pool_caller_connects_itself() -> None:
+    """Nothing lent could come back to it: it connects (and gets any error itself)."""
     state = make_state()
     assert state.request(0.0, 1, 0.0, 30.0, FakeWaiter) is CONNECT
-    assert (state.open, state.connecting) == (1, 1)
-    assert not state.wants_growth()
 
 
-def test_request_queues_while_something_is_lent_and_asks_for_growth() -> None:
+def test_below_the_maximum_a_caller_waits_half_a_connect_for_a_returned_item() -> None:
     state = make_state()  # max_open 3
-    lend_new(state, 0.0)
+    lent = lend_timed(state, 0.0, 0.2)  # connecting took 0.2 s
     waiter = wait(state, 1.0)
-    assert list(state.waiters) == [waiter] and state.open == 1
-    assert state.wants_growth()
-    token, due = state.plan_connect(1.0)
-    assert (token, due) == (GROW, FOREVER)
-    assert (state.open, state.connecting, state.growing) == (2, 1, True)
-    # One at a time: no second growth while this one is under way.
-    second = wait(state, 1.5)
-    assert not state.wants_growth()
-    assert state.plan_connect(1.5) == (None, FOREVER)
-    # The lent one comes back first: the oldest waiter gets it, no connect needed.
-    (lent,) = state.lent()
+    assert waiter.connect_at == pytest.approx(1.1)  # PATIENCE (0.5) x 0.2 s
+    assert state.open == 1 and list(state.waiters) == [waiter]
+    assert state.wait_step(1.0, 31.0, waiter.connect_at) == pytest.approx(0.1)
+    assert state.woken(waiter, 1.05, 2, 0.05, 31.0) is None
+    # It comes back in time: the waiter takes it, no connect.
     assert state.check_in(lent) is None
-    assert waiter.item is lent and list(state.waiters) == [second]
-    # The grown connection serves the next waiter.
-    grown = Item(2.0)
-    state.connected(grown, 1.0, 2.0, False)
-    assert state.check_in(grown) is None
-    state.grow_done()
-    assert second.item is grown and not state.waiters
-    assert not state.growing and not state.wants_growth()
+    assert waiter.item is lent
+    assert state.woken(waiter, 1.06, 2, 0.06, 31.0) is lent
+    assert state.open == 1 and state.connecting == 0
 
 
-def test_request_with_timeout_zero_connects_itself_while_something_is_lent() -> None:
+def test_when_nothing_comes_back_in_time_the_waiter_connects_in_a_slot_of_its_own() -> None:
     state = make_state()
-    lend_new(state, 0.0)
+    lend_timed(state, 0.0, 0.2)
+    waiter = wait(state, 1.0)
+    assert state.woken(waiter, 1.1, 2, 0.1, 31.0) is NEW_SLOT
+    assert waiter.item is NEW_SLOT  # as if handed: an interrupt gives the slot back
+    assert not state.waiters and (state.open, state.connecting) == (2, 1)
+    assert state.waits == 1  # it did wait
+    assert state.abandon(waiter) is NEW_SLOT
+
+
+def test_patience_is_at_most_half_the_time_left() -> None:
+    state = make_state()
+    lend_timed(state, 0.0, 10.0)  # a very slow connect
+    waiter = wait(state, 20.0, timeout=4.0)
+    assert waiter.connect_at == pytest.approx(22.0)
+
+
+def test_timeout_zero_connects_at_once_while_items_are_lent() -> None:
+    state = make_state()
+    lend_timed(state, 0.0, 0.2)
     assert state.request(1.0, 2, 1.0, 1.0, FakeWaiter) is CONNECT
 
 
-def test_request_connects_itself_when_only_checks_and_connects_are_under_way() -> None:
-    """Items being opened for others or being checked are not lent: nothing will be
-    returned to a waiter from them, so the caller connects."""
-    state = make_state()
-    assert state.reserve()  # someone else connecting
-    assert state.request(0.0, 2, 0.0, 30.0, FakeWaiter) is CONNECT
-
-
-def test_plan_connect_grows_for_waiters_before_refilling_min_idle() -> None:
-    state = make_state(pool_size=3, max_overflow=1, min_idle=2)
-    lend_new(state, 0.0)
-    wait(state, 0.0)
-    assert state.plan_connect(0.0)[0] is GROW
-
-
-def test_no_growth_while_failing_or_at_the_maximum() -> None:
+def test_a_full_pool_waiter_never_connects_on_its_own() -> None:
     state = make_state(pool_size=1, max_overflow=0)
-    lend_new(state, 0.0)
-    wait(state, 0.0)
-    assert not state.wants_growth()  # every slot is taken
-    state = make_state()
-    lend_new(state, 0.0)
-    fail(state, 0.5)
-    wait(state, 1.0)
-    assert not state.wants_growth()  # reconnecting is the probe's job (with back-off)
-    assert state.plan_connect(1.0)[0] is None
+    lend_timed(state, 0.0, 0.2)
+    waiter = wait(state, 1.0)
+    assert waiter.connect_at == FOREVER
+    assert state.wait_step(1.0, 31.0, waiter.connect_at) == 1.0
+    assert state.woken(waiter, 5.0, 2, 4.0, 31.0) is None
+
+
+def test_a_patient_waiter_waits_on_once_the_pool_filled_up() -> None:
+    state = make_state()  # max_open 3
+    lend_timed(state, 0.0, 0.2)
+    waiter = wait(state, 1.0)
+    lend_timed(state, 1.0, 1.0, ident=2)
+    lend_timed(state, 1.0, 1.0, ident=3)  # others connected meanwhile: every slot taken
+    assert not state.connect_due(waiter, 2.0)
+    assert state.wait_step(2.0, 31.0, waiter.connect_at) == 1.0  # no busy loop
+    assert state.woken(waiter, 2.0, 4, 1.0, 31.0) is None
+
+
+def test_max_waiting_counts_only_callers_waiting_for_an_exhausted_pool() -> None:
+    state = make_state(pool_size=1, max_overflow=3, max_waiting=1)
+    lend_timed(state, 0.0, 0.2)
+    first, second = wait(state, 1.0), wait(state, 1.0)  # both about to connect: not limited
+    assert first.connect_at < FOREVER and second.connect_at < FOREVER
+    for waiter in (first, second):
+        assert state.woken(waiter, 1.2, 2, 0.2, 31.0) is NEW_SLOT
+        waiter.item = None
+        state.connected(Item(1.3), 1.2, 1.3, False)
+    state.reserve()
+    state.connected(Item(1.3), 1.3, 1.3, False)  # all 4 open now
+    wait(state, 2.0)
+    with pytest.raises(TooManyWaiters):
+        state.request(2.0, 9, 2.0, 32.0, FakeWaiter)

@@ -14,10 +14,11 @@ class Waiter:
     (under the pool lock); the thread sleeps on :attr:`signal`.
     """
 
-    __slots__ = ("item", "signal")
+    __slots__ = ("connect_at", "item", "signal")
 
     def __init__(self) -> None:
         self.item: object = None
+        self.connect_at = float("inf")  # set by the state: see PoolState.patience
         # A lock created held works as a one-shot event, cheaper than threading.Event.
         # Looked up at call time so gevent's monkey-patching applies.
         self.signal = threading.Lock()

@@ -26,7 +26,7 @@ from flask_dbpool.leaks import find_orphans
 from flask_dbpool.lifecycle import Lifecycle
 from flask_dbpool.maintenance import PING_TIMEOUT, Maintenance
 from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
-from flask_dbpool.state import GROW, MAX_SLEEP, PROBE, PoolState
+from flask_dbpool.state import MAX_SLEEP, PROBE, PoolState
 
 if TYPE_CHECKING:
     from flask_dbpool._handoff import Waiter
@@ -131,12 +131,6 @@ class Keeper:
             plan, due = state.plan_connect(_now())
         if plan is None:
             return max(0.0, min(next_run, due) - _now())
-        if plan is GROW:
-            try:
-                return self.grow()
-            finally:
-                with lock:
-                    state.grow_done()
         try:
             opened = self.connect_in_slot(probe=plan is PROBE)
         except Exception as error:  # on_connect failed: retry later, quietly
@@ -155,28 +149,6 @@ class Keeper:
             self.check_in(opened)
             return 0.0  # there may be more to open
         return max(0.0, next_run - _now())
-
-    def grow(self) -> float:
-        """Open a connection in the slot :data:`~flask_dbpool.state.GROW` reserved and give
-        it to the oldest waiter (or keep it idle if a returned connection served them all).
-        Returns ``0.0``: the next run looks at once whether more waiters need one.
-
-        A connection error starts the usual back-off (waiters wait it out and get the error
-        in their ``PoolTimeout``); if ``on_connect`` raised, the slot goes to the oldest
-        waiter, which connects itself and gets that error.
-        """
-        try:
-            opened = self.connect_in_slot()
-        except Exception as error:
-            maintenance_logger.debug(
-                "pool %r: on_connect failed on a connection for waiting callers (%s)",
-                self.name,
-                one_line(error),
-            )
-            return 0.0
-        if isinstance(opened, Entry):
-            self.check_in(opened)
-        return 0.0
 
     def open_in_slot(
         self, *, probe: bool = False, waiter: Waiter | None = None

@@ -569,9 +569,9 @@ class Pool:
                 if isinstance(got, Entry):
                     return handle_for(got)
                 if isinstance(got, Waiter):
-                    # Maintenance opens a connection for waiters; and a dropped handle may
-                    # be why the pool ran dry, and it reclaims those: let it look.
-                    nudge = self._state.wants_growth() or self._state.dry_check_due(now)
+                    # A dropped handle may be why the pool ran dry, and maintenance
+                    # reclaims those: let it look.
+                    nudge = self._state.dry_check_due(now)
             if isinstance(got, Waiter):
                 if nudge:
                     self._keeper.nudge()
@@ -599,7 +599,7 @@ class Pool:
         state = self._state
         try:
             while True:
-                wait = state.wait_step(_now(), deadline)
+                wait = state.wait_step(_now(), deadline, waiter.connect_at)
                 waiter.signal.acquire(True, min(wait, threading.TIMEOUT_MAX))
                 with self._lock:
                     now = _now()  # woken up, or the wait ran out

@@ -16,11 +16,10 @@ Rules the methods keep (checked by ``tests/test_state.py``):
 - ``open == len(entries) + connecting`` outside the moments a shell holds a reserved slot
   it has not connected in yet (``connecting`` counts those too);
 - waiters queue only while nothing is idle, served first come, first served;
-- a caller connects itself only while nothing is lent (a cold pool: its errors, such as a
-  refused login or ``on_connect``'s, reach it directly) or when it will not wait
-  (``timeout=0``); otherwise it queues and the pool grows in the background, one connection
-  at a time (:data:`GROW`), so that a connection returned meanwhile serves it instead of a
-  slow connect (HikariCP's and psycopg_pool's answer to a spike);
+- below the maximum, a caller that finds nothing idle while connections are lent first
+  waits a little (half the pool's mean connect time, at most half its timeout) in the queue
+  for one to come back, then connects itself: in a spike, a query usually ends long before a
+  connect would, so the connections already open serve it (:meth:`PoolState.patience`);
 - never more than ``max_open`` open, except transiently after ``resize()`` shrank it;
 - each item is idle, lent, or being checked, exactly one;
 - a waiter that left the queue is never handed anything.
@@ -43,7 +42,6 @@ __all__ = [
     "CLOSED",
     "CONNECT",
     "FOREVER",
-    "GROW",
     "NEW_SLOT",
     "PROBE",
     "Lendable",
@@ -58,6 +56,10 @@ FOREVER = float("inf")
 
 #: How long maintenance may sleep at most, so that dropped handles and leaks are noticed.
 MAX_SLEEP = 5.0
+
+#: Below the maximum, a caller that finds nothing idle while connections are lent waits this
+#: fraction of the pool's mean connect time for one to come back before connecting itself.
+PATIENCE = 0.5
 
 
 class Lendable(Protocol):
@@ -107,9 +109,6 @@ CLOSED: Final = Token("CLOSED")
 CONNECT: Final = Token("CONNECT")
 #: As :data:`CONNECT`, as the one attempt allowed while the database is unreachable.
 PROBE: Final = Token("PROBE")
-#: Returned to maintenance: "a slot is reserved: open a connection in it for the waiters,
-#: then :meth:`PoolState.check_in` it and call :meth:`PoolState.grow_done`".
-GROW: Final = Token("GROW")
 
 
 class Refusal(Token):
@@ -129,6 +128,8 @@ class Waiting(Protocol):
     block: it runs under the caller's lock)."""
 
     item: object
+    #: When it stops waiting for a returned item and connects itself (set by the state).
+    connect_at: float
 
     def wake(self) -> None:
         """Tell the waiter that ``item`` was set."""
@@ -194,7 +195,6 @@ class PoolState(Generic[T]):
         "disconnect_at",
         "entries",
         "failed_at",
-        "growing",
         "idle",
         "keep",
         "leaks_detected",
@@ -271,7 +271,6 @@ class PoolState(Generic[T]):
         self.retry_at = 0.0  # when the next attempt to connect is due
         self.failed_at = 0.0  # when the last attempt failed
         self.probing = False  # an attempt to reconnect is under way
-        self.growing = False  # maintenance is opening a connection for the waiters
         self.refill_at = 0.0  # min_idle refills back off after on_connect errors
         self.refill_failures = 0
         self.next_dry_check = 0.0
@@ -311,9 +310,9 @@ class PoolState(Generic[T]):
         Returns the item (lent), :data:`CONNECT` or :data:`PROBE` (a slot is reserved:
         connect, then :meth:`connected` or :meth:`connect_failed`), a :class:`Refusal`, a
         waiter from ``new_waiter`` (queued: wait for it to be handed something, then call
-        :meth:`woken`; if :meth:`wants_growth`, have maintenance open a connection), or a
-        :class:`TimeoutReport` (``deadline`` has passed; ``start``: when the caller asked).
-        Raises :class:`~flask_dbpool.PoolClosed` and :class:`~flask_dbpool.TooManyWaiters`.
+        :meth:`woken`), or a :class:`TimeoutReport` (``deadline`` has passed; ``start``:
+        when the caller asked). Raises :class:`~flask_dbpool.PoolClosed` and
+        :class:`~flask_dbpool.TooManyWaiters`.
         """
         if self.closed:
             raise PoolClosed(messages.closed(self.config.name))
@@ -328,14 +327,11 @@ class PoolState(Generic[T]):
             # The server refused the last login and nothing is open that could come back:
             # waiting would only wait out the timeout. Back-off still spaces the attempts.
             return Refusal(self.rejection)
-        if self.open < self.max_open and (
-            # Connect yourself only if nothing lent can come back to you first (or you
-            # will not wait): else queue, and the pool grows in the background.
-            (
-                not failing
-                and not self.waiters
-                and (now >= deadline or self.open <= self.connecting + len(self.checking))
-            )
+        can_grow = self.open < self.max_open
+        connect_at = self.patience(now, deadline) if can_grow and not failing else FOREVER
+        if can_grow and (
+            # Nothing lent could come back first (or the caller will not wait): connect.
+            (not failing and not self.waiters and connect_at <= now)
             # The database was unreachable: one caller at a time tries again once the
             # back-off delay has passed; the others wait for its outcome.
             or (failing and now >= self.retry_at and not self.probing)
@@ -347,7 +343,8 @@ class PoolState(Generic[T]):
                 return PROBE
             return CONNECT
         max_waiting = self.config.max_waiting
-        if max_waiting and len(self.waiters) >= max_waiting:
+        # A limit on callers waiting for an exhausted pool, not on those about to connect.
+        if max_waiting and len(self.waiters) >= max_waiting and connect_at == FOREVER:
             self.rejected += 1
             raise TooManyWaiters(
                 messages.too_many_waiters(
@@ -355,6 +352,7 @@ class PoolState(Generic[T]):
                 )
             )
         waiter = new_waiter()
+        waiter.connect_at = connect_at
         self.waiters.append(waiter)
         if now >= deadline:
             report = _timeout_report(self, now - start)  # with this caller counted as waiting
@@ -362,20 +360,21 @@ class PoolState(Generic[T]):
             return report
         return waiter
 
-    def wants_growth(self) -> bool:
-        """Whether waiters need maintenance to open a connection for them (in the background:
-        see :data:`GROW`); the shell nudges it when a caller queues."""
-        return bool(
-            self.waiters
-            and not self.growing
-            and not self.connect_failures
-            and not self.closed
-            and self.open < self.max_open
-        )
-
-    def grow_done(self) -> None:
-        """A :data:`GROW` attempt is over (its connection checked in, or it failed)."""
-        self.growing = False
+    def patience(self, now: float, deadline: float) -> float:
+        """When a caller that finds nothing idle, below the maximum, should stop waiting for
+        a returned item and connect itself: at once if nothing is lent (a cold pool: its
+        errors, a refused login or ``on_connect``'s, reach it directly) or it will not wait
+        (``timeout=0``); else after :data:`PATIENCE` times the mean connect time so far, and
+        at most half of what is left of its timeout. In a spike, a query usually ends long
+        before a connect would, so the connections already open serve the queue (HikariCP
+        and psycopg_pool grow in the background for the same reason); when nothing comes
+        back, callers still connect in parallel, each at most that much later."""
+        if now >= deadline or self.open <= self.connecting + len(self.checking) + len(self.idle):
+            return now
+        created = self.create_time
+        count = created.first + sum(created.counts)
+        mean = created.sum / count if count else 0.0
+        return now + min(PATIENCE * mean, (deadline - now) / 2)
 
     def dry_check_due(self, now: float) -> bool:
         """A caller must wait: should maintenance look for dropped handles (whose slots may
@@ -393,15 +392,22 @@ class PoolState(Generic[T]):
         Returns what it was handed (an item, lent; :data:`NEW_SLOT`; :data:`CLOSED`; a
         :class:`Refusal`), :data:`CONNECT` (it left the queue to make a due attempt to
         reconnect), a :class:`TimeoutReport` (it left the queue at ``deadline``), or
-        ``None`` (keep waiting). ``waited``: since the caller asked.
+        ``None`` (keep waiting). ``waited``: since the caller asked. A waiter past its
+        ``connect_at`` below the maximum leaves the queue with :data:`NEW_SLOT` (reserved).
         """
         item = waiter.item
-        if item is None:
-            if now < deadline:
-                if self.reconnect_due(now):
-                    self.waiters.remove(waiter)
-                    return CONNECT
+        if item is None and now < deadline:
+            if self.reconnect_due(now):
+                self.waiters.remove(waiter)
+                return CONNECT
+            if not self.connect_due(waiter, now):
                 return None
+            # Nothing came back in time: connect in a slot of its own.
+            self.waiters.remove(waiter)
+            self.open += 1
+            self.connecting += 1
+            item = waiter.item = NEW_SLOT  # as if handed: an interrupt gives it back
+        elif item is None:
             # Timed out with nothing handed over: leave the queue.
             self._count_wait(waited)
             report = _timeout_report(self, waited)
@@ -426,11 +432,24 @@ class PoolState(Generic[T]):
             and self.open < self.max_open
         )
 
-    def wait_step(self, now: float, deadline: float) -> float:
+    def connect_due(self, waiter: W, now: float) -> bool:
+        """Whether ``waiter`` should stop waiting for a returned item and connect (see
+        :meth:`patience`): its time has come and a slot is free."""
+        return (
+            now >= waiter.connect_at
+            and self.open < self.max_open
+            and not self.connect_failures
+            and not self.closed
+        )
+
+    def wait_step(self, now: float, deadline: float, connect_at: float = FOREVER) -> float:
         """How long a waiter may sleep before looking again: at least once a second (an
-        outage may begin meanwhile) and, while the database is unreachable, until an attempt
-        is due in case nobody else makes it."""
+        outage may begin meanwhile), until its ``connect_at`` while a slot is free and,
+        while the database is unreachable, until an attempt is due in case nobody else
+        makes it."""
         wait = min(deadline - now, 1.0)
+        if connect_at < FOREVER and self.open < self.max_open and not self.connect_failures:
+            wait = min(wait, max(connect_at - now, 0.0))
         if self.connect_failures and (self.probing or self.open < self.max_open):
             due = now + 0.25 if self.probing else self.retry_at
             wait = min(wait, max(due - now, 0.01))
@@ -666,9 +685,9 @@ class PoolState(Generic[T]):
 
     def plan_connect(self, now: float) -> tuple[Token | None, float]:
         """Maintenance's last decision: open a connection to reconnect (with back-off) for
-        waiters, to grow for waiters, or to refill ``min_idle``? Returns :data:`PROBE`,
-        :data:`GROW` or :data:`CONNECT` (the slot is reserved) or ``None``, and when to look
-        again if an attempt is not due yet (else ``FOREVER``)."""
+        waiters, or to refill ``min_idle``? Returns :data:`PROBE` or :data:`CONNECT` (the
+        slot is reserved) or ``None``, and when to look again if an attempt is not due
+        yet (else ``FOREVER``)."""
         return _plan_connect(self, now)
 
     # ------------------------------------------------------------------ pool-wide changes
@@ -755,13 +774,6 @@ def _plan_connect(state: PoolState[Any], now: float) -> tuple[Token | None, floa
                 state.connecting += 1
                 return PROBE, FOREVER
             return None, max(state.retry_at, now + 0.05)
-    elif state.waiters and not state.growing:
-        # Callers queued while connections were lent: open one for them. One at a time:
-        # each connection returned meanwhile serves one of them without a connect.
-        state.growing = True
-        state.open += 1
-        state.connecting += 1
-        return GROW, FOREVER
     elif len(state.idle) + len(state.checking) + state.connecting < min_idle:
         if now < state.refill_at:
             return None, state.refill_at

@@ -34,7 +34,7 @@ from flask_dbpool.demo.app import (
     default_url,
     demo_state,
 )
-from flask_dbpool.demo.load import BurstResult, drive, format_table, http_json
+from flask_dbpool.demo.load import BurstResult, drive_in_subprocess, format_table, http_json
 from flask_dbpool.demo.postgres import LocalPostgres, PostgresUnavailable
 from flask_dbpool.demo.server import DemoServer
 from flask_dbpool.drivers import resolve_target
@@ -109,7 +109,7 @@ def _non_negative(text: str) -> int:
 def _burst(
     app: Flask, base_url: str, requests: int, concurrency: int
 ) -> tuple[BurstResult, list[int]]:
-    traffic = drive(base_url, requests, concurrency)
+    traffic = drive_in_subprocess(base_url, requests, concurrency)
     # The app's total: both apps are new, and the pooled one opened its connections for the
     # schema, the seeding and this burst.
     opened = connections_opened(app)
@@ -198,8 +198,8 @@ class _Site:
         say("")
         say(f"Burst: {requests} requests per mode ({requests - writes} GET /notes?limit=20, "
             f"{writes} POST /notes)")
-        say(f"       from {min(concurrency, requests)} client threads, a new HTTP connection "
-            "per request")
+        say(f"       from {min(concurrency, requests)} client threads in a process of their "
+            "own, each on a keep-alive HTTP connection")
         say("")
         pooled_result, pooled_ids = _burst(self.pooled, base, requests, concurrency)
         direct_result, direct_ids = _burst(
