@@ -309,8 +309,12 @@ def test_request_raises_when_closed() -> None:
         make_state(closed=True).request(0.0, 1, 0.0, 30.0, FakeWaiter)
 
 
-def test_dry_check_due_at_most_once_a_second() -> None:
+def test_dry_check_due_at_most_once_a_second_and_only_when_exhausted() -> None:
     state = make_state()
+    lend_new(state, 0.0)
+    assert not state.dry_check_due(0.0)  # callers can still connect: nothing to look for
+    while state.reserve():
+        state.connected(Item(0.0), 0.0, 0.0, False)
     assert state.dry_check_due(0.0)
     assert not state.dry_check_due(0.9)
     assert state.dry_check_due(1.0)
@@ -1467,7 +1471,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         try:
             got = state.request(now, ident, now, now + timeout, new_waiter)
         except TooManyWaiters:
-            assert 0 < state.config.max_waiting <= waiting_before
+            free = state.max_open - state.open if not failing else 0
+            assert 0 < state.config.max_waiting <= waiting_before - free
             assert not made
             return
         if isinstance(got, Item):
@@ -1479,7 +1484,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert (got is PROBE) == bool(failing)
             if not failing:  # nothing lent could come back to it first, or it will not wait
                 assert not waiting_before
-                assert lent_before == 0 or timeout == 0.0 or state.create_time.sum == 0.0
+                assert lent_before == 0 or timeout == 0.0 or state.connect_estimate == 0.0
             self.slots.append(Slot("caller", got is PROBE, now, ident))
             if connect:
                 self.connect(len(self.slots) - 1, "ok")
@@ -1655,6 +1660,8 @@ class PoolStateMachine(RuleBasedStateMachine):
             if handed is None:  # its patience ran out: a slot of its own, off the queue
                 assert connect_due and not due and waiter not in state.waiters
                 assert state.open == open_before + 1 <= state.max_open
+                self.queued.remove(caller)  # as if handed the slot
+                self.handed.append(caller)
             else:
                 assert handed is NEW_SLOT
             if interrupt:
@@ -2101,17 +2108,24 @@ def test_a_patient_waiter_waits_on_once_the_pool_filled_up() -> None:
     assert state.woken(waiter, 2.0, 4, 1.0, 31.0) is None
 
 
-def test_max_waiting_counts_only_callers_waiting_for_an_exhausted_pool() -> None:
-    state = make_state(pool_size=1, max_overflow=3, max_waiting=1)
+def test_max_waiting_does_not_count_callers_the_free_slots_will_take() -> None:
+    state = make_state(pool_size=1, max_overflow=2, max_waiting=1)  # max_open 3
     lend_timed(state, 0.0, 0.2)
-    first, second = wait(state, 1.0), wait(state, 1.0)  # both about to connect: not limited
-    assert first.connect_at < FOREVER and second.connect_at < FOREVER
-    for waiter in (first, second):
-        assert state.woken(waiter, 1.2, 2, 0.2, 31.0) is NEW_SLOT
-        waiter.item = None
-        state.connected(Item(1.3), 1.2, 1.3, False)
-    state.reserve()
-    state.connected(Item(1.3), 1.3, 1.3, False)  # all 4 open now
-    wait(state, 2.0)
+    # Two free slots: two callers will connect if nothing comes back; one more may wait.
+    waiters = [wait(state, 1.0) for _ in range(3)]
+    assert all(w.connect_at < FOREVER for w in waiters)
     with pytest.raises(TooManyWaiters):
-        state.request(2.0, 9, 2.0, 32.0, FakeWaiter)
+        state.request(1.0, 9, 1.0, 31.0, FakeWaiter)
+    assert state.woken(waiters[0], 1.2, 2, 0.2, 31.0) is NEW_SLOT
+    waiters[0].item = None
+    state.connected(Item(1.3), 1.2, 1.3, False)
+    with pytest.raises(TooManyWaiters):  # one free slot for two waiters: full
+        state.request(1.3, 9, 1.3, 31.3, FakeWaiter)
+
+
+def test_connect_estimate_forgets_one_slow_connect() -> None:
+    state = make_state(pool_size=7, max_overflow=0)
+    lend_timed(state, 0.0, 10.0)  # the first connect took 10 s
+    for _ in range(6):
+        lend_timed(state, 10.0, 10.1)  # then 0.1 s each
+    assert state.connect_estimate < 1.5

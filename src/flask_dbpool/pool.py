@@ -604,7 +604,10 @@ class Pool:
                 with self._lock:
                     now = _now()  # woken up, or the wait ran out
                     got = state.woken(waiter, now, _get_ident(), now - start, deadline)
+                    nudge = got is None and state.dry_check_due(now)
                 if got is None:
+                    if nudge:  # still dry: dropped handles may hold the slots
+                        self._keeper.nudge()
                     continue
                 if isinstance(got, TimeoutReport):
                     break

@@ -188,6 +188,7 @@ class PoolState(Generic[T]):
         "config",
         "connect_error",
         "connect_errors",
+        "connect_estimate",
         "connect_failures",
         "connecting",
         "create_time",
@@ -265,6 +266,9 @@ class PoolState(Generic[T]):
         self.suspects = False  # whether some may still be lent or idle unchecked
         self.connect_failures = 0  # consecutive; > 0 means "the database is unreachable"
         self.connect_error: BaseException | None = None
+        # How long a connect takes: a moving average that forgets an unusually slow one
+        # within a few connects.
+        self.connect_estimate = 0.0
         # The last attempt's error when the server refused the login for good: callers
         # get it at once instead of waiting out an "outage".
         self.rejection: BaseException | None = None
@@ -343,8 +347,10 @@ class PoolState(Generic[T]):
                 return PROBE
             return CONNECT
         max_waiting = self.config.max_waiting
-        # A limit on callers waiting for an exhausted pool, not on those about to connect.
-        if max_waiting and len(self.waiters) >= max_waiting and connect_at == FOREVER:
+        # A limit on callers waiting for an exhausted pool: those the free slots will take
+        # (once their patience runs out) do not count.
+        free = self.max_open - self.open if connect_at < FOREVER else 0
+        if max_waiting and len(self.waiters) - free >= max_waiting:
             self.rejected += 1
             raise TooManyWaiters(
                 messages.too_many_waiters(
@@ -364,22 +370,19 @@ class PoolState(Generic[T]):
         """When a caller that finds nothing idle, below the maximum, should stop waiting for
         a returned item and connect itself: at once if nothing is lent (a cold pool: its
         errors, a refused login or ``on_connect``'s, reach it directly) or it will not wait
-        (``timeout=0``); else after :data:`PATIENCE` times the mean connect time so far, and
+        (``timeout=0``); else after :data:`PATIENCE` times the recent connect time, and
         at most half of what is left of its timeout. In a spike, a query usually ends long
         before a connect would, so the connections already open serve the queue (HikariCP
         and psycopg_pool grow in the background for the same reason); when nothing comes
         back, callers still connect in parallel, each at most that much later."""
         if now >= deadline or self.open <= self.connecting + len(self.checking) + len(self.idle):
             return now
-        created = self.create_time
-        count = created.first + sum(created.counts)
-        mean = created.sum / count if count else 0.0
-        return now + min(PATIENCE * mean, (deadline - now) / 2)
+        return now + min(PATIENCE * self.connect_estimate, (deadline - now) / 2)
 
     def dry_check_due(self, now: float) -> bool:
-        """A caller must wait: should maintenance look for dropped handles (whose slots may
-        be what is missing)? At most once a second."""
-        if now >= self.next_dry_check:
+        """A caller must wait for an exhausted pool: should maintenance look for dropped
+        handles (whose slots may be what is missing)? At most once a second."""
+        if self.open >= self.max_open and now >= self.next_dry_check:
             self.next_dry_check = now + 1.0
             return True
         return False
@@ -497,8 +500,12 @@ class PoolState(Generic[T]):
         """
         self.entries.add(item)
         self.connecting -= 1
+        took = now - started
+        self.connect_estimate = (
+            took if not self.created else 0.7 * self.connect_estimate + 0.3 * took
+        )
         self.created += 1
-        self.create_time.record(now - started)
+        self.create_time.record(took)
         if probe:
             self.probing = False
         recovered = self.connect_failures
