@@ -1,0 +1,337 @@
+"""flask-dbpool's rules under SQLAlchemy: :class:`SQLAlchemyPool`.
+
+``sqlalchemy.create_engine(url, poolclass=SQLAlchemyPool, pool_size=5, max_overflow=10,
+pool_timeout=30)`` gives an engine whose connections are lent by the same state machine as
+:class:`~flask_dbpool.Pool` (:class:`~flask_dbpool.state.PoolState`): first come, first served
+(SQLAlchemy's ``QueuePool`` lets the thread that returns a connection take it back before a
+woken waiter, so under contention some threads starve), slots accounted for under one lock,
+overflow, a short wait for a returned connection before opening one, ``max_waiting``, and a
+timeout that says what the pool was doing and who holds the connections.
+
+The items lent are SQLAlchemy's own connection records, so everything SQLAlchemy does per
+connection keeps working unchanged: pool events, ``pool_pre_ping``, ``pool_recycle``, reset on
+return, invalidation (of one connection, or of the whole pool after a disconnect), and
+``engine.dispose()`` / ``dispose(close=False)`` after a fork. This module imports SQLAlchemy:
+install it with ``pip install 'flask-dbpool[sqlalchemy]'``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import Pool as _SAPool
+
+from flask_dbpool import messages
+from flask_dbpool._handoff import Waiter
+from flask_dbpool.config import PoolConfig
+from flask_dbpool.errors import PoolClosed, PoolTimeout
+from flask_dbpool.leaks import Site, TimeoutReport
+from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
+from flask_dbpool.stats import PoolStats
+
+__all__ = ["SQLAlchemyPool", "SQLAlchemyPoolTimeout"]
+
+_now = time.monotonic
+_get_ident = threading.get_ident
+
+
+class SQLAlchemyPoolTimeout(PoolTimeout, sa_exc.TimeoutError):
+    """No connection became available within ``pool_timeout``: both
+    :class:`flask_dbpool.PoolTimeout` and ``sqlalchemy.exc.TimeoutError``, so code written for
+    either catches it. The message is flask-dbpool's (the pool's state, the last connection
+    error while the database cannot be reached, the longest holders)."""
+
+    def __init__(self, message: str) -> None:
+        PoolTimeout.__init__(self, message)
+        self.code = None  # SQLAlchemy's error-code link: none for this one
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Slot:
+    """One SQLAlchemy connection record, as the state machine lends it (a
+    :class:`~flask_dbpool.state.Lendable`). A record outlives its DB-API connection:
+    SQLAlchemy reconnects an invalidated record in place, so a record is a slot."""
+
+    __slots__ = (
+        "caller",
+        "checked_at",
+        "created",
+        "expires_at",
+        "holder",
+        "idle_since",
+        "label",
+        "label_for",
+        "lent_at",
+        "record",
+        "retire",
+        "seen_lent_at",
+        "site",
+        "thread_name",
+        "used_at",
+        "warned_for",
+    )
+
+    def __init__(self, record: ConnectionPoolEntry, now: float) -> None:
+        self.record = record
+        self.created = self.lent_at = self.checked_at = self.used_at = now
+        self.idle_since = now
+        self.expires_at = float("inf")  # pool_recycle is SQLAlchemy's, done by the record
+        self.holder = 0
+        self.retire = False
+        self.seen_lent_at = self.warned_for = self.label_for = -1.0
+        self.label: str | None = None
+        self.thread_name: str | None = None
+        self.caller: str | None = None
+        self.site: Site | None = None
+
+    def mark_slow_return(self) -> None:
+        """SQLAlchemy resets every returned connection itself: nothing to route."""
+
+    def allow_fast_return(self) -> None:
+        """See :meth:`mark_slow_return`."""
+
+
+class SQLAlchemyPool(_SAPool):
+    """A ``sqlalchemy.pool.Pool`` lending SQLAlchemy's connection records by flask-dbpool's
+    rules (see the module docstring).
+
+    ``pool_size`` (``create_engine(pool_size=…)``), ``max_overflow``, ``timeout``
+    (``pool_timeout``) and ``use_lifo`` (``pool_use_lifo``) mean what they mean for
+    ``QueuePool``, except that neither a ``pool_size`` of 0 nor a ``max_overflow`` of -1
+    ("no limit") is accepted: a pool has a maximum. ``max_waiting`` and ``name`` are
+    flask-dbpool's (:class:`~flask_dbpool.config.PoolConfig`); SQLAlchemy's own arguments
+    (``recycle``, ``pre_ping``, ``reset_on_return``, ``echo``, ``logging_name``, ``events``,
+    ``dialect``) pass through. Invalid values raise :class:`~flask_dbpool.ConfigError` naming
+    the argument. A checkout that waits longer than ``timeout`` raises
+    :class:`SQLAlchemyPoolTimeout`.
+    """
+
+    def __init__(
+        self,
+        creator: Any,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout: float = 30.0,
+        use_lifo: bool = False,
+        max_waiting: int = 0,
+        name: str | None = None,
+        **kw: Any,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "timeout": timeout,
+            "use_lifo": use_lifo,
+            "max_waiting": max_waiting,
+            "name": name,
+        }
+        config = PoolConfig.from_options(
+            {
+                "pool_size": pool_size,
+                "max_overflow": max_overflow,
+                "timeout": timeout,
+                "lifo": use_lifo,
+                "max_waiting": max_waiting,
+                "name": name or kw.get("logging_name") or "sqlalchemy",
+                # Per-connection lifetimes are SQLAlchemy's (pool_recycle); an overflow
+                # connection is closed when returned while pool_size are idle, as QueuePool.
+                "max_lifetime": None,
+                "idle_timeout": None,
+                "overflow_idle_timeout": 0,
+            }
+        )
+        super().__init__(creator, **kw)
+        self._config = config
+        self._lock = threading.Lock()
+        self._state: PoolState[_Slot] = PoolState(config, target=config.name)
+        # Which slot holds which record (read and written under the lock).
+        self._slots: dict[ConnectionPoolEntry, _Slot] = {}
+
+    # ------------------------------------------------------------------ SQLAlchemy's API
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        start = _now()
+        deadline = start + self._config.timeout
+        state, lock = self._state, self._lock
+        while True:
+            with lock:
+                now = _now()
+                got = state.request(now, _get_ident(), start, deadline, Waiter)
+            if isinstance(got, _Slot):
+                return got.record
+            if got is CONNECT or got is PROBE:
+                record = self._connect_in_slot(probe=got is PROBE)
+            elif isinstance(got, Waiter):
+                record = self._wait(got, start, deadline)
+            elif isinstance(got, Refusal):
+                raise got.error
+            else:
+                assert isinstance(got, TimeoutReport)
+                raise self._timeout_error(got)
+            if record is not None:
+                return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        with self._lock:
+            slot = self._slots[record]
+            surplus = self._state.check_in(slot)
+            if surplus is not None:
+                del self._slots[record]
+        if surplus is not None:
+            record.close()
+
+    def dispose(self) -> None:
+        """Close the idle connections now. Checked-out ones stay with their holders and
+        come back to this pool as usual (``engine.dispose()`` then replaces the pool)."""
+        with self._lock:
+            state = self._state
+            idle = list(state.idle)
+            state.idle.clear()
+            for slot in idle:
+                state.forget(slot, "pool_closed")
+                del self._slots[slot.record]
+        for slot in idle:
+            slot.record.close()
+        self.logger.info("Pool disposed. %s", self.status())
+
+    def recreate(self) -> SQLAlchemyPool:
+        """A new, empty pool with the same settings and event listeners."""
+        self.logger.info("Pool recreating")
+        options = dict(self._options)
+        return self.__class__(
+            self._creator,
+            options.pop("pool_size"),
+            options.pop("max_overflow"),
+            options.pop("timeout"),
+            options.pop("use_lifo"),
+            recycle=self._recycle,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            pre_ping=self._pre_ping,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+            **options,
+        )
+
+    def status(self) -> str:
+        """One line: size, idle, overflow, checked out and waiting."""
+        return (
+            f"Pool size: {self.size()}  Connections in pool: {self.checkedin()} "
+            f"Current Overflow: {self.overflow()} Current Checked out connections: "
+            f"{self.checkedout()} Waiting: {self.stats().waiting}"
+        )
+
+    def size(self) -> int:
+        """``pool_size``."""
+        return self._config.pool_size
+
+    def timeout(self) -> float:
+        """``pool_timeout``, in seconds."""
+        return self._config.timeout
+
+    def checkedin(self) -> int:
+        """Connections idle in the pool."""
+        with self._lock:
+            return len(self._state.idle)
+
+    def checkedout(self) -> int:
+        """Connections lent (including those being opened for a caller)."""
+        with self._lock:
+            return self._state.open - len(self._state.idle)
+
+    def overflow(self) -> int:
+        """Connections open beyond ``pool_size`` (negative while fewer are open, as
+        ``QueuePool`` counts)."""
+        with self._lock:
+            return self._state.open - self._config.pool_size
+
+    def stats(self) -> PoolStats:
+        """The same snapshot as :meth:`flask_dbpool.Pool.stats`."""
+        with self._lock:
+            return self._state.stats()
+
+    # ------------------------------------------------------------------ lending
+
+    def _connect_in_slot(self, *, probe: bool) -> ConnectionPoolEntry | None:
+        """Open a connection record in a reserved slot and lend it. A connection error is
+        recorded (back-off) and raised to this caller, as QueuePool does."""
+        state, lock = self._state, self._lock
+        started = _now()
+        try:
+            record = self._create_connection()
+        except Exception as error:
+            with lock:
+                state.connect_failed(error, False, started, _now(), probe)
+            raise
+        except BaseException:
+            with lock:
+                state.slot_freed(connecting=True, probe=probe)
+            raise
+        with lock:
+            now = _now()
+            slot = _Slot(record, now)
+            state.connected(slot, started, now, probe)
+            self._slots[record] = slot
+            state.lend(slot, now, _get_ident())
+        return record
+
+    def _wait(
+        self, waiter: Waiter, start: float, deadline: float
+    ) -> ConnectionPoolEntry | None:
+        """Wait for a returned connection or a slot; ``None``: ask again."""
+        state, lock = self._state, self._lock
+        try:
+            while True:
+                wait = state.wait_step(_now(), deadline, waiter.connect_at)
+                waiter.signal.acquire(True, min(wait, threading.TIMEOUT_MAX))
+                with lock:
+                    now = _now()
+                    got = state.woken(waiter, now, _get_ident(), now - start, deadline)
+                if got is None:
+                    continue
+                if isinstance(got, TimeoutReport):
+                    raise self._timeout_error(got)
+                if got is CONNECT:
+                    return None
+                if got is CLOSED:
+                    raise PoolClosed(messages.closed_while_waiting(self._config.name))
+                if got is NEW_SLOT:
+                    waiter.item = None  # from here on the connect owns the slot
+                    return self._connect_in_slot(probe=False)
+                if isinstance(got, Refusal):
+                    raise got.error
+                assert isinstance(got, _Slot)
+                waiter.item = None
+                return got.record
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    def _abandon(self, waiter: Waiter) -> None:
+        """A waiter gave up: leave the queue, or pass on what it was handed and not used."""
+        with self._lock:
+            item = self._state.abandon(waiter)
+            if isinstance(item, _Slot):
+                surplus = self._state.check_in(item)
+                if surplus is not None:
+                    del self._slots[surplus.record]
+            elif item is NEW_SLOT:
+                surplus = None
+                self._state.slot_freed(connecting=True)
+            else:
+                surplus = None
+        if surplus is not None:
+            surplus.record.close()
+
+    def _timeout_error(self, report: TimeoutReport) -> SQLAlchemyPoolTimeout:
+        error = messages.timeout_error(self._config.name, "SQLAlchemy engine", report, _now())
+        timeout = SQLAlchemyPoolTimeout(str(error))
+        timeout.__cause__ = error.__cause__
+        return timeout

@@ -1,0 +1,182 @@
+"""SQLAlchemyPool: SQLAlchemy engines whose connections are lent by flask-dbpool's rules.
+Real SQLite, PostgreSQL and MariaDB through ``sqlalchemy.create_engine``."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+sqlalchemy = pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed")
+
+from sqlalchemy import event, exc, text  # noqa: E402
+
+from backends import Backend  # noqa: E402
+from flask_dbpool import ConfigError, PoolTimeout  # noqa: E402
+from flask_dbpool.sqlalchemy import SQLAlchemyPool, SQLAlchemyPoolTimeout  # noqa: E402
+
+_SCHEMES = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+
+
+def engine_url(url: str) -> str:
+    """flask-dbpool's test URL as SQLAlchemy spells it (psycopg 3, PyMySQL)."""
+    scheme, rest = url.split("://", 1)
+    return f"{_SCHEMES.get(scheme, scheme)}://{rest}"
+
+
+@pytest.fixture
+def make_engine() -> Iterator[Any]:
+    engines: list[Any] = []
+
+    def make(url: str, **options: Any) -> Any:
+        engine = sqlalchemy.create_engine(engine_url(url), poolclass=SQLAlchemyPool, **options)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
+def test_an_engine_on_the_pool(backend: Backend, make_engine: Any) -> None:
+    engine = make_engine(backend.url, pool_size=2, max_overflow=1, pool_timeout=5)
+    pool = engine.pool
+    assert isinstance(pool, SQLAlchemyPool)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+        assert pool.checkedout() == 1 and pool.checkedin() == 0
+    assert (pool.size(), pool.checkedin(), pool.checkedout(), pool.overflow()) == (2, 1, 0, -1)
+    assert pool.timeout() == 5
+    assert "Connections in pool: 1" in pool.status()
+    stats = pool.stats()
+    assert (stats.open, stats.idle, stats.acquired, stats.max_overflow) == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_a_timeout_is_both_errors_and_says_who_holds(backend: Backend, make_engine: Any) -> None:
+    engine = make_engine(backend.url, pool_size=1, max_overflow=1, pool_timeout=0.3)
+    held = [engine.connect(), engine.connect()]
+    try:
+        with pytest.raises(exc.TimeoutError) as caught:
+            engine.connect()
+        error = caught.value
+        assert isinstance(error, SQLAlchemyPoolTimeout) and isinstance(error, PoolTimeout)
+        message = str(error)
+        assert "timed out after" in message and "open=2, in_use=2" in message
+        assert "held" in message and "MainThread" in message
+        assert engine.pool.stats().timeouts == 1
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_many_threads_are_served_in_turn(postgres_url: str, make_engine: Any) -> None:
+    """64 threads on 2 connections: every thread gets its turns and none times out (on
+    QueuePool, the thread returning a connection may take it straight back)."""
+    engine = make_engine(postgres_url, pool_size=2, max_overflow=0, pool_timeout=30)
+    counts = [0] * 64
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        try:
+            while not stop.is_set():
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                counts[index] += 1
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(64)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while min(counts) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors[:3]
+    assert min(counts) >= 3, sorted(counts)[:5]
+    stats = engine.pool.stats()
+    assert stats.open <= 2 and stats.timeouts == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_sqlalchemy_events_and_invalidation_keep_working(
+    backend: Backend, make_engine: Any
+) -> None:
+    engine = make_engine(backend.url, pool_size=2, max_overflow=0)
+    seen: list[str] = []
+    for name in ("connect", "checkout", "checkin", "invalidate"):
+        event.listen(engine, name, lambda *args, _name=name: seen.append(_name))
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert seen == ["connect", "checkout", "checkin"]
+    seen.clear()
+    with engine.connect() as conn:
+        conn.invalidate()  # the record closes its DB-API connection and stays a slot
+    assert seen == ["checkout", "invalidate", "checkin"]
+    seen.clear()
+    with engine.connect() as conn:  # reconnected in the same slot
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert seen == ["connect", "checkout", "checkin"]
+    assert engine.pool.stats().open == 1
+
+
+def test_dispose_closes_the_server_sessions(postgres_url: str, make_engine: Any) -> None:
+    name = f"sa-dispose-{uuid.uuid4().hex[:8]}"
+    engine = make_engine(
+        postgres_url,
+        pool_size=3,
+        max_overflow=0,
+        connect_args={"application_name": name},
+    )
+    conns = [engine.connect() for _ in range(3)]
+    for conn in conns:
+        conn.close()
+
+    def sessions() -> int:
+        import psycopg
+
+        with psycopg.connect(postgres_url.replace("postgresql://", "postgresql://", 1)) as raw:
+            row = raw.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    assert sessions() == 3
+    old_pool = engine.pool
+    engine.dispose()
+    assert old_pool.stats().open == 0
+    deadline = time.monotonic() + 10
+    while sessions() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sessions() == 0
+    # The engine goes on with a new pool of the same kind and settings.
+    assert isinstance(engine.pool, SQLAlchemyPool) and engine.pool is not old_pool
+    assert engine.pool.size() == 3
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"pool_size": 0}, "pool_size"),
+        ({"max_overflow": -1}, "max_overflow"),
+        ({"pool_timeout": -1}, "timeout"),
+        ({"max_waiting": "lots"}, "max_waiting"),
+    ],
+)
+def test_bad_settings_are_a_config_error(
+    sqlite_url: str, options: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key):
+        sqlalchemy.create_engine(engine_url(sqlite_url), poolclass=SQLAlchemyPool, **options)
