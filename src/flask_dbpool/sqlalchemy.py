@@ -21,7 +21,9 @@ import threading
 import time
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.pool import Pool as _SAPool
 
@@ -33,7 +35,13 @@ from flask_dbpool.leaks import Site, TimeoutReport
 from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import PoolStats
 
-__all__ = ["SQLAlchemyPool", "SQLAlchemyPoolTimeout"]
+__all__ = [
+    "SQLAlchemyPool",
+    "SQLAlchemyPoolTimeout",
+    "create_engine",
+    "engine_options",
+    "engine_url",
+]
 
 _now = time.monotonic
 _get_ident = threading.get_ident
@@ -335,3 +343,73 @@ class SQLAlchemyPool(_SAPool):
         timeout = SQLAlchemyPoolTimeout(str(error))
         timeout.__cause__ = error.__cause__
         return timeout
+
+
+# ---------------------------------------------------------------------- helpers
+
+#: The driver flask-dbpool picks for a URL that names none (SQLAlchemy's own defaults are
+#: psycopg2 and mysqlclient).
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+def engine_url(url: str | URL) -> URL:
+    """``url`` as a SQLAlchemy URL, with flask-dbpool's driver where it names none: a plain
+    ``postgresql://`` (or ``postgres://``) uses psycopg 3, ``mysql://`` and ``mariadb://``
+    PyMySQL. A URL that names its driver (``postgresql+psycopg2://``) is kept. Raises
+    ``sqlalchemy.exc.ArgumentError`` for a string that is not a URL."""
+    parsed = sqlalchemy.make_url(url)
+    driver = _DEFAULT_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
+
+def engine_options(
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    timeout: float = 30.0,
+    max_waiting: int = 0,
+    name: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The ``create_engine`` keyword arguments for an engine on :class:`SQLAlchemyPool`.
+
+    For Flask-SQLAlchemy: ``SQLAlchemy(engine_options=engine_options(pool_size=10))``,
+    ``app.config["SQLALCHEMY_ENGINE_OPTIONS"]`` or a bind's dict; for Flask-SQLAlchemy-Lite:
+    ``SQLALCHEMY_ENGINES = {"default": {"url": …, **engine_options(…)}}``. ``options`` are
+    passed on to ``create_engine`` as they are (``pool_pre_ping=True``, ``echo=True`` …).
+    Invalid pool settings raise :class:`~flask_dbpool.ConfigError` naming the argument now,
+    not at the first request.
+    """
+    PoolConfig.from_options(
+        {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "timeout": timeout,
+            "max_waiting": max_waiting,
+            "name": name or "sqlalchemy",
+        }
+    )
+    result: dict[str, Any] = {
+        "poolclass": SQLAlchemyPool,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_timeout": timeout,
+        "max_waiting": max_waiting,
+    }
+    if name is not None:
+        result["name"] = name
+    result.update(options)
+    return result
+
+
+def create_engine(url: str | URL, **options: Any) -> Engine:
+    """``sqlalchemy.create_engine`` on :class:`SQLAlchemyPool`: ``url`` as
+    :func:`engine_url` reads it, ``options`` as :func:`engine_options` takes them. Raises
+    :class:`~flask_dbpool.ConfigError` for a bad pool setting and SQLAlchemy's errors for the
+    rest; connects lazily (the first ``engine.connect()`` opens the first connection)."""
+    return sqlalchemy.create_engine(engine_url(url), **engine_options(**options))
