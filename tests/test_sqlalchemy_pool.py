@@ -283,3 +283,76 @@ def test_flask_sqlalchemy_app_on_the_pool(backend: Backend) -> None:
         with app.app_context():
             db.drop_all()
             db.engine.dispose()
+
+
+# ---------------------------------------------------------------------- maintenance
+
+
+def test_leak_report_names_the_code_that_holds_the_connection(
+    postgres_url: str, make_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0, leak_threshold=0.05)
+
+    def view_that_forgets_its_connection() -> Any:
+        return engine.connect()
+
+    held = view_that_forgets_its_connection()
+    try:
+        time.sleep(0.1)
+        with caplog.at_level("WARNING", logger="flask_dbpool.leaks"):
+            engine.pool.run_maintenance()
+        (record,) = [r for r in caplog.records if r.name == "flask_dbpool.leaks"]
+        message = record.getMessage()
+        assert "leak_threshold" in message
+        # The checkout site skips SQLAlchemy's own frames: the innermost is the caller's.
+        assert "in view_that_forgets_its_connection" in message
+        assert engine.pool.stats().leaks_detected == 1
+    finally:
+        held.close()
+
+
+def test_idle_timeout_and_min_idle(postgres_url: str, make_engine: Any) -> None:
+    engine = make_engine(postgres_url, pool_size=3, max_overflow=0, idle_timeout=0.2, min_idle=1)
+    conns = [engine.connect() for _ in range(3)]
+    for conn in conns:
+        conn.close()
+    pool = engine.pool
+    assert pool.stats().idle == 3
+    deadline = time.monotonic() + 15
+    # The maintenance thread closes those idle past idle_timeout, down to min_idle.
+    while pool.stats().open > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = pool.stats()
+    assert stats.open == 1 and stats.closed_by_reason["idle"] == 2
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_max_lifetime_retires_a_connection_when_it_comes_back(
+    postgres_url: str, make_engine: Any
+) -> None:
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0, max_lifetime=0.1)
+    conn = engine.connect()
+    first_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    time.sleep(0.15)
+    engine.pool.run_maintenance()  # lent past its lifetime: marked, closed on return
+    conn.close()
+    assert engine.pool.stats().closed_by_reason["lifetime"] == 1
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != first_pid
+
+
+def test_keepalive_discards_a_dead_idle_connection(postgres_url: str, make_engine: Any) -> None:
+    import psycopg
+
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0, keepalive_interval=0.1)
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.15)
+    engine.pool.run_maintenance()
+    stats = engine.pool.stats()
+    assert stats.closed_by_reason["ping_failed"] == 1 and stats.open == 0
+    with engine.connect() as conn:  # a new one
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid

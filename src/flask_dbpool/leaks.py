@@ -51,17 +51,19 @@ ORPHANS_DETECTABLE = hasattr(sys, "getrefcount") and not sysconfig.get_config_va
 Site = tuple[tuple[str, int, str], ...]
 
 
-def capture_site() -> Site:
-    """The caller's stack outside flask_dbpool, innermost frame last.
+def capture_site(skip: tuple[str, ...] = ()) -> Site:
+    """The caller's stack outside flask_dbpool (and the packages named in ``skip``, such
+    as ``"sqlalchemy"`` for a checkout made through it), innermost frame last.
 
     Only names and line numbers are recorded (a few µs for 16 frames); the source lines are
     read when a report is formatted. (``traceback.StackSummary.extract`` costs about 100 µs
     here, on every checkout while ``leak_threshold`` is set.)"""
     frame: FrameType | None = sys._getframe(1)
+    inside = (_PACKAGE_DIR, *_package_dirs(skip))
     while (
         frame is not None
         and frame.f_back is not None
-        and frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+        and frame.f_code.co_filename.startswith(inside)
     ):
         frame = frame.f_back
     frames: list[tuple[str, int, str]] = []
@@ -71,6 +73,18 @@ def capture_site() -> Site:
         frame = frame.f_back
     frames.reverse()
     return tuple(frames)
+
+
+def _package_dirs(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The directories of the packages ``names`` (imported ones only), for
+    :func:`capture_site`'s ``skip``: frames in them are not the caller's."""
+    found = []
+    for name in names:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            found.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(found)
 
 
 def format_site(site: Site | None, *, last: int = _STACK_LIMIT) -> str:

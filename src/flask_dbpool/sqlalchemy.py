@@ -17,6 +17,7 @@ install it with ``pip install 'flask-dbpool[sqlalchemy]'``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -30,9 +31,11 @@ from sqlalchemy.pool import Pool as _SAPool
 from flask_dbpool import messages
 from flask_dbpool._handoff import Waiter
 from flask_dbpool.config import PoolConfig
-from flask_dbpool.errors import PoolClosed, PoolTimeout
-from flask_dbpool.leaks import Site, TimeoutReport
-from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
+from flask_dbpool.errors import PoolClosed, PoolTimeout, one_line
+from flask_dbpool.leaks import Site, TimeoutReport, capture_site
+from flask_dbpool.maintenance import Maintenance
+from flask_dbpool.policy import lifetime_jitter
+from flask_dbpool.state import CLOSED, CONNECT, MAX_SLEEP, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import PoolStats
 
 __all__ = [
@@ -45,6 +48,9 @@ __all__ = [
 
 _now = time.monotonic
 _get_ident = threading.get_ident
+
+logger = logging.getLogger("flask_dbpool.sqlalchemy")
+leak_logger = logging.getLogger("flask_dbpool.leaks")
 
 
 class SQLAlchemyPoolTimeout(PoolTimeout, sa_exc.TimeoutError):
@@ -85,11 +91,12 @@ class _Slot:
         "warned_for",
     )
 
-    def __init__(self, record: ConnectionPoolEntry, now: float) -> None:
+    def __init__(self, record: ConnectionPoolEntry, now: float, lifetime: float | None) -> None:
         self.record = record
         self.created = self.lent_at = self.checked_at = self.used_at = now
         self.idle_since = now
-        self.expires_at = float("inf")  # pool_recycle is SQLAlchemy's, done by the record
+        # max_lifetime retires the record (pool_recycle reconnects it in place, SQLAlchemy's).
+        self.expires_at = float("inf") if lifetime is None else now + lifetime * lifetime_jitter()
         self.holder = 0
         self.retire = False
         self.seen_lent_at = self.warned_for = self.label_for = -1.0
@@ -112,8 +119,13 @@ class SQLAlchemyPool(_SAPool):
     ``pool_size`` (``create_engine(pool_size=…)``), ``max_overflow``, ``timeout``
     (``pool_timeout``) and ``use_lifo`` (``pool_use_lifo``) mean what they mean for
     ``QueuePool``, except that neither a ``pool_size`` of 0 nor a ``max_overflow`` of -1
-    ("no limit") is accepted: a pool has a maximum. ``max_waiting`` and ``name`` are
-    flask-dbpool's (:class:`~flask_dbpool.config.PoolConfig`); SQLAlchemy's own arguments
+    ("no limit") is accepted: a pool has a maximum. ``max_waiting``, ``name``,
+    ``leak_threshold``, ``max_lifetime``, ``idle_timeout``, ``min_idle``,
+    ``keepalive_interval`` and ``overflow_idle_timeout`` are flask-dbpool's
+    (:class:`~flask_dbpool.config.PoolConfig`; here ``max_lifetime`` and ``idle_timeout``
+    default to ``None`` and ``overflow_idle_timeout`` to 0, as ``QueuePool`` behaves); those
+    that need it start a maintenance thread with the first connection. SQLAlchemy's own
+    arguments
     (``recycle``, ``pre_ping``, ``reset_on_return``, ``echo``, ``logging_name``, ``events``,
     ``dialect``) pass through. Invalid values raise :class:`~flask_dbpool.ConfigError` naming
     the argument. A checkout that waits longer than ``timeout`` raises
@@ -129,6 +141,12 @@ class SQLAlchemyPool(_SAPool):
         use_lifo: bool = False,
         max_waiting: int = 0,
         name: str | None = None,
+        leak_threshold: float | None = None,
+        max_lifetime: float | None = None,
+        idle_timeout: float | None = None,
+        min_idle: int = 0,
+        keepalive_interval: float | None = None,
+        overflow_idle_timeout: float = 0.0,
         **kw: Any,
     ) -> None:
         self._options: dict[str, Any] = {
@@ -138,6 +156,12 @@ class SQLAlchemyPool(_SAPool):
             "use_lifo": use_lifo,
             "max_waiting": max_waiting,
             "name": name,
+            "leak_threshold": leak_threshold,
+            "max_lifetime": max_lifetime,
+            "idle_timeout": idle_timeout,
+            "min_idle": min_idle,
+            "keepalive_interval": keepalive_interval,
+            "overflow_idle_timeout": overflow_idle_timeout,
         }
         config = PoolConfig.from_options(
             {
@@ -147,19 +171,30 @@ class SQLAlchemyPool(_SAPool):
                 "lifo": use_lifo,
                 "max_waiting": max_waiting,
                 "name": name or kw.get("logging_name") or "sqlalchemy",
-                # Per-connection lifetimes are SQLAlchemy's (pool_recycle); an overflow
-                # connection is closed when returned while pool_size are idle, as QueuePool.
-                "max_lifetime": None,
-                "idle_timeout": None,
-                "overflow_idle_timeout": 0,
+                "leak_threshold": leak_threshold,
+                "max_lifetime": max_lifetime,
+                "idle_timeout": idle_timeout,
+                "min_idle": min_idle,
+                "keepalive_interval": keepalive_interval,
+                "overflow_idle_timeout": overflow_idle_timeout,
             }
         )
         super().__init__(creator, **kw)
         self._config = config
+        self.name = config.name
         self._lock = threading.Lock()
         self._state: PoolState[_Slot] = PoolState(config, target=config.name)
         # Which slot holds which record (read and written under the lock).
         self._slots: dict[ConnectionPoolEntry, _Slot] = {}
+        self._maintenance: Maintenance | None = None
+        self._maintained = (
+            leak_threshold is not None
+            or max_lifetime is not None
+            or idle_timeout is not None
+            or min_idle > 0
+            or keepalive_interval is not None
+            or overflow_idle_timeout > 0
+        )
 
     # ------------------------------------------------------------------ SQLAlchemy's API
 
@@ -172,7 +207,7 @@ class SQLAlchemyPool(_SAPool):
                 now = _now()
                 got = state.request(now, _get_ident(), start, deadline, Waiter)
             if isinstance(got, _Slot):
-                return got.record
+                return self._lent(got)
             if got is CONNECT or got is PROBE:
                 record = self._connect_in_slot(probe=got is PROBE)
             elif isinstance(got, Waiter):
@@ -183,12 +218,27 @@ class SQLAlchemyPool(_SAPool):
                 assert isinstance(got, TimeoutReport)
                 raise self._timeout_error(got)
             if record is not None:
-                return record
+                return self._lent(self._slots[record])
+
+    def _lent(self, slot: _Slot) -> ConnectionPoolEntry:
+        """A checkout's bookkeeping outside the lock: where it came from, for leak reports
+        (only with ``leak_threshold``)."""
+        if self._config.leak_threshold is not None:
+            slot.site = capture_site(skip=("sqlalchemy",))
+            slot.thread_name = threading.current_thread().name
+        return slot.record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        state = self._state
         with self._lock:
             slot = self._slots[record]
-            surplus = self._state.check_in(slot)
+            state.claim(slot)
+            if slot.retire:  # past max_lifetime while lent: closed, its slot freed
+                state.discarded(slot, "lifetime", disconnect=False, now=_now())
+                state.slot_freed()
+                surplus: _Slot | None = slot
+            else:
+                surplus = state.check_in(slot)
             if surplus is not None:
                 del self._slots[record]
         if surplus is not None:
@@ -284,15 +334,109 @@ class SQLAlchemyPool(_SAPool):
             raise
         with lock:
             now = _now()
-            slot = _Slot(record, now)
+            slot = _Slot(record, now, self._config.max_lifetime)
             state.connected(slot, started, now, probe)
             self._slots[record] = slot
             state.lend(slot, now, _get_ident())
+        if self._maintained and self._maintenance is None:
+            self._start_maintenance()
         return record
 
-    def _wait(
-        self, waiter: Waiter, start: float, deadline: float
-    ) -> ConnectionPoolEntry | None:
+    # ------------------------------------------------------------------ maintenance
+
+    def _ping(self, dbapi_connection: Any) -> None:
+        """One round trip on ``dbapi_connection``, by the dialect's ``do_ping`` where it has
+        one; raises if the connection is gone."""
+        if dbapi_connection is None:
+            raise ConnectionError("the connection was invalidated")
+        ping = getattr(self._dialect, "do_ping", None)
+        if ping is not None:
+            if not ping(dbapi_connection):
+                raise ConnectionError("the connection did not answer")
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+
+    def _start_maintenance(self) -> None:
+        with self._lock:
+            if self._maintenance is not None:
+                return
+            self._maintenance = maintenance = Maintenance(self)
+        maintenance.start()
+
+    def run_maintenance(self) -> float:
+        """One maintenance run (the maintenance thread's; tests may call it): retire idle
+        connections past ``max_lifetime`` / ``idle_timeout`` / ``overflow_idle_timeout``,
+        ping idle ones every ``keepalive_interval``, warn about checkouts held past
+        ``leak_threshold``, refill ``min_idle``. Returns the seconds until the next is due."""
+        state, lock = self._state, self._lock
+        with lock:
+            now = _now()
+            sweep = state.sweep(now, _no_orphans)  # SQLAlchemy returns dropped connections
+            for slot, _reason in sweep.to_close:
+                del self._slots[slot.record]
+        next_run = sweep.next_run
+        for slot, reason in sweep.to_close:
+            logger.debug("pool %r: closing an idle connection (%s)", self.name, reason)
+            slot.record.close()
+        for slot in sweep.to_ping:
+            try:
+                self._ping(slot.record.dbapi_connection)
+            except Exception as error:
+                logger.info(
+                    "pool %r: discarding a connection: its check failed (%s)",
+                    self.name,
+                    one_line(error),
+                )
+                with lock:
+                    state.discarded(slot, "ping_failed", disconnect=True, now=_now())
+                    state.slot_freed()
+                    del self._slots[slot.record]
+                slot.record.close()
+                continue
+            with lock:
+                surplus = state.passed_check(slot, _now())
+                if surplus is not None:
+                    del self._slots[surplus.record]
+            if surplus is not None:
+                surplus.record.close()
+        threshold = self._config.leak_threshold or 0.0
+        for holder in sweep.leaks:
+            leak_logger.warning("%s", messages.leak_report(self.name, holder, now, threshold))
+        with lock:
+            plan, due = state.plan_connect(_now())
+        if plan is None:
+            return max(0.0, min(next_run, due) - _now())
+        started = _now()
+        try:
+            record = self._create_connection()
+        except Exception as error:
+            with lock:
+                if plan is PROBE:
+                    state.connect_failed(error, False, started, _now(), True)
+                else:
+                    state.slot_freed(connecting=True)
+                    delay = state.refill_failed(_now())
+            logger.warning(
+                "pool %r: cannot open a connection for min_idle (%s)", self.name, one_line(error)
+            )
+            return MAX_SLEEP if plan is PROBE else delay
+        with lock:
+            slot = _Slot(record, _now(), self._config.max_lifetime)
+            state.connected(slot, started, slot.created, plan is PROBE)
+            self._slots[record] = slot
+            state.refill_failures = 0
+            surplus = state.check_in(slot)
+            if surplus is not None:
+                del self._slots[record]
+        if surplus is not None:
+            record.close()
+        return 0.0  # there may be more to open
+
+    def _wait(self, waiter: Waiter, start: float, deadline: float) -> ConnectionPoolEntry | None:
         """Wait for a returned connection or a slot; ``None``: ask again."""
         state, lock = self._state, self._lock
         try:
@@ -317,7 +461,7 @@ class SQLAlchemyPool(_SAPool):
                     raise got.error
                 assert isinstance(got, _Slot)
                 waiter.item = None
-                return got.record
+                return got.record  # _do_get stamps the checkout
         except BaseException:
             self._abandon(waiter)
             raise
@@ -343,6 +487,11 @@ class SQLAlchemyPool(_SAPool):
         timeout = SQLAlchemyPoolTimeout(str(error))
         timeout.__cause__ = error.__cause__
         return timeout
+
+
+def _no_orphans(entries: set[_Slot], not_lent: list[_Slot]) -> list[_Slot]:
+    """SQLAlchemy returns a connection whose handle was garbage-collected itself."""
+    return []
 
 
 # ---------------------------------------------------------------------- helpers
