@@ -356,3 +356,65 @@ def test_keepalive_discards_a_dead_idle_connection(postgres_url: str, make_engin
     assert stats.closed_by_reason["ping_failed"] == 1 and stats.open == 0
     with engine.connect() as conn:  # a new one
         assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def test_prometheus_reports_an_engines_pool(postgres_url: str, make_engine: Any) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flask_dbpool.metrics.prometheus import PoolCollector
+
+    engine = make_engine(postgres_url, pool_size=2, max_overflow=0, name="orders_sa")
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(PoolCollector(engine.pool))
+    held = engine.connect()
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    text_out = prometheus_client.generate_latest(registry).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text_out)
+        for sample in family.samples
+    }
+    orders = (("pool_name", "orders_sa"),)
+    assert samples[("flask_dbpool_checkouts_total", orders)] == 2
+    assert samples[("db_client_connection_count", (*orders, ("state", "used")))] == 1
+    assert samples[("db_client_connection_count", (*orders, ("state", "idle")))] == 1
+    assert samples[("db_client_connection_use_time_seconds_count", orders)] == 1
+    assert samples[("flask_dbpool_connections_created_total", orders)] == 2
+    held.close()
+
+
+def test_opentelemetry_reports_an_engines_pool(postgres_url: str, make_engine: Any) -> None:
+    pytest.importorskip("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from flask_dbpool.metrics.otel import instrument_pool
+
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0, name="billing_sa")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        instrument_pool(engine.pool, meter_provider=provider)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        data = reader.get_metrics_data()
+        assert data is not None
+        found = {
+            metric.name: metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+        (creates,) = found["db.client.connection.create_time"].data.data_points
+        assert creates.count == 1 and creates.attributes["db.client.connection.pool.name"] == (
+            "billing_sa"
+        )
+        (uses,) = found["db.client.connection.use_time"].data.data_points
+        assert uses.count == 1
+    finally:
+        provider.shutdown()

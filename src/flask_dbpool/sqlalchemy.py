@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
@@ -31,8 +32,8 @@ from sqlalchemy.pool import Pool as _SAPool
 from flask_dbpool import messages
 from flask_dbpool._handoff import Waiter
 from flask_dbpool.config import PoolConfig
-from flask_dbpool.errors import PoolClosed, PoolTimeout, one_line
-from flask_dbpool.leaks import Site, TimeoutReport, capture_site
+from flask_dbpool.errors import ConfigError, PoolClosed, PoolTimeout, one_line
+from flask_dbpool.leaks import Checkout, Site, TimeoutReport, capture_site, checkouts_of
 from flask_dbpool.maintenance import Maintenance
 from flask_dbpool.policy import lifetime_jitter
 from flask_dbpool.state import CLOSED, CONNECT, MAX_SLEEP, NEW_SLOT, PROBE, PoolState, Refusal
@@ -233,6 +234,10 @@ class SQLAlchemyPool(_SAPool):
         with self._lock:
             slot = self._slots[record]
             state.claim(slot)
+            if state.track_use:
+                held = _now() - slot.lent_at
+                state.use_time.record(held)
+                state.notify("use", held)
             if slot.retire:  # past max_lifetime while lent: closed, its slot freed
                 state.discarded(slot, "lifetime", disconnect=False, now=_now())
                 state.slot_freed()
@@ -315,6 +320,40 @@ class SQLAlchemyPool(_SAPool):
         with self._lock:
             return self._state.stats()
 
+    # ------------------------------------------------------------------ observability
+
+    @property
+    def config(self) -> PoolConfig:
+        """The validated flask-dbpool settings of this pool."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """Always ``False``: a SQLAlchemy pool is disposed, not closed (for the exporters)."""
+        return self._state.closed
+
+    def track_use_time(self) -> None:
+        """Record how long each checkout is held (``stats().use_time``, observers' ``"use"``
+        events); the metrics exporters turn it on. Idempotent."""
+        with self._lock:
+            self._state.track_use = True
+
+    def add_observer(self, observer: Callable[[str, float], object]) -> None:
+        """As :meth:`flask_dbpool.Pool.add_observer`: ``observer(event, seconds)`` for each
+        ``"wait"``, ``"create"`` and (with use time tracked) ``"use"``, under the pool's
+        lock. Raises :class:`~flask_dbpool.ConfigError` if it is not callable."""
+        if not callable(observer):
+            raise ConfigError(messages.not_callable("observer", observer))
+        with self._lock:
+            self._state.observers = (*self._state.observers, observer)
+
+    def checkouts(self) -> list[Checkout]:
+        """The connections checked out now, longest-held first (see
+        :meth:`flask_dbpool.Pool.checkouts`)."""
+        with self._lock:
+            holders = self._state.holders()
+        return checkouts_of(holders, _now())
+
     # ------------------------------------------------------------------ lending
 
     def _connect_in_slot(self, *, probe: bool) -> ConnectionPoolEntry | None:
@@ -337,6 +376,7 @@ class SQLAlchemyPool(_SAPool):
             slot = _Slot(record, now, self._config.max_lifetime)
             state.connected(slot, started, now, probe)
             self._slots[record] = slot
+            state.notify("create", now - started)
             state.lend(slot, now, _get_ident())
         if self._maintained and self._maintenance is None:
             self._start_maintenance()

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["CLOSE_REASONS", "DURATION_BUCKETS", "Histogram", "HistogramSnapshot", "PoolStats"]
+__all__ = [
+    "CLOSE_REASONS",
+    "DURATION_BUCKETS",
+    "Histogram",
+    "HistogramSnapshot",
+    "MeteredPool",
+    "PoolStats",
+]
 
 #: Upper bounds (seconds, inclusive) of the duration histograms' buckets; a last bucket
 #: counts everything above.
@@ -217,3 +224,30 @@ _TOTALS = (
     "leaks_detected",
     "reclaimed",
 )
+
+
+class MeteredPool(Protocol):
+    """What the metrics exporters read from a pool: :class:`flask_dbpool.Pool` and
+    :class:`flask_dbpool.sqlalchemy.SQLAlchemyPool` are such pools."""
+
+    @property
+    def name(self) -> str:
+        """The pool's name (the ``pool_name`` label)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool was closed (a closed pool is no longer reported)."""
+
+    @property
+    def config(self) -> Any:
+        """The validated :class:`~flask_dbpool.config.PoolConfig` (``min_idle`` is read)."""
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot."""
+
+    def track_use_time(self) -> None:
+        """Record how long each checkout is held."""
+
+    def add_observer(self, observer: Callable[[str, float], object]) -> None:
+        """Call ``observer(event, seconds)`` for each wait, connect and (with use time
+        tracked) hold."""

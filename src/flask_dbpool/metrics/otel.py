@@ -31,7 +31,7 @@ from flask_dbpool.errors import ConfigError
 from flask_dbpool.stats import DURATION_BUCKETS
 
 if TYPE_CHECKING:
-    from flask_dbpool.pool import Pool
+    from flask_dbpool.stats import MeteredPool as Pool
     from flask_dbpool.stats import PoolStats
 
 __all__ = ["POOL_NAME", "STATE", "instrument_pool"]

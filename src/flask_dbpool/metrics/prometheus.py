@@ -19,7 +19,7 @@ from flask_dbpool.errors import ConfigError
 from flask_dbpool.stats import CLOSE_REASONS, DURATION_BUCKETS, HistogramSnapshot
 
 if TYPE_CHECKING:
-    from flask_dbpool.pool import Pool
+    from flask_dbpool.stats import MeteredPool as Pool
 
 __all__ = ["EndpointCollector", "PoolCollector"]
 
