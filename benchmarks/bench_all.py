@@ -53,6 +53,7 @@ E2E_LABELS = {
     "dbpool": "flask-dbpool",
     "psycopg_pool": "psycopg_pool",
     "flask_sqlalchemy": "Flask-SQLAlchemy",
+    "fsa_dbpool": "Flask-SQLAlchemy on flask-dbpool",
     "connect": "connect per request",
 }
 E2E_VARIANTS = list(E2E_LABELS)

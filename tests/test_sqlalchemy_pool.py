@@ -418,3 +418,91 @@ def test_opentelemetry_reports_an_engines_pool(postgres_url: str, make_engine: A
         assert uses.count == 1
     finally:
         provider.shutdown()
+
+
+# ---------------------------------------------------------------------- review findings
+
+
+def test_a_connection_the_garbage_collector_returns_under_the_lock_does_not_deadlock(
+    postgres_url: str, make_engine: Any
+) -> None:
+    """SQLAlchemy returns a connection dropped without close() from a weakref finalizer,
+    which the cyclic GC runs at any allocation, also one made while this thread holds the
+    pool's lock (here: inside stats()). Such a return is finished once the lock is free."""
+    import gc
+
+    engine = make_engine(postgres_url, pool_size=2, max_overflow=0)
+    pool = engine.pool
+    threshold = gc.get_threshold()
+    outcome: list[str] = []
+
+    def drop_and_collect() -> None:
+        for level in range(1, 60):
+            gc.disable()
+            raw = engine.raw_connection()
+            cycle: list[Any] = [raw]
+            cycle.append(cycle)  # only the cyclic GC can return it
+            del raw, cycle
+            gc.set_threshold(level)
+            gc.enable()
+            pool.stats()  # allocates under the lock: the GC may run there
+            gc.collect()
+        outcome.append("done")
+
+    worker = threading.Thread(target=drop_and_collect, daemon=True)
+    try:
+        worker.start()
+        worker.join(60)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.enable()
+    assert outcome == ["done"], "the thread hung: a return waited for its own lock"
+    deadline = time.monotonic() + 10
+    while pool.stats().in_use and time.monotonic() < deadline:
+        time.sleep(0.01)  # returns deferred to a helper thread finish
+    stats = pool.stats()
+    assert stats.in_use == 0 and stats.open <= 2
+
+
+@pytest.mark.parametrize("event_name", ["use", "create"])
+def test_an_observer_that_raises_loses_no_slot(
+    sqlite_url: str, make_engine: Any, event_name: str
+) -> None:
+    engine = make_engine(sqlite_url, pool_size=1, max_overflow=0, pool_timeout=2)
+    pool = engine.pool
+    pool.track_use_time()
+
+    raised: list[str] = []
+
+    def observer(event: str, seconds: float) -> None:
+        if event == event_name and not raised:
+            raised.append(event)
+            raise RuntimeError("observer failed")
+
+    pool.add_observer(observer)
+    with pytest.raises(RuntimeError, match="observer failed"):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    assert raised == [event_name]
+    assert pool.stats().in_use == 0  # the books were done before the observer ran
+    with engine.connect() as conn:  # the slot was not lost: no timeout
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_dispose_stops_the_old_pools_maintenance(postgres_url: str, make_engine: Any) -> None:
+    """engine.dispose() drops the pool; a connection still checked out keeps it alive, and
+    its maintenance thread must not refill min_idle there meanwhile."""
+    engine = make_engine(postgres_url, pool_size=3, max_overflow=0, min_idle=2)
+    held = engine.connect()  # a request still running while the engine is disposed
+    old = engine.pool
+    deadline = time.monotonic() + 10
+    while old.stats().open < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # min_idle: maintenance opened 2 idle besides the held one
+    assert old.stats().open == 3
+    engine.dispose()
+    assert old.stats().open == 1
+    time.sleep(1.5)  # maintenance would have refilled min_idle within milliseconds
+    assert old.stats().open == 1
+    held.close()
+    with engine.connect() as conn:  # the new pool
+        conn.execute(text("SELECT 1"))

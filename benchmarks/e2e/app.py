@@ -3,7 +3,7 @@
     E2E_VARIANT=dbpool E2E_URL=postgresql://postgres@127.0.0.1/bench_e2e \\
         gunicorn -k gthread --threads 8 -w 1 'app:create_app()'
 
-One factory, four ways to get the request's connection (``E2E_VARIANT``):
+One factory, five ways to get the request's connection (``E2E_VARIANT``):
 
 - ``connect``: the Flask tutorial's ``get_db()``, a new psycopg connection per request kept on
   ``g`` and closed in teardown;
@@ -11,7 +11,9 @@ One factory, four ways to get the request's connection (``E2E_VARIANT``):
 - ``psycopg_pool``: a :class:`psycopg_pool.ConnectionPool` by hand, ``g.conn = pool.getconn()``
   and ``pool.putconn()`` in teardown;
 - ``flask_sqlalchemy``: Flask-SQLAlchemy, ``db.session.execute(text(...))``, session removed at
-  teardown.
+  teardown;
+- ``fsa_dbpool``: the same Flask-SQLAlchemy app on flask-dbpool's ``SQLAlchemyPool``
+  (``SQLALCHEMY_ENGINE_OPTIONS=engine_options(...)``).
 
 ``GET /item/<id>`` does the same server work in every variant: one primary-key ``SELECT`` in
 one transaction, committed by the view (so a pool's rollback-on-return finds the connection
@@ -30,7 +32,7 @@ from typing import Any
 
 from flask import Flask, abort, g, jsonify
 
-VARIANTS = ("connect", "dbpool", "psycopg_pool", "flask_sqlalchemy")
+VARIANTS = ("connect", "dbpool", "psycopg_pool", "flask_sqlalchemy", "fsa_dbpool")
 SQL = "SELECT id, name, value FROM e2e_items WHERE id = %s"
 
 
@@ -107,14 +109,18 @@ def _psycopg_pool(app: Flask, url: str, pool_size: int) -> None:
         return _row_reply(row)
 
 
-def _flask_sqlalchemy(app: Flask, url: str, pool_size: int) -> None:
+def _flask_sqlalchemy(app: Flask, url: str, pool_size: int, *, on_dbpool: bool = False) -> None:
     from flask_sqlalchemy import SQLAlchemy
     from sqlalchemy import text
 
+    from flask_dbpool.sqlalchemy import engine_options
+
     scheme, rest = url.split("://", 1)
+    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
     app.config.update(
         SQLALCHEMY_DATABASE_URI=f"{scheme.split('+')[0]}+psycopg://{rest}",
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": pool_size, "max_overflow": 0},
+        # The same app on flask-dbpool's SQLAlchemyPool: one line of config.
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(**options) if on_dbpool else options,
     )
     db = SQLAlchemy(app)
     query = text(SQL.replace("%s", ":id"))
@@ -139,6 +145,7 @@ def create_app(variant: str | None = None) -> Flask:
         "dbpool": _dbpool,
         "psycopg_pool": _psycopg_pool,
         "flask_sqlalchemy": _flask_sqlalchemy,
+        "fsa_dbpool": lambda app, url, size: _flask_sqlalchemy(app, url, size, on_dbpool=True),
     }[variant](app, url, pool_size)
 
     @app.route("/ping")

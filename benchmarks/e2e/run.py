@@ -48,11 +48,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("dbpool", "psycopg_pool", "flask_sqlalchemy", "connect")
+VARIANTS = ("dbpool", "psycopg_pool", "flask_sqlalchemy", "fsa_dbpool", "connect")
 LABELS = {
     "dbpool": "flask-dbpool",
     "psycopg_pool": "psycopg_pool",
     "flask_sqlalchemy": "Flask-SQLAlchemy",
+    "fsa_dbpool": "Flask-SQLAlchemy on flask-dbpool",
     "connect": "connect per request",
 }
 

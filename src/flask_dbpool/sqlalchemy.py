@@ -68,6 +68,31 @@ class SQLAlchemyPoolTimeout(PoolTimeout, sa_exc.TimeoutError):
         return str(self.args[0])
 
 
+class _OwnedLock:
+    """The pool's lock, knowing which thread holds it. SQLAlchemy returns a connection
+    dropped without ``close()`` from a ``weakref`` finalizer, which the garbage collector may
+    run on a thread that holds this lock (at any allocation inside a critical section):
+    such a return must not wait for the lock its own thread holds."""
+
+    __slots__ = ("_lock", "owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.owner = _get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner = 0
+        self._lock.release()
+
+    def held_here(self) -> bool:
+        """Whether the calling thread holds it."""
+        return self.owner == _get_ident()
+
+
 class _Slot:
     """One SQLAlchemy connection record, as the state machine lends it (a
     :class:`~flask_dbpool.state.Lendable`). A record outlives its DB-API connection:
@@ -183,7 +208,7 @@ class SQLAlchemyPool(_SAPool):
         super().__init__(creator, **kw)
         self._config = config
         self.name = config.name
-        self._lock = threading.Lock()
+        self._lock = _OwnedLock()
         self._state: PoolState[_Slot] = PoolState(config, target=config.name)
         # Which slot holds which record (read and written under the lock).
         self._slots: dict[ConnectionPoolEntry, _Slot] = {}
@@ -230,14 +255,24 @@ class SQLAlchemyPool(_SAPool):
         return slot.record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        if self._lock.held_here():
+            # The garbage collector returns a dropped connection on a thread inside one of
+            # this pool's critical sections: finish the return once the lock is free.
+            threading.Thread(
+                target=self._do_return_conn,
+                args=(record,),
+                name="flask-dbpool return",
+                daemon=True,
+            ).start()
+            return
         state = self._state
+        held = _now()
         with self._lock:
             slot = self._slots[record]
-            state.claim(slot)
+            held -= slot.lent_at
+            reported = state.claim(slot)
             if state.track_use:
-                held = _now() - slot.lent_at
                 state.use_time.record(held)
-                state.notify("use", held)
             if slot.retire:  # past max_lifetime while lent: closed, its slot freed
                 state.discarded(slot, "lifetime", disconnect=False, now=_now())
                 state.slot_freed()
@@ -246,28 +281,46 @@ class SQLAlchemyPool(_SAPool):
                 surplus = state.check_in(slot)
             if surplus is not None:
                 del self._slots[record]
+            if state.track_use:  # last: an observer that raises finds the books done
+                state.notify("use", held)
         if surplus is not None:
             record.close()
+        if reported:
+            leak_logger.warning(
+                "pool %r: the connection held longer than leak_threshold=%g s by thread %r "
+                "came back after %.1f s",
+                self.name,
+                self._config.leak_threshold,
+                slot.thread_name,
+                held,
+            )
 
     def dispose(self) -> None:
         """Close the idle connections now. Checked-out ones stay with their holders and
         come back to this pool as usual (``engine.dispose()`` then replaces the pool)."""
         with self._lock:
             state = self._state
-            idle = list(state.idle)
+            idle = [*state.idle, *state.to_check]
             state.idle.clear()
+            state.to_check.clear()
             for slot in idle:
                 state.forget(slot, "pool_closed")
                 del self._slots[slot.record]
+            # An engine drops a disposed pool: its maintenance must not refill min_idle
+            # (a later checkout here starts it again).
+            maintenance, self._maintenance = self._maintenance, None
+        if maintenance is not None:
+            maintenance.stop(timeout=1.0)
         for slot in idle:
             slot.record.close()
         self.logger.info("Pool disposed. %s", self.status())
 
     def recreate(self) -> SQLAlchemyPool:
-        """A new, empty pool with the same settings and event listeners."""
+        """A new, empty pool with the same settings, event listeners and observers (the
+        OpenTelemetry instruments follow the engine to it)."""
         self.logger.info("Pool recreating")
         options = dict(self._options)
-        return self.__class__(
+        new = self.__class__(
             self._creator,
             options.pop("pool_size"),
             options.pop("max_overflow"),
@@ -282,6 +335,13 @@ class SQLAlchemyPool(_SAPool):
             dialect=self._dialect,
             **options,
         )
+        with self._lock:
+            observers, track_use = self._state.observers, self._state.track_use
+        for observer in observers:
+            new.add_observer(observer)
+        if track_use:
+            new.track_use_time()
+        return new
 
     def status(self) -> str:
         """One line: size, idle, overflow, checked out and waiting."""
@@ -376,7 +436,13 @@ class SQLAlchemyPool(_SAPool):
             slot = _Slot(record, now, self._config.max_lifetime)
             state.connected(slot, started, now, probe)
             self._slots[record] = slot
-            state.notify("create", now - started)
+            try:
+                state.notify("create", now - started)
+            except BaseException:  # the connection is the pool's already: keep it
+                if state.check_in(slot) is not None:
+                    del self._slots[record]
+                    record.close()  # rare (an observer failed on an overflow connection)
+                raise
             state.lend(slot, now, _get_ident())
         if self._maintained and self._maintenance is None:
             self._start_maintenance()
@@ -424,7 +490,9 @@ class SQLAlchemyPool(_SAPool):
             slot.record.close()
         for slot in sweep.to_ping:
             try:
-                self._ping(slot.record.dbapi_connection)
+                if slot.record.dbapi_connection is not None:  # else invalidated: it
+                    self._ping(slot.record.dbapi_connection)  # reconnects when lent
+
             except Exception as error:
                 logger.info(
                     "pool %r: discarding a connection: its check failed (%s)",
@@ -472,6 +540,7 @@ class SQLAlchemyPool(_SAPool):
             surplus = state.check_in(slot)
             if surplus is not None:
                 del self._slots[record]
+            state.notify("create", slot.created - started)
         if surplus is not None:
             record.close()
         return 0.0  # there may be more to open
