@@ -503,6 +503,7 @@ def test_dispose_stops_the_old_pools_maintenance(postgres_url: str, make_engine:
     assert old.stats().open == 1
     time.sleep(1.5)  # maintenance would have refilled min_idle within milliseconds
     assert old.stats().open == 1
-    held.close()
+    held.close()  # back to the old pool, as with QueuePool...
+    old.dispose()  # ...which closes it (else the garbage collector would, noisily)
     with engine.connect() as conn:  # the new pool
         conn.execute(text("SELECT 1"))

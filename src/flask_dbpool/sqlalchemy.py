@@ -298,6 +298,13 @@ class SQLAlchemyPool(_SAPool):
     def dispose(self) -> None:
         """Close the idle connections now. Checked-out ones stay with their holders and
         come back to this pool as usual (``engine.dispose()`` then replaces the pool)."""
+        # An engine drops a disposed pool: its maintenance must not refill min_idle there
+        # (a later checkout here starts it again). Stopped first, so that a connection it
+        # was opening is among those closed below.
+        with self._lock:
+            maintenance, self._maintenance = self._maintenance, None
+        if maintenance is not None:
+            maintenance.stop(timeout=5.0)
         with self._lock:
             state = self._state
             idle = [*state.idle, *state.to_check]
@@ -306,11 +313,6 @@ class SQLAlchemyPool(_SAPool):
             for slot in idle:
                 state.forget(slot, "pool_closed")
                 del self._slots[slot.record]
-            # An engine drops a disposed pool: its maintenance must not refill min_idle
-            # (a later checkout here starts it again).
-            maintenance, self._maintenance = self._maintenance, None
-        if maintenance is not None:
-            maintenance.stop(timeout=1.0)
         for slot in idle:
             slot.record.close()
         self.logger.info("Pool disposed. %s", self.status())
