@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.errors import (
     ConfigError,
+    ConnectionReturned,
     PingTimeout,
     PoolClosed,
     PoolError,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigError",
+    "ConnectionReturned",
     "DBPool",
     "PingTimeout",
     "Pool",

@@ -55,6 +55,7 @@ class Entry:
         "driver",
         "expires_at",
         "fast_returns",
+        "handle_class",
         "holder",
         "idle_since",
         "label",
@@ -92,6 +93,9 @@ class Entry:
         """The driver's connection object."""
         self.driver = driver
         """The :class:`Driver` that knows how to reset, ping and classify errors for ``raw``."""
+        self.handle_class: Any = None
+        """The handle class lent for it (``proxy.handle_class_for(driver)``, set by whoever
+        creates the entry: the entry cannot import the proxy)."""
         self.created = created
         """When the connection was opened."""
         self.expires_at = expires_at

@@ -25,6 +25,16 @@ class PoolError(Exception):
     """
 
 
+class ConnectionReturned(PoolError):
+    """A handle was used after its connection went back to the pool.
+
+    For a known driver the exception raised is also an instance of that driver's own error
+    for a closed connection (``sqlite3.ProgrammingError``, psycopg's ``OperationalError``,
+    psycopg2's, PyMySQL's and mysqlclient's ``InterfaceError``), so that code written against
+    the driver catches it as it would a closed connection.
+    """
+
+
 class PoolTimeout(PoolError, TimeoutError):
     """No connection became available within the caller's timeout.
 

@@ -264,7 +264,7 @@ class Keeper:
         Also returns whether a leak warning was logged for this checkout. From here on, no
         new one is: a slow reset on return is not the holder's doing.
         """
-        if conn.__class__ is not PooledConnection:
+        if not isinstance(conn, PooledConnection):
             raise self.foreign(conn)
         with self.lock:
             entry = entry_of(conn)

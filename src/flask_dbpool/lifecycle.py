@@ -26,6 +26,7 @@ from flask_dbpool.entry import FOREVER, Entry, Owner
 from flask_dbpool.errors import one_line
 from flask_dbpool.hooks import reset_session, run_on_connect
 from flask_dbpool.policy import lifetime_jitter
+from flask_dbpool.proxy import handle_class_for
 
 __all__ = ["Discard", "Lifecycle"]
 
@@ -91,6 +92,7 @@ class Lifecycle:
             lifetime = self.config.max_lifetime
             expires = FOREVER if lifetime is None else now + lifetime * lifetime_jitter()
             entry = Entry(self.owner, raw, driver, now, expires, fast_returns=self.fast_returns)
+            entry.handle_class = handle_class_for(driver)
             entry.saved_settings = driver.save_settings(raw)
         except BaseException:
             self.close(entry=None, raw=raw, driver=driver)

@@ -211,7 +211,7 @@ class Pool:
             if state.idle:
                 entry = state.take_idle()
                 try:
-                    conn = _new_proxy(PooledConnection)
+                    conn: PooledConnection = _new_proxy(entry.handle_class)
                     set_entry(conn, entry)
                 except BaseException:  # interrupted: the connection must not be lost
                     state.idle.append(entry)
@@ -238,12 +238,15 @@ class Pool:
         Raises :class:`~flask_dbpool.PoolError` if ``conn`` was already returned or belongs
         to another pool.
         """
-        if conn.__class__ is not PooledConnection:
-            raise self._keeper.foreign(conn)
+        # Handles are of one PooledConnection subclass per driver; anything without a
+        # handle's slot is refused (one attribute load: cheaper than a class check).
+        try:
+            entry = conn._entry
+        except AttributeError:
+            raise self._keeper.foreign(conn) from None
         if error is not None:
             self._keeper.release_slow(conn, error)
             return
-        entry = conn._entry
         if entry is not None and entry.pool is self and entry.tx_state(entry.raw) == IDLE:
             state = self._state
             lock = self._lock
@@ -367,7 +370,7 @@ class Pool:
         connection is returned. Costs nothing on the pool's hot path, and takes no lock:
         only the holder labels its checkout, and a reader (:meth:`checkouts`) sees the label
         only once ``label_for`` matches the checkout, which is written last."""
-        entry = entry_of(conn) if conn.__class__ is PooledConnection else None
+        entry = entry_of(conn) if isinstance(conn, PooledConnection) else None
         if entry is not None and entry.pool is self:
             entry.label = label
             entry.label_for = entry.lent_at
@@ -383,7 +386,7 @@ class Pool:
         returned or belongs to another pool.
         """
         # No lock: only the holder uses its handle, and the stamp concerns this checkout only.
-        entry = entry_of(conn) if conn.__class__ is PooledConnection else None
+        entry = entry_of(conn) if isinstance(conn, PooledConnection) else None
         if entry is None or entry.pool is not self:
             raise self._keeper.foreign(conn)
         entry.pinned_for = entry.lent_at

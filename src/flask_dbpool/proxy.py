@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flask_dbpool import messages
-from flask_dbpool.drivers.base import IDLE
-from flask_dbpool.errors import PoolError
+from flask_dbpool.drivers.base import IDLE, Driver
+from flask_dbpool.errors import ConnectionReturned, PoolError
 
 if TYPE_CHECKING:
     from flask_dbpool.entry import Entry
 
-__all__ = ["PooledConnection"]
+__all__ = ["PooledConnection", "handle_class_for"]
 
 _RETURNED = messages.returned_handle()
 
@@ -27,9 +27,11 @@ class PooledConnection:
     the block's transaction is committed when it ends normally and rolled back when it
     raises; then the connection goes back to the pool (unless the checkout is pinned, like
     Flask's per-request ``db.connection``, which stays until teardown). Once returned, any
-    use raises :class:`~flask_dbpool.PoolError` (reading ``closed`` gives ``True``): a handle
-    is good for one checkout only. Cursors obtained from it are the driver's own objects and
-    must not be used after the connection is returned.
+    use raises :class:`~flask_dbpool.ConnectionReturned` (a ``PoolError`` that is also the
+    driver's own closed-connection error, e.g. ``sqlite3.ProgrammingError``; reading
+    ``closed`` gives ``True``): a handle is good for one checkout only. Cursors obtained
+    from it are the driver's own objects and must not be used after the connection is
+    returned.
 
     Client-side settings changed through the handle (``conn.autocommit = True``,
     ``conn.row_factory = …``, and methods the driver watches, such as PyMySQL's
@@ -39,6 +41,8 @@ class PooledConnection:
     __slots__ = ("_entry",)
     if TYPE_CHECKING:
         _entry: Entry | None
+    #: What a returned handle raises (per driver: see :func:`handle_class_for`).
+    _returned_error: ClassVar[type[PoolError]] = ConnectionReturned
 
     def __init__(self) -> None:
         # The pool builds handles without __init__; one made by hand is born returned.
@@ -53,7 +57,7 @@ class PooledConnection:
         if entry is None:
             if name == "closed":
                 return True  # psycopg-style `if not conn.closed: conn.close()` keeps working
-            raise PoolError(_RETURNED)
+            raise self._returned_error(_RETURNED)
         if name in entry.watched:  # e.g. PyMySQL's autocommit(): may change a setting
             return entry.watched_value(name)
         return getattr(entry.raw, name)
@@ -61,7 +65,7 @@ class PooledConnection:
     def __setattr__(self, name: str, value: Any) -> None:
         entry = self._entry
         if entry is None:
-            raise PoolError(_RETURNED)
+            raise self._returned_error(_RETURNED)
         entry.mark_changed()  # before the write: a write that half-failed is restored too
         setattr(entry.raw, name, value)
 
@@ -69,11 +73,12 @@ class PooledConnection:
     def driver_connection(self) -> Any:
         """The underlying driver connection (for ``isinstance`` checks and driver-only APIs).
 
-        Do not close it or keep it beyond the checkout. Raises ``PoolError`` once returned.
+        Do not close it or keep it beyond the checkout. Raises
+        :class:`~flask_dbpool.ConnectionReturned` once returned.
         """
         entry = self._entry
         if entry is None:
-            raise PoolError(_RETURNED)
+            raise self._returned_error(_RETURNED)
         return entry.raw
 
     @property
@@ -170,9 +175,42 @@ entry_of: Callable[[PooledConnection], Entry | None] = vars(PooledConnection)["_
 
 def handle_for(entry: Entry) -> PooledConnection:
     """A new handle lending ``entry`` (without ``__init__``, which makes a returned one)."""
-    conn = _new_handle(PooledConnection)
+    conn: PooledConnection = _new_handle(entry.handle_class)
     set_entry(conn, entry)
     return conn
 
 
 _new_handle = object.__new__
+
+
+_handle_classes: dict[type[Driver], type[PooledConnection]] = {}
+
+
+def handle_class_for(driver: type[Driver]) -> type[PooledConnection]:
+    """The handle class for connections of ``driver``: a :class:`PooledConnection` whose
+    returned handles raise a :class:`~flask_dbpool.ConnectionReturned` that is also the
+    driver's own closed-connection error (plain :class:`PooledConnection` for a driver
+    without one). Made once per driver; the class the pool's hot path instantiates."""
+    handle_class = _handle_classes.get(driver)
+    if handle_class is None:
+        bases = driver.closed_errors()
+        if not bases:
+            handle_class = PooledConnection
+        else:
+            error = type(
+                "ConnectionReturned",
+                (ConnectionReturned, *bases),
+                {"__module__": "flask_dbpool.errors", "__doc__": ConnectionReturned.__doc__},
+            )
+            handle_class = type(
+                "PooledConnection",
+                (PooledConnection,),
+                {
+                    "__slots__": (),
+                    "__module__": __name__,
+                    "__doc__": PooledConnection.__doc__,
+                    "_returned_error": error,
+                },
+            )
+        handle_class = _handle_classes.setdefault(driver, handle_class)
+    return handle_class

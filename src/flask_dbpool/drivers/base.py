@@ -96,6 +96,18 @@ class Driver:
     """Module to import for URL targets (empty for the generic driver)."""
     extra: ClassVar[str] = ""
     """The flask-dbpool extra that installs the driver."""
+    closed_error_names: ClassVar[tuple[str, ...]] = ()
+    """Names, in the DB-API module, of the errors the driver raises when a closed connection
+    is used (see :meth:`closed_errors`)."""
+
+    @classmethod
+    def closed_errors(cls) -> tuple[type[Exception], ...]:
+        """The driver's own exception classes for the use of a closed connection (empty for
+        the generic driver); a returned handle raises an error that is also one of them."""
+        if not cls.closed_error_names:
+            return ()
+        module = cls.import_module()
+        return tuple(getattr(module, name) for name in cls.closed_error_names)
 
     @classmethod
     def is_installed(cls) -> bool:

@@ -252,6 +252,7 @@ class PyMySQLDriver(_MySQLDriver):
 
     name = "pymysql"
     module = "pymysql"
+    closed_error_names = ("InterfaceError",)  # (0, '')
     extra = "mysql"
 
     @classmethod
@@ -382,6 +383,9 @@ class MySQLdbDriver(_MySQLDriver):
 
     name = "MySQLdb"
     module = "MySQLdb"
+    # InterfaceError for most calls, OperationalError (2006) for some: a returned handle is
+    # both, so either ``except`` catches it.
+    closed_error_names = ("InterfaceError", "OperationalError")
     extra = "mysqlclient"
 
     @classmethod

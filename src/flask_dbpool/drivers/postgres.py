@@ -312,6 +312,7 @@ class PsycopgDriver(_PostgresDriver):
 
     name = "psycopg"
     module = "psycopg"
+    closed_error_names = ("OperationalError",)  # "the connection is closed"
     extra = "postgres"
 
     @classmethod
@@ -438,6 +439,7 @@ class Psycopg2Driver(_PostgresDriver):
 
     name = "psycopg2"
     module = "psycopg2"
+    closed_error_names = ("InterfaceError",)  # "connection already closed"
     extra = "postgres2"
 
     @classmethod

@@ -69,6 +69,8 @@ class SQLiteDriver(Driver):
     network: :meth:`ping` needs no bound and takes ``timeout`` only for the interface.
     """
 
+    closed_error_names = ("ProgrammingError",)  # "Cannot operate on a closed database."
+
     name = "sqlite3"
     module = "sqlite3"
 
