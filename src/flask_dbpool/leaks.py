@@ -15,6 +15,7 @@ same way, so it does not depend on interpreter details.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import sysconfig
@@ -59,7 +60,7 @@ def capture_site(skip: tuple[str, ...] = ()) -> Site:
     read when a report is formatted. (``traceback.StackSummary.extract`` costs about 100 µs
     here, on every checkout while ``leak_threshold`` is set.)"""
     frame: FrameType | None = sys._getframe(1)
-    inside = (_PACKAGE_DIR, *_package_dirs(skip))
+    inside = _skipped_dirs(skip)
     while (
         frame is not None
         and frame.f_back is not None
@@ -75,10 +76,12 @@ def capture_site(skip: tuple[str, ...] = ()) -> Site:
     return tuple(frames)
 
 
-def _package_dirs(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The directories of the packages ``names`` (imported ones only), for
-    :func:`capture_site`'s ``skip``: frames in them are not the caller's."""
-    found = []
+@functools.lru_cache(maxsize=16)
+def _skipped_dirs(names: tuple[str, ...]) -> tuple[str, ...]:
+    """flask_dbpool's directory and those of the packages ``names`` (imported ones only,
+    which a caller of :func:`capture_site` has), whose frames are not the caller's. Cached:
+    a site is captured on every checkout while ``leak_threshold`` is set."""
+    found = [_PACKAGE_DIR]
     for name in names:
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
