@@ -2,55 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import select
-import signal
 import time
-import warnings
-from collections.abc import Callable
 
 import pytest
 
 from backends import Backend, MakePool, query
 from flask_dbpool import Pool, PoolError
-
-CHILD_TIMEOUT = 30.0
-
-
-def _in_child(work: Callable[[], str]) -> str:
-    """Run ``work`` in a forked child; return what it printed (or raise its error text)."""
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 0
-        try:
-            out = work()
-        except BaseException as exc:
-            out, code = f"ERROR {type(exc).__name__}: {exc}", 1
-        os.write(write_end, out.encode())
-        os._exit(code)
-    os.close(write_end)
-    chunks = []
-    deadline = time.monotonic() + CHILD_TIMEOUT
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
-                os.kill(pid, signal.SIGKILL)  # never leave a hung child behind
-                os.waitpid(pid, 0)
-                pytest.fail(f"forked child still running after {CHILD_TIMEOUT} s (hung)")
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    text = b"".join(chunks).decode()
-    assert os.waitstatus_to_exitcode(status) == 0, text
-    return text
+from forking import in_child
 
 
 @pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
@@ -76,7 +34,7 @@ def test_child_gets_fresh_sessions_and_parent_sessions_survive(
         pool.close()
         return str(child_id)
 
-    child_id = _in_child(child)
+    child_id = in_child(child)
     assert child_id not in {str(i) for i in parent_ids}
     # Both parent sessions are alive: neither used nor terminated by the child.
     assert backend.session_id(held) in parent_ids
@@ -88,7 +46,7 @@ def test_child_gets_fresh_sessions_and_parent_sessions_survive(
     assert (stats.open, stats.created, stats.closed) == (2, 2, 0), stats
 
 
-def test_sqlite_pool_starts_empty_in_child(sqlite_url: str) -> None:
+def test_sqlite_pool_starts_emptyin_child(sqlite_url: str) -> None:
     with Pool(sqlite_url, pool_size=2) as pool:
         pool.warm_up()
 
@@ -97,11 +55,11 @@ def test_sqlite_pool_starts_empty_in_child(sqlite_url: str) -> None:
             with pool.connection() as conn:
                 return str(query(conn, "SELECT 41 + 1")[0][0])
 
-        assert _in_child(child) == "42"
+        assert in_child(child) == "42"
         assert pool.stats().open == 2
 
 
-def test_with_block_spanning_fork_exits_cleanly_in_child(sqlite_url: str) -> None:
+def test_with_block_spanning_fork_exits_cleanlyin_child(sqlite_url: str) -> None:
     with Pool(sqlite_url, pool_size=1) as pool:
         with pool.connection() as conn:
 
@@ -111,7 +69,7 @@ def test_with_block_spanning_fork_exits_cleanly_in_child(sqlite_url: str) -> Non
                 with pool.connection() as fresh:
                     return str(query(fresh, "SELECT 7")[0][0])
 
-            assert _in_child(child) == "7"
+            assert in_child(child) == "7"
         assert pool.stats().idle == 1
 
 
@@ -129,7 +87,7 @@ def test_with_block_spanning_fork_commits_nothing_in_the_child(sqlite_url: str) 
                 conn.__exit__(None, None, None)  # the child leaves the `with` normally
                 return "ok"
 
-            assert _in_child(child) == "ok"
+            assert in_child(child) == "ok"
             raise RuntimeError("the parent rolls its transaction back")
         with pool.connection() as conn:
             assert query(conn, "SELECT count(*) FROM t") == [(0,)]
@@ -164,7 +122,7 @@ def test_fork_while_another_thread_queries_does_not_hang_the_child(sqlite_url: s
             pool.close(timeout=1)
             return str(pool.stats().open)
 
-        assert _in_child(child) == "0"  # a hang here would trip the test timeout
+        assert in_child(child) == "0"  # a hang here would trip the test timeout
         worker.join(60)
         busy.close()
 
@@ -183,4 +141,4 @@ def test_observers_and_use_time_tracking_survive_fork(sqlite_url: str) -> None:
                 pass
             return f"{sorted(events)} {pool.stats().use_time.count}"
 
-        assert _in_child(child) == "['create', 'use'] 1"
+        assert in_child(child) == "['create', 'use'] 1"
