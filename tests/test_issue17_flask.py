@@ -137,7 +137,9 @@ def test_item13_page_sends_the_token_in_a_header_not_the_url(
     assert "history.replaceState(" in script
     assert '"Bearer " + token' in script and "Authorization" in script
     assert "?token=" not in script.replace("// A page opened as ?token=", "")
-    assert re.search(r'fetch\("data",', script), "polls go to a fixed URL"
+    # Polls go to ./data, or ./data?pool=<name> for another pool: never with the token.
+    assert re.search(r'const url = shown === null \? "data" : "data\?pool=" \+', script)
+    assert "fetch(url, " in script and script.count("+ token") == 1
 
 
 def test_item13_browser_polls_carry_no_token_in_the_url(
@@ -439,12 +441,13 @@ def test_item15_check_count_must_be_at_least_one(sqlite_url: str, make_app: Make
 
 def test_item15_readme_documents_doctor_exit_2_and_every_config_key() -> None:
     from flask_dbpool.config import PoolConfig
-    from flask_dbpool.flask.extension import _EXTENSION_KEYS
+    from flask_dbpool.flask.monitor import DISPLAY_KEYS
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration reference") :]
     table = table[: table.index("\n## ")]
-    keys = {f"`DBPOOL_{name.upper()}`" for name in PoolConfig.option_names() | _EXTENSION_KEYS}
+    names = PoolConfig.option_names() | DISPLAY_KEYS | {"url"}
+    keys = {f"`DBPOOL_{name.upper()}`" for name in names}
     missing = sorted(key for key in keys if not re.search(rf"^\|[^\n]*{key}", table, re.M))
     assert not missing, f"not in the configuration table: {missing}"
     commands = readme[readme.index("### `flask dbpool` commands") :]

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy
@@ -38,8 +39,10 @@ from flask_dbpool.maintenance import Maintenance
 from flask_dbpool.policy import lifetime_jitter
 from flask_dbpool.state import CLOSED, CONNECT, MAX_SLEEP, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import PoolStats
+from flask_dbpool.url import redact
 
 __all__ = [
+    "EngineSource",
     "SQLAlchemyPool",
     "SQLAlchemyPoolTimeout",
     "create_engine",
@@ -598,6 +601,86 @@ class SQLAlchemyPool(_SAPool):
         timeout = SQLAlchemyPoolTimeout(str(error))
         timeout.__cause__ = error.__cause__
         return timeout
+
+
+class EngineSource:
+    """An engine on :class:`SQLAlchemyPool` as flask-dbpool's reports and exporters read a
+    pool (a :class:`~flask_dbpool.report.ReportSource` and a
+    :class:`~flask_dbpool.stats.MeteredPool`): the dashboard, ``flask dbpool …`` and the
+    metrics endpoint show it through :func:`flask_dbpool.flask.monitor`.
+
+    It reads ``engine.pool`` at each call, so it follows ``engine.dispose()`` to the new pool
+    (which keeps the old one's observers and use-time tracking). ``name`` overrides the pool's
+    name in reports (default: the pool's). ``target`` is the engine's URL without its
+    password. Raises :class:`~flask_dbpool.ConfigError` if the engine's pool is not a
+    :class:`SQLAlchemyPool`.
+    """
+
+    def __init__(self, engine: Engine, name: str | None = None) -> None:
+        if not isinstance(engine.pool, SQLAlchemyPool):
+            raise ConfigError(
+                f"the engine for {redact(str(engine.url))} uses {type(engine.pool).__name__}, "
+                "not flask_dbpool.sqlalchemy.SQLAlchemyPool: create it with "
+                "flask_dbpool.sqlalchemy.create_engine(), engine_options() or "
+                "poolclass=SQLAlchemyPool"
+            )
+        self.engine = engine
+        self._name = name
+
+    @property
+    def pool(self) -> SQLAlchemyPool:
+        """The engine's pool now (a new one after ``engine.dispose()``)."""
+        pool = self.engine.pool
+        assert isinstance(pool, SQLAlchemyPool)  # (dispose() recreates the same class)
+        return pool
+
+    @property
+    def name(self) -> str:
+        """The name reports and metrics use."""
+        return self._name or self.pool.name
+
+    @property
+    def target(self) -> str:
+        """The engine's URL, password hidden."""
+        return redact(self.engine.url.render_as_string(hide_password=True))
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine's pool is closed (it never is: engines dispose, not close)."""
+        return self.pool.closed
+
+    @property
+    def config(self) -> PoolConfig:
+        """The pool's flask-dbpool settings."""
+        return self.pool.config
+
+    def stats(self) -> PoolStats:
+        """The pool's :class:`~flask_dbpool.PoolStats` now."""
+        return self.pool.stats()
+
+    def checkouts(self) -> list[Checkout]:
+        """The connections checked out now, longest held first."""
+        return self.pool.checkouts()
+
+    def track_use_time(self) -> None:
+        """Record how long each checkout is held (kept across ``dispose()``)."""
+        self.pool.track_use_time()
+
+    def add_observer(self, observer: Callable[[str, float], object]) -> None:
+        """See :meth:`SQLAlchemyPool.add_observer` (kept across ``dispose()``)."""
+        self.pool.add_observer(observer)
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """A connection from the engine's pool for the duration of the block (SQLAlchemy's
+        proxied DB-API connection; ``.driver_connection`` is the driver's). ``timeout`` is
+        accepted for the :class:`~flask_dbpool.Pool` signature; the wait is the engine's
+        ``pool_timeout`` (:class:`SQLAlchemyPoolTimeout` when it runs out)."""
+        conn = self.engine.raw_connection()
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def _no_orphans(entries: set[_Slot], not_lent: list[_Slot]) -> list[_Slot]:

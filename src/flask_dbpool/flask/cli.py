@@ -1,8 +1,10 @@
-"""``flask dbpool …``: status, check and doctor commands for the app's pool.
+"""``flask dbpool …``: status, check and doctor commands for the app's pools.
 
-Registered on the app by :meth:`DBPool.init_app`. The commands run in a CLI process, so they
-see that process's pool (fresh), not the pools of running server workers; ``status --from``
-reads a running worker's pool through its dashboard's JSON instead.
+Registered on the app by :meth:`DBPool.init_app` and :func:`~flask_dbpool.flask.monitor`.
+Each command covers every pool the app shows (its DBPool's, SQLAlchemy engines' added with
+``monitor``), or the one ``--pool NAME`` picks. The commands run in a CLI process, so they
+see that process's pools (fresh), not the pools of running server workers; ``status --from``
+reads a running worker's pools through its dashboard's JSON instead.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from flask_dbpool.drivers import connection_rejected, driver_for_connection
-from flask_dbpool.errors import PoolError, one_line
-from flask_dbpool.flask.state import CONFIG_PREFIX, current_pool
+from flask_dbpool.drivers.base import ServerLimits
+from flask_dbpool.errors import ConfigError, PoolError, one_line
+from flask_dbpool.flask.state import CONFIG_PREFIX, MonitoredPool, current_pools
 from flask_dbpool.report import pool_report
 from flask_dbpool.sizing import fleet_advice
 from flask_dbpool.stats import DURATION_BUCKETS, PoolStats
@@ -37,6 +40,25 @@ dbpool_cli = AppGroup("dbpool", help="Inspect and check the flask-dbpool connect
 def _table(rows: list[tuple[str, object]]) -> str:
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+_POOL_OPTION = click.option(
+    "--pool",
+    "pool_name",
+    metavar="NAME",
+    help="Only the pool called NAME (default: every pool the app shows: DBPool's, then "
+    "those added with flask_dbpool.flask.monitor).",
+)
+
+
+def _pools(pool_name: str | None) -> list[MonitoredPool]:
+    """The current app's pools, or the one ``--pool`` names; a usage error otherwise."""
+    try:
+        return current_pools(pool_name)
+    except ConfigError as error:
+        if pool_name is None:
+            raise click.ClickException(str(error)) from None
+        raise click.BadParameter(str(error), param_hint="--pool") from None
 
 
 @dbpool_cli.command("status")
@@ -54,21 +76,31 @@ def _table(rows: list[tuple[str, object]]) -> str:
     "else the app's DBPOOL_DASHBOARD_TOKEN).",
 )
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for --from.")
-def status(source: str | None, token: str | None, timeout: float) -> None:
-    """Show the pool's settings, state, counters, timings and checked-out connections.
+@_POOL_OPTION
+def status(source: str | None, token: str | None, timeout: float, pool_name: str | None) -> None:
+    """Show each pool's settings, state, counters, timings and checked-out connections.
 
-    Without --from it shows this CLI process's pool, which has done little; --from shows the
-    pool of the server worker that answers. Exits with status 1 when --from fails.
+    Without --from it shows this CLI process's pools, which have done little; --from shows
+    the pools of the server worker that answers. Exits with status 1 when --from fails.
     """
+    reports: list[dict[str, Any]] = []
     if source is None:
-        data = pool_report(current_pool())
+        reports = [pool_report(pool) for pool in _pools(pool_name)]
         where = "this CLI process's pool; each server worker has its own: see --from"
     else:
         if token is None:
             token = current_app.config.get(f"{CONFIG_PREFIX}DASHBOARD_TOKEN")
-        data = _fetch_dashboard_data(source, token, timeout)
+        first = _fetch_dashboard_data(source, token, timeout, pool_name)
+        reports = [first]
+        if pool_name is None:  # the first pool comes by default; the others by name
+            names = [name for name in first.get("pools") or [] if name != first.get("pool")]
+            reports += [_fetch_dashboard_data(source, token, timeout, name) for name in names]
         where = f"read from {_without_query(source)}: the worker that answered"
-    _echo_status(data, where)
+    for index, data in enumerate(reports):
+        if index:
+            click.echo("")
+            click.echo("=" * 60)
+        _echo_status(data, where)
 
 
 def _without_query(url: str) -> str:
@@ -123,7 +155,9 @@ class _TokenRedirects(HTTPRedirectHandler):
         return new
 
 
-def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dict[str, Any]:
+def _fetch_dashboard_data(
+    source: str, token: str | None, timeout: float, pool_name: str | None = None
+) -> dict[str, Any]:
     shown = _without_query(source)
     parts = urlsplit(source)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -139,6 +173,8 @@ def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dic
     if url_tokens:
         token = url_tokens[-1]
         query = [(key, value) for key, value in query if key != "token"]
+    if pool_name is not None:
+        query = [(key, value) for key, value in query if key != "pool"] + [("pool", pool_name)]
     url = urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
     request = Request(url, headers={"Accept": "application/json"})
     if token:
@@ -153,7 +189,7 @@ def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dic
             hint = "pass --token" if not token else "the token was not accepted"
             why = f"refused (403): served to loopback or with the dashboard's token; {hint}"
         elif error.code == 404:
-            why = "no dashboard there (404): is DBPOOL_DASHBOARD on, at DBPOOL_DASHBOARD_PATH?"
+            why = _not_found(error.read())
         else:
             why = f"HTTP {error.code} {error.reason}"
         raise click.ClickException(f"{shown}: {why}") from None
@@ -169,6 +205,17 @@ def _fetch_dashboard_data(source: str, token: str | None, timeout: float) -> dic
             f"{shown} did not answer with flask-dbpool dashboard data"
         ) from None
     return data
+
+
+def _not_found(body: bytes) -> str:
+    """Why a dashboard's ``/data`` answered 404: an unknown ``pool`` (the dashboard names the
+    pools it has), or no dashboard there at all."""
+    try:
+        data = json.loads(body)
+        names = ", ".join(repr(name) for name in data["pools"])
+        return f"{data['error']} (404); its pools: {names or 'none'}"
+    except (ValueError, KeyError, TypeError):
+        return "no dashboard there (404): is DBPOOL_DASHBOARD on, at DBPOOL_DASHBOARD_PATH?"
 
 
 def _echo_status(data: dict[str, Any], where: str) -> None:
@@ -228,9 +275,9 @@ def _echo_status(data: dict[str, Any], where: str) -> None:
     click.echo(f"checked out now: {len(checkouts)}, longest held first")
     for checkout in checkouts:
         held = _duration(float(checkout.get("held_seconds", 0.0)))
-        what = " ".join(
-            str(checkout[key]) for key in ("label", "caller") if checkout.get(key)
-        ) or "-"
+        what = (
+            " ".join(str(checkout[key]) for key in ("label", "caller") if checkout.get(key)) or "-"
+        )
         site = f"  at {checkout['site']}" if checkout.get("site") else ""
         click.echo(f"  {held:>10}  {checkout.get('thread', '?')}  {what}{site}")
 
@@ -299,13 +346,24 @@ def _echo_failure(head: str, error: Exception) -> None:
     show_default=True,
     help="Round trips to time (at least 1).",
 )
-def check(timeout: float, count: int) -> None:
-    """Connect, ping and report the server version and round-trip latency.
+@_POOL_OPTION
+def check(timeout: float, count: int, pool_name: str | None) -> None:
+    """Connect, ping and report the server version and round-trip latency, for each pool.
 
-    Exits with status 1, printing the cause, when the database cannot be reached or rejects
+    Exits with status 1, printing the cause, when a database cannot be reached or rejects
     the login (wrong password, unknown database or role: the line then says "rejected").
+    For a SQLAlchemy engine's pool the wait for a connection is the engine's pool_timeout.
     """
-    pool = current_pool()
+    failed = False
+    for index, pool in enumerate(_pools(pool_name)):
+        if index:
+            click.echo("")
+        failed = not _check_one(pool, timeout, count) or failed
+    if failed:
+        raise SystemExit(1)
+
+
+def _check_one(pool: MonitoredPool, timeout: float, count: int) -> bool:
     started = time.perf_counter()
     try:
         with pool.connection(timeout=timeout) as conn:
@@ -319,9 +377,9 @@ def check(timeout: float, count: int) -> None:
                 driver.ping(raw, timeout)
                 trips.append((time.perf_counter() - begin) * 1000)
     except Exception as error:
-        _echo_failure(f"FAILED: {pool.target}", error)
-        raise SystemExit(1) from None
-    click.echo(f"OK: {pool.target}")
+        _echo_failure(f"FAILED: {_named(pool)}", error)
+        return False
+    click.echo(f"OK: {_named(pool)}")
     click.echo(
         _table(
             [
@@ -335,6 +393,14 @@ def check(timeout: float, count: int) -> None:
             ]
         )
     )
+    return True
+
+
+def _named(pool: MonitoredPool) -> str:
+    """The pool's target, and its name when the app has more than one pool."""
+    if len(current_pools()) < 2:
+        return pool.target
+    return f"{pool.target} (pool {pool.name!r})"
 
 
 @dbpool_cli.command("doctor")
@@ -352,13 +418,15 @@ def check(timeout: float, count: int) -> None:
     help="Connections to leave for other clients (migrations, cron, psql, other apps).",
 )
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for a connection.")
-def doctor(workers: int | None, others: int, timeout: float) -> None:
-    """Check that every worker's pool fits in the server's max_connections.
+@_POOL_OPTION
+def doctor(workers: int | None, others: int, timeout: float, pool_name: str | None) -> None:
+    """Check that every worker's pools fit in their server's max_connections.
 
-    Exits with status 1 when it does not (with a suggestion), 2 when the database cannot be
-    reached or rejects the login.
+    Pools on one server (same host and port) add up: each worker opens up to the sum of
+    their maxima there. Exits with status 1 when they do not fit (with a suggestion), 2 when
+    a database cannot be reached or rejects the login.
     """
-    pool = current_pool()
+    pools = _pools(pool_name)
     source = "--workers"
     if workers is None:
         env = os.environ.get("WEB_CONCURRENCY")
@@ -375,27 +443,64 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
                 )
         else:
             workers, source = 1, "default; set --workers or WEB_CONCURRENCY"
-    try:
-        with pool.connection(timeout=timeout) as conn:
-            raw = conn.driver_connection
-            driver = driver_for_connection(raw)
-            limits = driver.server_limits(raw)
-            version = driver.server_version(raw)
-    except Exception as error:
-        _echo_failure(f"cannot reach {pool.target}", error)
-        raise SystemExit(2) from None
-    config = pool.config
-    click.echo(f"server: {version} ({pool.target})")
+    servers: dict[str, list[tuple[MonitoredPool, ServerLimits | None, str]]] = {}
+    for pool in pools:
+        try:
+            with pool.connection(timeout=timeout) as conn:
+                raw = conn.driver_connection
+                driver = driver_for_connection(raw)
+                limits = driver.server_limits(raw)
+                version = driver.server_version(raw)
+        except Exception as error:
+            _echo_failure(f"cannot reach {_named(pool)}", error)
+            raise SystemExit(2) from None
+        servers.setdefault(_server_of(pool.target), []).append((pool, limits, version))
+    fits = True
+    for index, found in enumerate(servers.values()):
+        if index:
+            click.echo("")
+        fits = _doctor_server(found, workers, source, others) and fits
+    if not fits:
+        raise SystemExit(1)
+
+
+def _server_of(target: str) -> str:
+    """Which server ``target`` (a redacted URL) reaches: scheme, host and port."""
+    parts = urlsplit(target)
+    if not parts.netloc:
+        return target  # (a file, or a callable's name)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _doctor_server(
+    found: list[tuple[MonitoredPool, ServerLimits | None, str]],
+    workers: int,
+    source: str,
+    others: int,
+) -> bool:
+    """Report one server's fleet sizing; whether it fits."""
+    version, limits = found[0][2], found[0][1]
+    targets = ", ".join(dict.fromkeys(pool.target for pool, _, _ in found))
+    click.echo(f"server: {version} ({targets})")
     if limits is None:
         click.echo("no connection limit to check: the database is embedded, not a server")
-        return
+        return True
+    configs = [pool.config for pool, _, _ in found]
     advice = fleet_advice(
         limits,
         workers=workers,
-        pool_size=config.pool_size,
-        max_overflow=config.max_overflow,
+        pool_size=sum(config.pool_size for config in configs),
+        max_overflow=sum(config.max_overflow for config in configs),
         others=others,
     )
+    per_worker = " + ".join(
+        f"pool_size {config.pool_size} + max_overflow {config.max_overflow}" for config in configs
+    )
+    if len(found) > 1:
+        per_worker = " + ".join(
+            f"{pool.name!r} ({pool.config.pool_size} + {pool.config.max_overflow})"
+            for pool, _, _ in found
+        )
     click.echo(
         _table(
             [
@@ -403,11 +508,7 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
                 ("reserved", f"{limits.reserved} (for administrators)"),
                 ("other clients", f"{others} (--others)"),
                 ("available", advice.budget),
-                (
-                    "per worker",
-                    f"pool_size {config.pool_size} + max_overflow {config.max_overflow} "
-                    f"= {advice.per_worker}",
-                ),
+                ("per worker", f"{per_worker} = {advice.per_worker}"),
                 ("workers", f"{workers} ({source})"),
                 ("fleet maximum", f"{workers} x {advice.per_worker} = {advice.fleet}"),
             ]
@@ -421,7 +522,10 @@ def doctor(workers: int | None, others: int, timeout: float) -> None:
     click.echo("")
     if advice.fits:
         click.echo(f"OK: fits, with {advice.spare} connection(s) to spare")
-        return
+        return True
     click.echo(f"PROBLEM: {advice.fleet} connections needed, {advice.budget} available")
-    click.echo(f"suggestion: {advice.suggestion}")
-    raise SystemExit(1)
+    suggestion = advice.suggestion
+    if len(found) > 1:
+        suggestion += " (the sizes are the sum over this server's pools: share them out)"
+    click.echo(f"suggestion: {suggestion}")
+    return False

@@ -13,23 +13,23 @@ import sys
 from time import perf_counter
 from types import FrameType
 
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, current_app, g, has_request_context, request
 
-from flask_dbpool.config import PoolConfig, suggest_key
+from flask_dbpool.config import PoolConfig
 from flask_dbpool.errors import ConfigError, PoolError, PoolTimeout
 from flask_dbpool.flask.cli import dbpool_cli
-from flask_dbpool.flask.dashboard import register_dashboard
 from flask_dbpool.flask.endpoints import (
     UNMATCHED,
     EndpointTimes,
     EndpointTimesSnapshot,
     endpoint_label,
 )
+from flask_dbpool.flask.monitor import add_pool, check_keys, config_key, display_settings, mount
 from flask_dbpool.flask.state import (
     CONFIG_PREFIX,
     ENDPOINTS_KEY,
     EXTENSION_KEY,
-    endpoint_histograms,
+    MONITORED_KEY,
     pool_of,
 )
 from flask_dbpool.pool import Pool
@@ -38,13 +38,6 @@ from flask_dbpool.proxy import PooledConnection
 __all__ = ["CONFIG_PREFIX", "ENDPOINTS_KEY", "EXTENSION_KEY", "DBPool", "describe_request"]
 
 _G_KEY = "_flask_dbpool_checkout"  # a _Checkout
-_EXTENSION_KEYS = frozenset(
-    {"url", "metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"}
-)
-
-
-def _config_key(option: str) -> str:
-    return CONFIG_PREFIX + option.upper()
 
 
 class DBPool:
@@ -81,66 +74,38 @@ class DBPool:
         if EXTENSION_KEY in app.extensions:
             raise ConfigError(f"flask-dbpool is already initialised on app {app.name!r}")
         settings = app.config.get_namespace(CONFIG_PREFIX)
-        known = PoolConfig.option_names() | _EXTENSION_KEYS
-        for key in settings:
-            if key not in known:
-                raise ConfigError(
-                    f"unknown config key {_config_key(key)}" + suggest_key(key, known, _config_key)
-                )
+        check_keys(settings, frozenset({"url"}))
         url = settings.pop("url", None)
         if not url:
             raise ConfigError(
                 f"{CONFIG_PREFIX}URL is required: set app.config['{CONFIG_PREFIX}URL'] to a "
                 "database URL such as 'sqlite:///app.db' or 'postgresql://user@host/db'"
             )
-        metrics_endpoint = settings.pop("metrics_endpoint", None)
-        if metrics_endpoint is not None and (
-            not isinstance(metrics_endpoint, str) or not metrics_endpoint.startswith("/")
-        ):
-            raise ConfigError(
-                f"{CONFIG_PREFIX}METRICS_ENDPOINT must be a URL path starting with '/' (such as "
-                f"'/metrics') or None, got {metrics_endpoint!r}"
-            )
-        dashboard = settings.pop("dashboard", False)
-        dashboard_path = settings.pop("dashboard_path", "/_dbpool")
-        dashboard_token = settings.pop("dashboard_token", None)
-        if not isinstance(dashboard, bool):
-            raise ConfigError(f"{CONFIG_PREFIX}DASHBOARD must be true or false, got {dashboard!r}")
-        if not isinstance(dashboard_path, str) or not dashboard_path.startswith("/"):
-            raise ConfigError(
-                f"{CONFIG_PREFIX}DASHBOARD_PATH must be a URL path starting with '/', "
-                f"got {dashboard_path!r}"
-            )
-        if dashboard_token is not None and (
-            not isinstance(dashboard_token, str) or len(dashboard_token) < 16
-        ):
-            raise ConfigError(
-                f"{CONFIG_PREFIX}DASHBOARD_TOKEN must be None or a string of at least 16 "
-                "characters"
-            )
+        display = display_settings(settings)
         settings.setdefault("name", app.name)
         settings.setdefault("describe_caller", describe_request)
         # Validate first so that errors name the DBPOOL_* key, then build from the same values.
-        PoolConfig.from_options(settings, label=_config_key)
+        PoolConfig.from_options(settings, label=config_key)
         if settings.get("open_timeout") is not None and _loading_for_dbpool_cli():
             # `flask dbpool check|doctor|status` must run with the database down: they
             # connect with their own --timeout and report a failure themselves. Serving, and
             # every other command, still fails fast.
             settings["open_timeout"] = None
         pool = Pool(url, **settings)
-        if metrics_endpoint is not None:
-            try:
-                _serve_metrics(app, pool, metrics_endpoint)
-            except BaseException:
-                pool.close()
-                raise
-        if dashboard:
-            register_dashboard(app, pool, dashboard_path, dashboard_token)
+        # The app's own pool is shown first: pools monitor() added before move after it.
+        monitored = app.extensions.pop(MONITORED_KEY, {})
+        try:
+            add_pool(app, pool)
+            for other in monitored.values():
+                add_pool(app, other)
+            mount(app, display)
+        except BaseException:
+            app.extensions[MONITORED_KEY] = monitored
+            pool.close()
+            raise
         app.extensions[EXTENSION_KEY] = pool
         app.extensions[ENDPOINTS_KEY] = EndpointTimes()
         app.teardown_appcontext(_return_connection)
-        if dbpool_cli.name not in app.cli.commands:
-            app.cli.add_command(dbpool_cli)  # `flask dbpool status|check|doctor`
 
     @staticmethod
     def get_pool(app: Flask) -> Pool:
@@ -195,40 +160,6 @@ class DBPool:
         requests that matched no route)."""
         times: EndpointTimes = app.extensions[ENDPOINTS_KEY]
         return times.snapshot()
-
-
-def _serve_metrics(app: Flask, pool: Pool, path: str) -> None:
-    """Serve the pool's metrics in Prometheus text format at ``path``."""
-    from flask_dbpool.metrics.prometheus import (  # the optional extra
-        EndpointCollector,
-        PoolCollector,
-    )
-
-    collector = PoolCollector(pool)  # raises ConfigError naming the extra if missing
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry(auto_describe=False)
-    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    writer = None
-    if multiproc_dir:
-        # Pre-forking server: every worker writes its pool's snapshot, any worker serves all.
-        from flask_dbpool.metrics.multiprocess import MultiProcessCollector, shared_writer
-
-        writer = shared_writer(multiproc_dir)
-        writer.add(pool)
-        registry.register(MultiProcessCollector(multiproc_dir))
-        # Per-endpoint times stay per process: one worker's alone would mislead, so they are
-        # left out here (DBPool.endpoint_times(app) still has them in each worker).
-    else:
-        registry.register(collector)
-        registry.register(EndpointCollector(pool.name, lambda: endpoint_histograms(app)))
-
-    def dbpool_metrics() -> Response:
-        if writer is not None:
-            writer.add(pool)  # (re)starts the writer in a forked worker, writes a fresh snapshot
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
-    app.add_url_rule(path, endpoint="dbpool_metrics", view_func=dbpool_metrics)
 
 
 def _loading_for_dbpool_cli() -> bool:

@@ -32,7 +32,7 @@ from flask_dbpool.metrics.prometheus import PoolCollector, prometheus_core
 from flask_dbpool.stats import HistogramSnapshot
 
 if TYPE_CHECKING:
-    from flask_dbpool.pool import Pool
+    from flask_dbpool.stats import MeteredPool as Pool
 
 __all__ = ["MultiProcessCollector", "SnapshotWriter", "mark_process_dead", "shared_writer"]
 

@@ -18,8 +18,7 @@ from importlib.resources import files
 
 from flask import Blueprint, Flask, Response, abort, jsonify, request
 
-from flask_dbpool.flask.state import endpoint_histograms
-from flask_dbpool.pool import Pool
+from flask_dbpool.flask.state import EXTENSION_KEY, endpoint_histograms, monitored_pools
 from flask_dbpool.report import pool_report
 
 __all__ = [
@@ -105,8 +104,10 @@ def _asset(name: str) -> Response:
     return response
 
 
-def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> None:
-    """Mount the dashboard of ``pool`` on ``app`` at ``path``."""
+def register_dashboard(app: Flask, path: str, token: str | None) -> None:
+    """Mount the dashboard of ``app``'s pools (:func:`~flask_dbpool.flask.state.monitored_pools`)
+    on ``app`` at ``path``. ``GET <path>/data`` is the first pool's report, ``?pool=<name>``
+    another's; its ``pools`` key lists the names (a 404 names them for an unknown one)."""
     blueprint = Blueprint("dbpool_dashboard", __name__, url_prefix=path.rstrip("/"))
 
     @blueprint.before_request
@@ -128,7 +129,22 @@ def register_dashboard(app: Flask, pool: Pool, path: str, token: str | None) -> 
 
     @blueprint.get("/data")
     def data() -> Response:
-        response = jsonify(pool_report(pool, endpoint_histograms(app)))
+        pools = monitored_pools(app)
+        wanted = request.args.get("pool")
+        chosen = [pool for pool in pools if wanted is None or pool.name == wanted][:1]
+        if not chosen:
+            response = jsonify(
+                error=f"no pool named {wanted!r}" if pools else "no pool on this app",
+                pools=[pool.name for pool in pools],
+            )
+            response.status_code = 404
+            return response
+        (pool,) = chosen
+        # Per-endpoint times are those of the DBPool's requests: its pool's only.
+        own = app.extensions.get(EXTENSION_KEY) is pool
+        report = pool_report(pool, endpoint_histograms(app) if own else None)
+        report["pools"] = [pool.name for pool in pools]
+        response = jsonify(report)
         response.headers["Cache-Control"] = "no-store"
         return response
 

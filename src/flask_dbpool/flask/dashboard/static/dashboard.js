@@ -13,7 +13,8 @@
       window.history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
   }
   const pollHeaders = token ? { Authorization: "Bearer " + token } : {};
-  const points = [];  // {t, idle, in_use, waiting}
+  let points = [];  // {t, idle, in_use, waiting}, of the pool shown
+  let shown = query.get("pool");  // the pool shown (null: the app's first)
   const HISTORY_SECONDS = 300;
   const $ = (id) => document.getElementById(id);
   const fmt = (s) => s >= 1 ? s.toFixed(2) + " s" : (s * 1000).toFixed(1) + " ms";
@@ -109,12 +110,33 @@
     }
   }
 
+  // With several pools (DBPool's and SQLAlchemy engines' on one app), a list to pick one.
+  function pools(names, current) {
+    const select = $("pools");
+    select.hidden = names.length < 2;
+    if (select.dataset.names !== names.join("\n")) {
+      select.dataset.names = names.join("\n"); select.innerHTML = "";
+      for (const name of names) select.add(new Option(name, name));
+    }
+    select.value = current;
+  }
+
+  $("pools").addEventListener("change", (event) => {
+    shown = event.target.value; points = [];
+    const rest = new URLSearchParams(location.search); rest.set("pool", shown);
+    window.history.replaceState(window.history.state, "", location.pathname + "?" + rest);
+    refresh();
+  });
+
   async function refresh() {
     try {
-      const response = await fetch("data", { cache: "no-store", headers: pollHeaders });
+      const url = shown === null ? "data" : "data?pool=" + encodeURIComponent(shown);
+      const response = await fetch(url, { cache: "no-store", headers: pollHeaders });
       if (!response.ok) throw new Error("HTTP " + response.status);
       const data = await response.json();
+      if (shown !== null && data.pool !== shown) return;  // answered before a switch
       text($("pool"), data.pool); text($("target"), data.target);
+      pools(data.pools || [data.pool], data.pool);
       gauges(data.stats); series(data.stats, data.time); histogram(data.stats.wait_time);
       counters(data.stats); checkouts(data.checkouts); endpoints(data.endpoints);
       text($("status"), "updated " + new Date(data.time * 1000).toLocaleTimeString());
