@@ -184,12 +184,13 @@ def _fetch_dashboard_data(
         with opener.open(request, timeout=timeout) as response:  # (scheme checked above)
             body = response.read()
     except HTTPError as error:
+        body = error.read() if error.code == 404 else b""
         error.close()  # (it holds the response)
         if error.code == 403:
             hint = "pass --token" if not token else "the token was not accepted"
             why = f"refused (403): served to loopback or with the dashboard's token; {hint}"
         elif error.code == 404:
-            why = _not_found(error.read())
+            why = _not_found(body)
         else:
             why = f"HTTP {error.code} {error.reason}"
         raise click.ClickException(f"{shown}: {why}") from None
@@ -465,11 +466,18 @@ def doctor(workers: int | None, others: int, timeout: float, pool_name: str | No
 
 
 def _server_of(target: str) -> str:
-    """Which server ``target`` (a redacted URL) reaches: scheme, host and port."""
+    """Which server ``target`` (a redacted URL) reaches: its kind, host and port
+    (``postgresql+psycopg://`` and ``postgres://`` reach the same kind of server)."""
     parts = urlsplit(target)
     if not parts.netloc:
         return target  # (a file, or a callable's name)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    kind = _SERVER_KINDS.get(parts.scheme.split("+")[0], parts.scheme.split("+")[0])
+    host = parts.hostname or ""
+    return f"{kind}://{host}:{parts.port or ''}"
+
+
+#: Schemes that name the same kind of server.
+_SERVER_KINDS = {"postgres": "postgresql", "mariadb": "mysql"}
 
 
 def _doctor_server(

@@ -10,6 +10,7 @@ added later shows too.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ __all__ = [
 #: opposed to how its pool behaves.
 DISPLAY_KEYS = frozenset({"metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"})
 _MOUNTED_KEY = "dbpool.mounted"
+
+logger = logging.getLogger("flask_dbpool.flask")
 
 
 def config_key(option: str) -> str:
@@ -192,7 +195,8 @@ def _as_monitored(source: Any, name: str | None) -> MonitoredPool:
 
 def _flask_sqlalchemy_pools(app: Flask) -> Iterator[MonitoredPool]:
     extension = app.extensions.get("sqlalchemy")
-    if extension is None or not hasattr(extension, "engines"):
+    # (On the class: the property itself needs an app context.)
+    if extension is None or not hasattr(type(extension), "engines"):
         raise ConfigError(
             f"monitor(app) without engines shows Flask-SQLAlchemy's, but app {app.name!r} has "
             "no Flask-SQLAlchemy (or -Lite) extension: pass the engines or pools to show"
@@ -202,8 +206,18 @@ def _flask_sqlalchemy_pools(app: Flask) -> Iterator[MonitoredPool]:
     with app.app_context():  # (their `engines` belong to the current app)
         engines = dict(extension.engines)
     found = 0
-    for key, engine in engines.items():
+    # The default engine first, then the binds by name.
+    for key, engine in sorted(engines.items(), key=lambda item: (item[0] is not None, item[0])):
         if not isinstance(engine.pool, SQLAlchemyPool):
+            logger.warning(
+                "flask-dbpool does not show app %r's engine %s: it uses %s; for a bind, give "
+                "its dict the options (SQLALCHEMY_BINDS = {%r: {'url': …, "
+                "**engine_options(…)}}): SQLALCHEMY_ENGINE_OPTIONS is for the default engine",
+                app.name,
+                "(default)" if key is None else repr(key),
+                type(engine.pool).__name__,
+                key,
+            )
             continue
         found += 1
         name = None
