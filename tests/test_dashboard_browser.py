@@ -104,6 +104,7 @@ def test_dashboard_renders_live_figures(backend: Backend, tmp_path: Path) -> Non
                 later = int(page.locator("#counters tr:first-child td.num").inner_text())
                 assert later > first > 0  # checkouts keep coming: the numbers change
                 assert page.locator("#pool").inner_text() == "browser-dash"
+                assert page.locator("#pools").is_hidden()  # one pool: nothing to pick
                 assert page.locator("#target").inner_text() == target
                 max_label = page.locator("#g-open").inner_text()
                 assert max_label.endswith("/ 2")
@@ -129,3 +130,50 @@ def test_dashboard_renders_live_figures(backend: Backend, tmp_path: Path) -> Non
         app.extensions["dbpool"].close()
     assert shot.stat().st_size > 20_000
     assert _png_colours(shot) > 8  # rendered content, not a blank page
+
+
+def test_dashboard_switches_between_an_apps_pools(postgres_url: str, sqlite_url: str) -> None:
+    """An app with its DBPool and a SQLAlchemy engine's pool: the page lists both and shows
+    the one picked."""
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("sqlalchemy")
+    from flask_dbpool.flask import monitor
+    from flask_dbpool.sqlalchemy import create_engine
+
+    app = Flask("browser-two")
+    app.config.update(DBPOOL_URL=sqlite_url, DBPOOL_DASHBOARD=True)
+    DBPool(app)
+    engine = create_engine(postgres_url, pool_size=3, max_overflow=0, name="reports")
+    monitor(app, engine)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    base = f"http://127.0.0.1:{server.server_port}"
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    held = engine.connect()  # shows in the engine's pool only
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True)
+            try:
+                page = browser.new_page()
+                page.goto(f"{base}/_dbpool/")
+                page.wait_for_function("Number(document.body.dataset.updates || 0) >= 1")
+                assert page.locator("#pool").inner_text() == "browser-two"
+                assert page.locator("#pools").is_visible()
+                options = page.locator("#pools option").all_inner_texts()
+                assert options == ["browser-two", "reports"]
+                page.select_option("#pools", "reports")
+                page.wait_for_function(
+                    "document.getElementById('pool').textContent === 'reports'"
+                )
+                page.wait_for_function("document.getElementById('g-open').textContent === '1 / 3'")
+                assert page.locator("#target").inner_text().startswith("postgresql+psycopg://")
+                assert page.locator("#checkouts tbody tr").count() == 1
+                assert "pool=reports" in page.url
+            finally:
+                browser.close()
+    finally:
+        held.close()
+        server.shutdown()
+        app.extensions["dbpool"].close()
+        engine.dispose()
