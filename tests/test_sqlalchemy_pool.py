@@ -507,3 +507,88 @@ def test_dispose_stops_the_old_pools_maintenance(postgres_url: str, make_engine:
     old.dispose()  # ...which closes it (else the garbage collector would, noisily)
     with engine.connect() as conn:  # the new pool
         conn.execute(text("SELECT 1"))
+
+
+# ---------------------------------------------------------------------- stress
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_stress_never_two_holders_never_over_the_maximum(
+    backend: Backend, make_engine: Any
+) -> None:
+    """16 threads on 3 + 1 connections, with random invalidations, soft invalidations,
+    errors inside the block, dropped connections left to the garbage collector and short
+    timeouts: no DB-API connection is ever held by two threads, the pool never opens more
+    than its maximum, and at the end every connection is accounted for."""
+    import gc
+    import random
+
+    engine = make_engine(backend.url, pool_size=3, max_overflow=1, pool_timeout=0.2)
+    pool = engine.pool
+    held: dict[int, int] = {}  # id(DB-API connection) -> thread ident
+    books = threading.Lock()
+    problems: list[str] = []
+    counts = {"served": 0, "timeouts": 0, "invalidated": 0, "dropped": 0}
+    stop = time.monotonic() + 4
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        me = threading.get_ident()
+        while time.monotonic() < stop:
+            try:
+                conn = engine.connect()
+            except exc.TimeoutError:
+                with books:
+                    counts["timeouts"] += 1
+                continue
+            dbapi = id(conn.connection.dbapi_connection)
+            with books:
+                if dbapi in held:
+                    problems.append(f"connection {dbapi} held by two threads")
+                held[dbapi] = me
+                counts["served"] += 1
+                if pool.stats().open > 4:
+                    problems.append(f"over the maximum: {pool.stats()}")
+            roll = rng.random()
+            try:
+                conn.execute(text("SELECT 1"))
+                if roll < 0.05:
+                    raise RuntimeError("the application failed")
+            except RuntimeError:
+                pass
+            finally:
+                with books:
+                    held.pop(dbapi, None)
+                if roll < 0.1:
+                    conn.invalidate()
+                    with books:
+                        counts["invalidated"] += 1
+                elif roll < 0.15:
+                    conn.connection.invalidate(soft=True)
+                if roll > 0.97:
+                    with books:
+                        counts["dropped"] += 1
+                    del conn  # returned by SQLAlchemy's finalizer
+                    gc.collect()
+                else:
+                    conn.close()
+            if roll < 0.5:  # contention comes and goes: returns go to waiters and to idle
+                time.sleep(rng.random() * 0.004)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while pool.stats().in_use and time.monotonic() < deadline:  # finalizer returns
+        time.sleep(0.02)
+    assert not problems, problems[:5]
+    stats = pool.stats()
+    assert counts["served"] > 100 and counts["invalidated"] > 0, counts
+    assert stats.in_use == 0 and stats.waiting == 0, stats
+    assert stats.open == stats.idle <= 4, stats
+    assert stats.acquired == counts["served"], (stats, counts)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1

@@ -75,21 +75,22 @@ class _OwnedLock:
     """The pool's lock, knowing which thread holds it. SQLAlchemy returns a connection
     dropped without ``close()`` from a ``weakref`` finalizer, which the garbage collector may
     run on a thread that holds this lock (at any allocation inside a critical section):
-    such a return must not wait for the lock its own thread holds."""
+    such a return must not wait for the lock its own thread holds. The hot paths use
+    :attr:`raw` and set :attr:`owner` themselves (a ``with`` costs two Python calls)."""
 
-    __slots__ = ("_lock", "owner")
+    __slots__ = ("owner", "raw")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.raw = threading.Lock()
         self.owner = 0
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        self.raw.acquire()
         self.owner = _get_ident()
 
     def __exit__(self, *exc: object) -> None:
         self.owner = 0
-        self._lock.release()
+        self.raw.release()
 
     def held_here(self) -> bool:
         """Whether the calling thread holds it."""
@@ -216,6 +217,7 @@ class SQLAlchemyPool(_SAPool):
         # Which slot holds which record (read and written under the lock).
         self._slots: dict[ConnectionPoolEntry, _Slot] = {}
         self._maintenance: Maintenance | None = None
+        self._track_sites = leak_threshold is not None  # checkout sites, for leak reports
         self._maintained = (
             leak_threshold is not None
             or max_lifetime is not None
@@ -228,6 +230,29 @@ class SQLAlchemyPool(_SAPool):
     # ------------------------------------------------------------------ SQLAlchemy's API
 
     def _do_get(self) -> ConnectionPoolEntry:
+        state, owned = self._state, self._lock
+        lock = owned.raw
+        slot = None
+        # The hot path: PoolState.request's first case (an idle record, lent to the caller)
+        # written out, as in Pool.acquire.
+        lock.acquire()
+        owned.owner = ident = _get_ident()
+        try:
+            if state.idle:  # waiters exist only while nothing is idle: fair to take
+                slot = state.take_idle()
+                slot.lent_at = _now()
+                slot.holder = ident
+                state.acquired += 1
+        finally:
+            owned.owner = 0
+            lock.release()
+        if slot is None:
+            return self._get_slow()
+        if self._track_sites:
+            return self._lent(slot)
+        return slot.record
+
+    def _get_slow(self) -> ConnectionPoolEntry:
         start = _now()
         deadline = start + self._config.timeout
         state, lock = self._state, self._lock
@@ -252,17 +277,41 @@ class SQLAlchemyPool(_SAPool):
     def _lent(self, slot: _Slot) -> ConnectionPoolEntry:
         """A checkout's bookkeeping outside the lock: where it came from, for leak reports
         (only with ``leak_threshold``)."""
-        if self._config.leak_threshold is not None:
+        if self._track_sites:
             slot.site = capture_site(skip=("sqlalchemy",))
             slot.thread_name = threading.current_thread().name
         return slot.record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        state, owned = self._state, self._lock
+        ident = _get_ident()
+        if owned.owner != ident:
+            # The hot path: PoolState.claim and check_in written out for a record that goes
+            # back to a waiter or to the idle ones, with nothing to record or report.
+            lock = owned.raw
+            lock.acquire()
+            owned.owner = ident
+            try:
+                slot = self._slots[record]
+                if not state.track_use and not slot.retire and slot.warned_for != slot.lent_at:
+                    slot.warned_for = -1.0
+                    if state.waiters and state.open <= state.max_open:
+                        state.hand_off(slot)
+                        return
+                    if len(state.idle) < state.keep:
+                        state.idle.append(slot)
+                        return
+            finally:
+                owned.owner = 0
+                lock.release()
+        self._return_slow(record)
+
+    def _return_slow(self, record: ConnectionPoolEntry) -> None:
         if self._lock.held_here():
             # The garbage collector returns a dropped connection on a thread inside one of
             # this pool's critical sections: finish the return once the lock is free.
             threading.Thread(
-                target=self._do_return_conn,
+                target=self._return_slow,
                 args=(record,),
                 name="flask-dbpool return",
                 daemon=True,
