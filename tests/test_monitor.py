@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -252,3 +253,95 @@ def test_an_app_without_pools_says_so(sqlite_url: str) -> None:
     assert app.test_client().get("/_dbpool/data").status_code == 404  # (no dashboard mounted)
     wait_until(lambda: True)
     engine.dispose()
+
+
+def test_a_flask_sqlalchemy_lite_app_shows_its_default_engine_first(
+    postgres_url: str, tmp_path: Any
+) -> None:
+    lite = pytest.importorskip("flask_sqlalchemy_lite", reason="Flask-SQLAlchemy-Lite missing")
+    from flask_dbpool.sqlalchemy import engine_url
+
+    app = Flask("lite")
+    app.config["SQLALCHEMY_ENGINES"] = {
+        # A bind named before "default" in sort order: the default engine still comes first.
+        "analytics": {"url": f"sqlite:///{tmp_path}/a.db", **engine_options(name="analytics")},
+        "default": {
+            "url": engine_url(postgres_url).render_as_string(hide_password=False),
+            **engine_options(pool_size=2),
+        },
+    }
+    app.config["DBPOOL_DASHBOARD"] = True
+    db = lite.SQLAlchemy(app)
+    try:
+        assert monitor(app) == ["sqlalchemy", "analytics"]
+        with app.app_context(), db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        data = app.test_client().get("/_dbpool/data").get_json()
+        assert data["pool"] == "sqlalchemy" and data["stats"]["acquired"] == 1
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg://u:***@h:5432/other", True),
+        ("postgres://u@localhost/db", "postgresql://v@127.0.0.1:5432/db", True),
+        ("postgresql:///db?host=/run/postgresql", "postgresql:///x?host=/run/postgresql", True),
+        ("postgresql:///db?host=/run/postgresql", "postgresql:///db?host=/tmp", False),
+        ("mysql+pymysql://root@h/db", "mariadb://root@h:3306/other", True),
+        ("postgresql://u@h/db", "postgresql://u@h:6432/db", False),
+        ("postgresql://u@h/db", "mysql://u@h/db", False),
+    ],
+)
+def test_doctor_adds_up_pools_on_one_server_whatever_the_url_says(
+    first: str, second: str, same: bool
+) -> None:
+    from flask_dbpool.flask.cli import _server_of
+
+    assert (_server_of(first) == _server_of(second)) is same
+
+
+def test_multiprocess_metrics_name_each_pool_as_shown_and_from_the_start(
+    tmp_path: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, every monitored pool is written by the worker from the
+    moment it is added (not only once this worker served /metrics), under its shown name."""
+    import os
+
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    app = Flask("mp-monitored")
+    app.config.update(DBPOOL_METRICS_ENDPOINT="/metrics")
+    one = create_engine(sqlite_url)
+    two = create_engine(f"sqlite:///{tmp_path}/two.db")
+    try:
+        monitor(app, one, name="one")  # mounts the endpoint
+        monitor(app, two, name="two")  # added afterwards
+        with one.connect(), two.connect():
+            pass
+        snapshot = tmp_path / f"flask_dbpool_{os.getpid()}.json"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if snapshot.exists():
+                names = [pool["name"] for pool in json.loads(snapshot.read_text())["pools"]]
+                if names == ["one", "two"]:
+                    break
+            time.sleep(0.05)
+        names = [pool["name"] for pool in json.loads(snapshot.read_text())["pools"]]
+        assert names == ["one", "two"]
+        text_out = app.test_client().get("/metrics").get_data(as_text=True)
+        labels = sorted(
+            sample.labels["pool_name"]
+            for family in text_string_to_metric_families(text_out)
+            for sample in family.samples
+            if sample.name == "flask_dbpool_checkouts_total"
+        )
+        assert labels == ["one", "two"]
+    finally:
+        one.dispose()
+        two.dispose()

@@ -466,18 +466,30 @@ def doctor(workers: int | None, others: int, timeout: float, pool_name: str | No
 
 
 def _server_of(target: str) -> str:
-    """Which server ``target`` (a redacted URL) reaches: its kind, host and port
-    (``postgresql+psycopg://`` and ``postgres://`` reach the same kind of server)."""
+    """Which server ``target`` (a redacted URL) reaches: its kind, host (or socket directory)
+    and port, the default port filled in and the names of loopback made one, so that pools
+    on one server add up whatever their URLs say (``postgresql+psycopg://`` and
+    ``postgres://`` reach the same kind of server)."""
     parts = urlsplit(target)
-    if not parts.netloc:
+    scheme = parts.scheme.split("+")[0]
+    kind = _SERVER_KINDS.get(scheme, scheme)
+    if kind not in _DEFAULT_PORTS:
         return target  # (a file, or a callable's name)
-    kind = _SERVER_KINDS.get(parts.scheme.split("+")[0], parts.scheme.split("+")[0])
-    host = parts.hostname or ""
-    return f"{kind}://{host}:{parts.port or ''}"
+    query = dict(parse_qsl(parts.query))
+    host = parts.hostname or query.get("host") or query.get("unix_socket") or "(local socket)"
+    if host in _LOOPBACK_NAMES:
+        host = "127.0.0.1"
+    try:
+        port = parts.port or int(query.get("port", _DEFAULT_PORTS[kind]))
+    except ValueError:
+        port = _DEFAULT_PORTS[kind]
+    return f"{kind}://{host}:{port}"
 
 
-#: Schemes that name the same kind of server.
+#: Schemes that name the same kind of server, and each kind's default port.
 _SERVER_KINDS = {"postgres": "postgresql", "mariadb": "mysql"}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
 
 def _doctor_server(

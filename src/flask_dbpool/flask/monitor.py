@@ -47,6 +47,8 @@ __all__ = [
 #: opposed to how its pool behaves.
 DISPLAY_KEYS = frozenset({"metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"})
 _MOUNTED_KEY = "dbpool.mounted"
+#: The multiprocess snapshot writer, with ``PROMETHEUS_MULTIPROC_DIR`` set.
+_WRITER_KEY = "dbpool.metrics_writer"
 
 logger = logging.getLogger("flask_dbpool.flask")
 
@@ -123,6 +125,9 @@ def add_pool(app: Flask, pool: MonitoredPool) -> bool:
     display: Display | None = app.extensions.get(_MOUNTED_KEY)
     if display is not None and display.metrics_endpoint is not None:
         pool.track_use_time()  # the metrics endpoint reports use time from now on
+        writer = app.extensions.get(_WRITER_KEY)
+        if writer is not None:  # pre-forking server: every worker writes it from now on
+            writer.add(pool)
     return True
 
 
@@ -206,8 +211,11 @@ def _flask_sqlalchemy_pools(app: Flask) -> Iterator[MonitoredPool]:
     with app.app_context():  # (their `engines` belong to the current app)
         engines = dict(extension.engines)
     found = 0
-    # The default engine first, then the binds by name.
-    for key, engine in sorted(engines.items(), key=lambda item: (item[0] is not None, item[0])):
+    # The default engine first (key None in Flask-SQLAlchemy, "default" in -Lite), then the
+    # binds by name.
+    for key, engine in sorted(
+        engines.items(), key=lambda item: (item[0] not in (None, "default"), item[0] or "")
+    ):
         if not isinstance(engine.pool, SQLAlchemyPool):
             logger.warning(
                 "flask-dbpool does not show app %r's engine %s: it uses %s; for a bind, give "
@@ -268,6 +276,7 @@ def _serve_metrics(app: Flask, path: str) -> None:
         writer = shared_writer(multiproc_dir)
         for pool in monitored_pools(app):
             writer.add(pool)
+        app.extensions[_WRITER_KEY] = writer  # pools added later are written too
         registry.register(MultiProcessCollector(multiproc_dir))
         # Per-endpoint times stay per process: one worker's alone would mislead, so they are
         # left out here (DBPool.endpoint_times(app) still has them in each worker).

@@ -79,14 +79,17 @@ class SnapshotWriter:
         process forked and has not checked out a connection since."""
         with self._lock:  # one writer at a time, and none while _after_fork_in_parent runs
             pools = [
-                (pool.stats(), since, pool.config.min_idle) for pool, since in self._pools.items()
+                (pool.name, pool.stats(), since, pool.config.min_idle)
+                for pool, since in self._pools.items()
             ]
-            if not any(since is None or stats.acquired > since for stats, since, _ in pools):
+            if not any(since is None or stats.acquired > since for _, stats, since, _ in pools):
                 return
             data = {
                 "pid": os.getpid(),
+                # The name the pool is shown under (an engine's may differ from its pool's).
                 "pools": [
-                    {**stats.as_dict(), "min_idle": min_idle} for stats, _, min_idle in pools
+                    {**stats.as_dict(), "name": name, "min_idle": min_idle}
+                    for name, stats, _, min_idle in pools
                 ],
             }
             self._directory.mkdir(parents=True, exist_ok=True)
