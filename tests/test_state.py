@@ -120,13 +120,20 @@ class Drained:
 
 
 def make_state(
-    *, closed: bool = False, on_drained: Callable[[], object] | None = None, **options: Any
+    *,
+    closed: bool = False,
+    on_drained: Callable[[], object] | None = None,
+    recovery: float = 100.0,
+    **options: Any,
 ) -> PoolState[Item]:
+    """A state with the deterministic back-off, and ``recovery`` seconds from a failure to
+    the next attempt while callers wait (by default later than any back-off here: off)."""
     return PoolState(
         make_config(**options),
         target="db://test",
         closed=closed,
         backoff=backoff,
+        recovery=lambda: recovery,
         on_drained=on_drained or (lambda: None),
     )
 
@@ -2129,3 +2136,54 @@ def test_connect_estimate_forgets_one_slow_connect() -> None:
     for _ in range(6):
         lend_timed(state, 10.0, 10.1)  # then 0.1 s each
     assert state.connect_estimate < 1.5
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+def test_waiting_callers_retry_within_the_recovery_step_whatever_the_back_off() -> None:
+    """After many failures the back-off is long (50 s here), but while callers wait the
+    next attempt is due ``recovery`` after the last failure: they are served within moments
+    of the database's return. One attempt at a time, one per step."""
+    state = make_state(recovery=0.15)
+    for failure in range(5):
+        fail(state, float(failure))
+    assert state.connect_failures == 5 and state.retry_at == 4.0 + 50.0
+    assert state.next_attempt() == 54.0  # nobody waits: the back-off
+    assert not state.reconnect_due(4.2)
+    waiter = wait(state, 4.05)
+    assert state.next_attempt() == pytest.approx(4.15)
+    assert state.wait_step(4.05, 34.05) == pytest.approx(0.10)
+    assert state.woken(waiter, 4.1, 99, 0.05, 34.05) is None
+    assert state.woken(waiter, 4.15, 99, 0.1, 34.05) is CONNECT
+    other = wait(state, 4.15)
+    assert state.request(4.15, 99, 4.05, 34.05, FakeWaiter) is PROBE
+    assert not state.reconnect_due(4.5)  # someone is trying: nobody else
+    assert state.wait_step(4.5, 34.15) == pytest.approx(0.25)  # looks again soon
+    state.connect_failed(OSError("down"), False, 4.15, 4.2, True)
+    assert state.next_attempt() == pytest.approx(4.35)  # the next step, from this failure
+    assert state.woken(other, 4.36, 98, 0.21, 34.15) is CONNECT
+    assert_books(state)
+
+
+def test_maintenance_also_retries_sooner_for_waiting_callers() -> None:
+    state = make_state(recovery=0.15, min_idle=1)
+    for failure in range(3):
+        fail(state, float(failure))
+    # Only min_idle to refill: the back-off's time.
+    assert state.plan_connect(2.1) == (None, 2.0 + 30.0)
+    wait(state, 2.1)
+    assert state.plan_connect(2.1) == (None, pytest.approx(2.15))
+    assert state.plan_connect(2.15) == (PROBE, FOREVER)
+
+
+def test_a_refused_login_keeps_its_back_off_while_callers_wait() -> None:
+    """A wrong password is not an outage: retrying it every moment would only flood the
+    server's log (and may lock the account)."""
+    state = make_state(recovery=0.15)
+    kept = connect(state, 0.0)
+    state.lend(kept, 0.0, 1)  # open and lent: callers wait for it, not a refusal
+    fail(state, 1.0, rejected=True)
+    fail(state, 2.0, rejected=True)
+    wait(state, 2.1)
+    assert state.next_attempt() == state.retry_at == 2.0 + 20.0

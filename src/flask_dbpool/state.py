@@ -35,7 +35,7 @@ from flask_dbpool import messages
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.errors import PoolClosed, TooManyWaiters
 from flask_dbpool.leaks import Holder, TimeoutReport, holder_of
-from flask_dbpool.policy import backoff_delay
+from flask_dbpool.policy import backoff_delay, recovery_delay
 from flask_dbpool.stats import Histogram, PoolStats
 
 __all__ = [
@@ -207,6 +207,8 @@ class PoolState(Generic[T]):
         "pings_failed",
         "probing",
         "reclaimed",
+        "recover_at",
+        "recovery",
         "refill_at",
         "refill_failures",
         "rejected",
@@ -233,11 +235,13 @@ class PoolState(Generic[T]):
         target: str = "",
         closed: bool = False,
         backoff: Callable[[int], float] = backoff_delay,
+        recovery: Callable[[], float] = recovery_delay,
         on_drained: Callable[[], object] = _nothing,
     ) -> None:
         self.config = config
         self.target = target  # for messages: the redacted URL or the callable's name
         self.backoff = backoff
+        self.recovery = recovery
         self.on_drained = on_drained
         self.closed = closed
         # The books. An item is in ``entries`` from its connect to its close, and in at most
@@ -272,7 +276,8 @@ class PoolState(Generic[T]):
         # The last attempt's error when the server refused the login for good: callers
         # get it at once instead of waiting out an "outage".
         self.rejection: BaseException | None = None
-        self.retry_at = 0.0  # when the next attempt to connect is due
+        self.retry_at = 0.0  # when the next attempt to connect is due (the back-off)
+        self.recover_at = 0.0  # ...or this, sooner, while callers wait (see next_attempt)
         self.failed_at = 0.0  # when the last attempt failed
         self.probing = False  # an attempt to reconnect is under way
         self.refill_at = 0.0  # min_idle refills back off after on_connect errors
@@ -338,7 +343,7 @@ class PoolState(Generic[T]):
             (not failing and not self.waiters and connect_at <= now)
             # The database was unreachable: one caller at a time tries again once the
             # back-off delay has passed; the others wait for its outcome.
-            or (failing and now >= self.retry_at and not self.probing)
+            or (failing and now >= self.next_attempt() and not self.probing)
         ):
             self.open += 1
             self.connecting += 1
@@ -430,10 +435,19 @@ class PoolState(Generic[T]):
         database was unreachable, the back-off has passed and nobody is trying."""
         return bool(
             self.connect_failures
-            and now >= self.retry_at
+            and now >= self.next_attempt()
             and not self.probing
             and self.open < self.max_open
         )
+
+    def next_attempt(self) -> float:
+        """When the next attempt to reach an unreachable database is due: at the back-off's
+        time, or, while callers wait, sooner (``recovery``, at most
+        :data:`~flask_dbpool.policy.RECOVERY_STEP` after the last failure), so that they
+        are served within moments of its return. A refused login keeps its back-off."""
+        if self.waiters and self.rejection is None:
+            return min(self.retry_at, self.recover_at)
+        return self.retry_at
 
     def connect_due(self, waiter: W, now: float) -> bool:
         """Whether ``waiter`` should stop waiting for a returned item and connect (see
@@ -454,7 +468,7 @@ class PoolState(Generic[T]):
         if connect_at < FOREVER and self.open < self.max_open and not self.connect_failures:
             wait = min(wait, max(connect_at - now, 0.0))
         if self.connect_failures and (self.probing or self.open < self.max_open):
-            due = now + 0.25 if self.probing else self.retry_at
+            due = now + 0.25 if self.probing else self.next_attempt()
             wait = min(wait, max(due - now, 0.01))
         return max(wait, 0.0)
 
@@ -775,12 +789,13 @@ def _plan_connect(state: PoolState[Any], now: float) -> tuple[Token | None, floa
     min_idle = state.config.min_idle
     if state.connect_failures:
         if state.waiters or len(state.idle) < min_idle:
-            if now >= state.retry_at and not state.probing:
+            due = state.next_attempt()
+            if now >= due and not state.probing:
                 state.probing = True
                 state.open += 1
                 state.connecting += 1
                 return PROBE, FOREVER
-            return None, max(state.retry_at, now + 0.05)
+            return None, max(due, now + 0.05)
     elif len(state.idle) + len(state.checking) + state.connecting < min_idle:
         if now < state.refill_at:
             return None, state.refill_at
@@ -805,6 +820,7 @@ def _connect_failed(
     if started >= state.failed_at or not state.connect_failures:
         state.connect_failures += 1
         state.retry_at = now + state.backoff(state.connect_failures)
+        state.recover_at = now + state.recovery()
         # Only a counted failure starts a new outage: an attempt from before it failing
         # late must not swallow the next probe's failure.
         state.failed_at = now
@@ -817,7 +833,7 @@ def _connect_failed(
         while state.waiters:
             state.hand_off(Refusal(error))
     _after_shrink(state)
-    return state.connect_failures, max(0.0, state.retry_at - now)
+    return state.connect_failures, max(0.0, state.next_attempt() - now)
 
 
 def _after_shrink(state: PoolState[Any]) -> None:
