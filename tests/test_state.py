@@ -51,7 +51,7 @@ class Item:
         self.checked_at = created
         self.used_at = created
         self.expires_at = FOREVER if lifetime is None else created + lifetime
-        self.retire = False
+        self.retire = ""
         self.idle_since = created
         self.seen_lent_at = -1.0
         self.warned_for = -1.0
@@ -2187,3 +2187,65 @@ def test_a_refused_login_keeps_its_back_off_while_callers_wait() -> None:
     fail(state, 2.0, rejected=True)
     wait(state, 2.1)
     assert state.next_attempt() == state.retry_at == 2.0 + 20.0
+
+
+# ---------------------------------------------------------------------------- drain
+
+
+def test_drain_retires_every_item_open_now() -> None:
+    state = make_state(pool_size=3, max_overflow=1)
+    lent, checked, queued, idle = fill(state, 0.0)
+    for item in (checked, queued, idle):
+        assert state.check_in(item) is None
+    # One being checked by maintenance, one queued for a check, one idle, one lent.
+    state.idle.remove(checked)
+    state.checking.add(checked)
+    state.idle.remove(queued)
+    state.send_to_check(queued)
+    to_close, marked = state.drain(0.5)
+    assert to_close == [idle, queued] and marked == 2
+    assert not state.idle and not state.to_check
+    assert lent.retire == checked.retire == "drained" and "slow" in lent.calls
+    assert state.open == 2 and state.closed_by == {"drained": 2}
+    assert_books(state)
+    # The one being checked passes its check: closed, not back in circulation.
+    assert state.passed_check(checked, 1.0) is checked
+    assert state.open == 1 and state.closed_by == {"drained": 3}
+    # A new connection is kept; the lent one retires when it comes back (the shell's slow
+    # path discards it by its reason).
+    fresh = lend_new(state, 2.0)
+    assert not fresh.retire
+    assert_books(state)
+
+
+def test_drain_gives_the_freed_slots_to_waiters() -> None:
+    state = make_state(pool_size=1, max_overflow=0)
+    (item,) = fill(state, 0.0)
+    state.check_in(item)
+    state.idle.remove(item)
+    state.send_to_check(item)  # queued for a check: nothing idle, so callers wait
+    waiter = wait(state, 1.0)
+    to_close, _ = state.drain(1.5)
+    assert to_close == [item]
+    assert waiter.item is NEW_SLOT and state.open == 1  # connects in the freed slot
+    assert_books(state)
+
+
+def test_a_connect_begun_before_a_drain_is_retired_when_it_ends() -> None:
+    """A connection being opened when drain() runs may reach the old server or use the old
+    credentials: it serves the caller that opened it once, and a refill is closed at once."""
+    state = make_state(pool_size=2, max_overflow=0)
+    assert state.reserve() and state.reserve()
+    state.drain(0.5)
+    for_caller, refill = Item(0.6), Item(0.6)
+    state.connected(for_caller, 0.4, 0.6, False)
+    state.connected(refill, 0.4, 0.6, False)
+    assert for_caller.retire == refill.retire == "drained" and "slow" in for_caller.calls
+    state.lend(for_caller, 0.6, 1)
+    assert state.check_in(refill) is refill  # maintenance's refill: closed, not kept
+    assert state.closed_by == {"drained": 1} and not state.idle
+    later = Item(0.7)
+    assert state.reserve()
+    state.connected(later, 0.6, 0.7, False)  # begun after the drain: kept
+    assert not later.retire and state.check_in(later) is None
+    assert_books(state)

@@ -118,7 +118,7 @@ class Entry:
         # Maintenance bookkeeping: idle since when (as first observed), for which checkout.
         self.idle_since = created
         self.seen_lent_at = -1.0
-        self.retire = False
+        self.retire = ""  # see Lendable.retire
         # Leak tracking (only filled when leak_threshold is set).
         self.site: Site | None = None
         self.caller: str | None = None

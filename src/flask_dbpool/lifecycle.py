@@ -33,6 +33,12 @@ __all__ = ["Discard", "Lifecycle"]
 logger = logging.getLogger("flask_dbpool.pool")
 
 
+#: Why a connection marked to retire is closed on its return, by close reason.
+_RETIRED_BECAUSE = {
+    "lifetime": "it reached max_lifetime",
+    "drained": "the pool was drained (drain(), or the server changed) while it was lent",
+}
+
 class Discard(NamedTuple):
     """The verdict on a connection that must not be lent again."""
 
@@ -128,7 +134,7 @@ class Lifecycle:
                 why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
                 return Discard(why, "broken", disconnect=True)
             if entry.retire:
-                return Discard("it reached max_lifetime", "lifetime", quiet=True)
+                return Discard(_RETIRED_BECAUSE[entry.retire], entry.retire, quiet=True)
             state = driver.transaction_state(entry.raw)
             if state == BROKEN:
                 return Discard("the driver reports it broken", "broken", disconnect=True)

@@ -364,6 +364,28 @@ class Pool:
             len(surplus),
         )
 
+    def drain(self) -> int:
+        """Retire every connection open now, for a failover to another server or rotated
+        credentials: idle ones are closed at once, those in use are closed when they come
+        back (their holders finish undisturbed), and new connections are opened from the
+        target as it resolves now. Returns how many connections were retired. Does not wait;
+        a connection being opened at that moment serves the caller that opened it, once, and
+        is closed when it comes back. Raises
+        :class:`~flask_dbpool.PoolClosed` if the pool is closed."""
+        with self._lock:
+            if self._state.closed:
+                raise PoolClosed(messages.closed(self.name))
+            to_close, marked = self._state.drain(_now())
+        for entry in to_close:
+            self._keeper.life.close(entry)
+        logger.info(
+            "pool %r drained: %d idle connection(s) closed, %d in use closed when returned",
+            self.name,
+            len(to_close),
+            marked,
+        )
+        return len(to_close) + marked
+
     def label_checkout(self, conn: PooledConnection, label: str) -> None:
         """Attach ``label`` (short; e.g. the Flask endpoint or a job name) to ``conn``'s
         current checkout, for :meth:`checkouts` and the dashboard. It lasts until the

@@ -128,7 +128,7 @@ class _Slot:
         # max_lifetime retires the record (pool_recycle reconnects it in place, SQLAlchemy's).
         self.expires_at = float("inf") if lifetime is None else now + lifetime * lifetime_jitter()
         self.holder = 0
-        self.retire = False
+        self.retire = ""  # see Lendable.retire
         self.seen_lent_at = self.warned_for = self.label_for = -1.0
         self.label: str | None = None
         self.thread_name: str | None = None
@@ -326,7 +326,7 @@ class SQLAlchemyPool(_SAPool):
             if state.track_use:
                 state.use_time.record(held)
             if slot.retire:  # past max_lifetime while lent: closed, its slot freed
-                state.discarded(slot, "lifetime", disconnect=False, now=_now())
+                state.discarded(slot, slot.retire, disconnect=False, now=_now())
                 state.slot_freed()
                 surplus: _Slot | None = slot
             else:

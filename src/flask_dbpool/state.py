@@ -71,7 +71,7 @@ class Lendable(Protocol):
     checked_at: float
     used_at: float
     expires_at: float
-    retire: bool
+    retire: str  # "" while kept; else why it is closed when it comes back (a close reason)
     idle_since: float
     seen_lent_at: float
     warned_for: float
@@ -194,6 +194,7 @@ class PoolState(Generic[T]):
         "create_time",
         "created",
         "disconnect_at",
+        "drained_at",
         "entries",
         "failed_at",
         "idle",
@@ -276,6 +277,7 @@ class PoolState(Generic[T]):
         # The last attempt's error when the server refused the login for good: callers
         # get it at once instead of waiting out an "outage".
         self.rejection: BaseException | None = None
+        self.drained_at = -FOREVER  # connects begun before the last drain() are retired
         self.retry_at = 0.0  # when the next attempt to connect is due (the back-off)
         self.recover_at = 0.0  # ...or this, sooner, while callers wait (see next_attempt)
         self.failed_at = 0.0  # when the last attempt failed
@@ -514,6 +516,11 @@ class PoolState(Generic[T]):
         """
         self.entries.add(item)
         self.connecting -= 1
+        if started < self.drained_at:
+            # Opened across a drain (from the old server, with the old credentials): it
+            # serves the caller that opened it once, or is closed if checked in.
+            item.retire = "drained"
+            item.mark_slow_return()
         took = now - started
         self.connect_estimate = (
             took if not self.created else 0.7 * self.connect_estimate + 0.3 * took
@@ -599,11 +606,17 @@ class PoolState(Generic[T]):
 
     def check_in(self, item: T, *, checked: bool = False, fast: bool = False) -> T | None:
         """Put a reset, healthy ``item`` back: to the oldest waiter, or idle. Returns it if
-        it is surplus instead (close it; its slot is released already). ``checked``: it
+        it is surplus or retired instead (close it; its slot is released already). ``checked``: it
         comes back from a check. ``fast``: its next return may take the fast path again.
         (The shells' fast release writes the same rule inline.)"""
         if checked:
             self.checking.discard(item)
+        if item.retire:
+            # Retired while it was away (a drain, or past its lifetime while handed to a
+            # waiter that gave up): closed, and its slot goes to a waiter.
+            self.forget(item, item.retire)
+            self.fill_waiters()
+            return item
         if fast:
             item.allow_fast_return()
         # Its next checkout may get the same lent_at on a coarse clock: no leftover mark.
@@ -670,7 +683,7 @@ class PoolState(Generic[T]):
 
     def passed_check(self, item: T, now: float) -> T | None:
         """``item`` answered its check at ``now``: back in circulation (see
-        :meth:`check_in`; returns it if surplus)."""
+        :meth:`check_in`; returns it if surplus, or retired meanwhile by :meth:`drain`)."""
         item.checked_at = now
         return self.check_in(item, checked=True, fast=True)
 
@@ -712,6 +725,27 @@ class PoolState(Generic[T]):
         return _plan_connect(self, now)
 
     # ------------------------------------------------------------------ pool-wide changes
+
+    def drain(self, now: float) -> tuple[list[T], int]:
+        """Retire every item open at ``now`` (failover to another server, rotated
+        credentials): returns the idle ones and those queued for a check, off the books, to
+        close now, and how many others (lent, or being checked) are marked to be closed when
+        they come back. Their freed slots go to waiters. An item whose connect began before
+        ``now`` and ends after it is retired too (see :meth:`connected`)."""
+        self.drained_at = now
+        to_close = [*self.idle, *self.to_check]
+        self.idle.clear()
+        self.to_check.clear()
+        for item in to_close:
+            self.forget(item, "drained")
+        marked = 0
+        for item in self.entries:
+            if not item.retire:
+                item.retire = "drained"
+                item.mark_slow_return()
+                marked += 1
+        self.fill_waiters()
+        return to_close, marked
 
     def resize(self, config: PoolConfig) -> list[T]:
         """Take the validated ``config`` (new ``pool_size`` / ``max_overflow``). Returns the
@@ -987,7 +1021,7 @@ def _sweep(
         next_run = min(next_run, now + lent_horizon)
         if not item.retire:
             if item.expires_at <= now:
-                item.retire = True
+                item.retire = "lifetime"
                 item.mark_slow_return()
             else:
                 next_run = min(next_run, item.expires_at)

@@ -34,6 +34,7 @@ CLOSE_REASONS: tuple[str, ...] = (
     "invalidated",  # conn.invalidate()
     "leaked",  # its handle was garbage-collected without being returned
     "resized",  # surplus after resize()
+    "drained",  # retired by drain() (failover, rotated credentials, a server that changed)
     "pool_closed",  # the pool was closed
 )
 
