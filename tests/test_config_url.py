@@ -340,3 +340,15 @@ def test_password_not_shown_in_config_errors(
     with pytest.raises(ConfigError) as info:
         Pool(url)
     assert SECRET not in _chain(info.value)
+
+
+def test_pool_takes_every_option_by_name() -> None:
+    """An option PoolConfig knows but Pool's signature lacks would land in **unknown, pass
+    validation there, and be dropped silently."""
+    import inspect
+
+    from flask_dbpool import Pool
+    from flask_dbpool.config import PoolConfig
+
+    params = set(inspect.signature(Pool).parameters)
+    assert PoolConfig.option_names() <= params, PoolConfig.option_names() - params

@@ -268,7 +268,16 @@ def test_keepalive_pings_idle_connections(backend: Backend, make_pool: MakePool)
 def test_a_disconnect_gets_the_other_idle_connections_checked_before_reuse(
     backend: Backend, make_pool: MakePool
 ) -> None:
-    pool = make_pool(backend.url, pool_size=4, max_overflow=0, timeout=10)  # no pre_ping
+    """A connection found dead (here by a classify_error that says so: a killed session's
+    error, by default, says the server went away, which drains the pool, see the next test)
+    gets the others checked before reuse."""
+    pool = make_pool(
+        backend.url,
+        pool_size=4,
+        max_overflow=0,
+        timeout=10,
+        classify_error=lambda error, raw: "dead",
+    )  # no pre_ping
     held = [pool.acquire() for _ in range(4)]
     killed = {backend.session_id(conn) for conn in held}
     for conn in held:
@@ -294,6 +303,34 @@ def test_a_disconnect_gets_the_other_idle_connections_checked_before_reuse(
     s = pool.stats()
     assert s.pings_failed >= 3, s
     assert (s.open, s.closed, s.created) == (4, 4, 8), s
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+def test_a_session_killed_by_the_server_drains_the_pool(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """The error of a session the server terminated (PostgreSQL 57P01 admin shutdown, MySQL
+    2013 lost connection) says the server is no longer the one connected to: the connection
+    is discarded and every other one retired at once, without a check each."""
+    pool = make_pool(backend.url, pool_size=4, max_overflow=0, timeout=10)  # no pre_ping
+    held = [pool.acquire() for _ in range(4)]
+    killed = {backend.session_id(conn) for conn in held}
+    for conn in held:
+        conn.close()
+    for session in killed:
+        backend.kill(session)
+    with pytest.raises(backend.operational_error), pool.connection() as conn:
+        query(conn, "SELECT 1")
+    s = pool.stats()
+    assert s.closed_by_reason == {"broken": 1, "drained": 3} and s.open == 0, s
+    held = [pool.acquire() for _ in range(4)]
+    try:
+        sessions = {backend.session_id(conn) for conn in held}
+    finally:
+        for conn in held:
+            conn.close()
+    assert len(sessions) == 4 and not sessions & killed
+    assert pool.stats().pings_failed == 0
 
 
 # ------------------------------------------------------------------ on_checkout / on_checkin

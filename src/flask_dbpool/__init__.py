@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.errors import (
+    CommitOutcomeUnknown,
     ConfigError,
     ConnectionReturned,
     PingTimeout,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from flask_dbpool.flask import DBPool
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigError",
     "ConnectionReturned",
     "DBPool",

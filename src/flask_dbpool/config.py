@@ -113,6 +113,16 @@ def _check_caller(label: str, value: object) -> Callable[[], str | None] | None:
     return value
 
 
+def _check_classifier(label: str, value: object) -> Callable[[BaseException, Any], Any] | None:
+    if value is not None and not callable(value):
+        raise ConfigError(
+            f"{label} must be None or a callable (error, driver connection) returning "
+            f"'dead', 'server_changed', 'retryable' or None, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """The settings of one :class:`~flask_dbpool.Pool`. All durations are in seconds.
@@ -193,6 +203,13 @@ class PoolConfig:
     ``lifo``
         Hand out the most recently returned idle connection first (bool, default True), so a
         small working set stays warm; ``False`` rotates through all idle connections.
+    ``classify_error``
+        ``None`` or a callable ``(error, driver_connection)`` deciding what an error raised
+        while a connection was in use means, before the driver's own rules
+        (``Driver.classify``): ``"dead"`` (discard the connection), ``"server_changed"``
+        (discard it and retire every connection: ``Pool.drain()``), ``"retryable"`` (the
+        server rolled the transaction back: ``run_transaction`` runs it again), or ``None``
+        to leave it to the driver.
     """
 
     pool_size: int = 5
@@ -215,6 +232,7 @@ class PoolConfig:
     leak_threshold: float | None = None
     open_timeout: float | None = None
     describe_caller: Callable[[], str | None] | None = None
+    classify_error: Callable[[BaseException, Any], Any] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, label: Label = _same) -> PoolConfig:
@@ -265,6 +283,7 @@ class PoolConfig:
             ),
             open_timeout=_check_optional_seconds(label("open_timeout"), get("open_timeout")),
             describe_caller=_check_caller(label("describe_caller"), get("describe_caller")),
+            classify_error=_check_classifier(label("classify_error"), get("classify_error")),
         )
 
     @classmethod

@@ -8,7 +8,9 @@ them (to discard a broken connection) but never wraps them.
 from __future__ import annotations
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigError",
+    "ConnectionReturned",
     "PingTimeout",
     "PoolClosed",
     "PoolError",
@@ -62,6 +64,13 @@ class ConfigError(PoolError, ValueError):
     """
 
 
+class CommitOutcomeUnknown(PoolError):
+    """The connection was lost while a ``COMMIT`` was in flight (``run_transaction``): the
+    server may or may not have committed, so the work is not run again. Check in the
+    database whether it took effect (an idempotency key helps) before doing it again. Its
+    ``__cause__`` is the driver's error."""
+
+
 class PingTimeout(PoolError, TimeoutError):
     """A health check (``pre_ping``, keepalive, a check after a disconnect) got no answer in
     time: the server or the network path stopped answering. The connection is unusable
@@ -69,7 +78,15 @@ class PingTimeout(PoolError, TimeoutError):
     could be found within their own timeout."""
 
 
-for _cls in (PoolError, PoolTimeout, TooManyWaiters, PoolClosed, ConfigError, PingTimeout):
+for _cls in (
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+    PoolClosed,
+    ConfigError,
+    PingTimeout,
+    CommitOutcomeUnknown,
+):
     _cls.__module__ = "flask_dbpool"
 del _cls
 

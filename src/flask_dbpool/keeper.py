@@ -287,6 +287,8 @@ class Keeper:
                 disconnect=verdict.disconnect,
                 quiet=verdict.quiet,
             )
+            if verdict.drain:
+                self.drain()
             if verdict.interrupt is not None:
                 raise verdict.interrupt
         else:
@@ -353,6 +355,23 @@ class Keeper:
             self.free_slot()
             if news:
                 self.nudge()
+
+    def drain(self) -> tuple[int, int]:
+        """Retire every connection open now (see :meth:`flask_dbpool.Pool.drain`): close the
+        idle ones; returns how many were closed now and how many will be on return."""
+        with self.lock:
+            if self.state.closed:
+                return 0, 0
+            to_close, marked = self.state.drain(_now())
+        for entry in to_close:
+            self.life.close(entry)
+        logger.info(
+            "pool %r drained: %d idle connection(s) closed, %d in use closed when returned",
+            self.name,
+            len(to_close),
+            marked,
+        )
+        return len(to_close), marked
 
     def send_to_check(self, entry: Entry) -> None:
         with self.lock:

@@ -15,9 +15,12 @@ from flask_dbpool import messages
 from flask_dbpool.config import PoolConfig
 from flask_dbpool.drivers import (
     BROKEN,
+    DEAD,
+    ERROR_KINDS,
     FAILED,
     IDLE,
     IN_TRANSACTION,
+    SERVER_CHANGED,
     Connector,
     connection_rejected,
     driver_for_connection,
@@ -53,6 +56,8 @@ class Discard(NamedTuple):
     interrupt: BaseException | None = None
     """A ``BaseException`` (``KeyboardInterrupt``, gevent's ``Timeout``) that cut the reset
     short: re-raise it once the connection is discarded."""
+    drain: bool = False
+    """The server is no longer the one connected to: retire every connection."""
 
 
 class Lifecycle:
@@ -121,6 +126,35 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ returning
 
+    def classify(self, exc: BaseException, raw: Any, driver: Any) -> str | None:
+        """What ``exc``, raised while ``raw`` was in use, means (see
+        :meth:`Driver.classify`): the pool's ``classify_error`` first, then the driver's
+        rules. A ``classify_error`` that raises or answers something else is logged and
+        the driver decides."""
+        custom = self.config.classify_error
+        if custom is not None:
+            try:
+                kind = custom(exc, raw)
+            except Exception as error:
+                logger.warning(
+                    "pool %r: classify_error raised %s; the driver's rules decide",
+                    self.config.name,
+                    one_line(error),
+                )
+                kind = None
+            if kind in ERROR_KINDS:
+                return str(kind)
+            if kind is not None:
+                logger.warning(
+                    "pool %r: classify_error returned %r, not one of %s or None; the "
+                    "driver's rules decide",
+                    self.config.name,
+                    kind,
+                    ", ".join(sorted(ERROR_KINDS)),
+                )
+        result: str | None = driver.classify(exc, raw)
+        return result
+
     def reset(self, entry: Entry, exc: BaseException | None) -> Discard | None:
         """Make a returned connection fit for the next borrower: ``on_checkin``, roll back
         what the borrower left (always after ``exc``, the error that ended its work),
@@ -130,9 +164,17 @@ class Lifecycle:
             driver = entry.driver
             if self.config.on_checkin is not None:
                 self.config.on_checkin(entry.raw)
-            if exc is not None and driver.is_disconnect(exc, entry.raw):
-                why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
-                return Discard(why, "broken", disconnect=True)
+            if exc is not None:
+                kind = self.classify(exc, entry.raw, driver)
+                if kind == SERVER_CHANGED:
+                    why = (
+                        f"the server is no longer the one connected to ({one_line(exc)}): "
+                        "retiring every connection"
+                    )
+                    return Discard(why, "broken", disconnect=True, drain=True)
+                if kind == DEAD:
+                    why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
+                    return Discard(why, "broken", disconnect=True)
             if entry.retire:
                 return Discard(_RETIRED_BECAUSE[entry.retire], entry.retire, quiet=True)
             state = driver.transaction_state(entry.raw)

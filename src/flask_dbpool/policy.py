@@ -10,9 +10,12 @@ __all__ = [
     "BACKOFF_FIRST",
     "BACKOFF_MAX",
     "RECOVERY_STEP",
+    "RETRY_FIRST",
+    "RETRY_MAX",
     "backoff_delay",
     "lifetime_jitter",
     "recovery_delay",
+    "retry_delay",
 ]
 
 #: First delay before retrying a failed connection, doubled on each further failure...
@@ -40,6 +43,19 @@ def recovery_delay() -> float:
     """Seconds from a failed attempt to the next one while callers wait (see
     :data:`RECOVERY_STEP`)."""
     return RECOVERY_STEP * _jitter.uniform(0.6, 1.0)
+
+
+#: run_transaction's pause before its first retry, doubled for each next one up to
+#: RETRY_MAX (each drawn between half and all of it, so that transactions that collided do
+#: not collide again).
+RETRY_FIRST = 0.02
+RETRY_MAX = 1.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to pause before running a unit of work for the ``attempt``-th time (2, 3 …)."""
+    ceiling = min(RETRY_MAX, RETRY_FIRST * 2.0 ** min(attempt - 2, 32))
+    return ceiling * _jitter.uniform(0.5, 1.0)
 
 
 def lifetime_jitter() -> float:

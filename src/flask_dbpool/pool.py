@@ -27,7 +27,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from flask_dbpool import messages
 from flask_dbpool._fork import abandon_inherited, track
@@ -43,6 +43,7 @@ from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
 from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
 from flask_dbpool.stats import DURATION_BUCKETS as _DURATION_BUCKETS
 from flask_dbpool.stats import PoolStats
+from flask_dbpool.transactions import run_transaction
 
 __all__ = ["Pool"]
 
@@ -51,6 +52,7 @@ logger = logging.getLogger("flask_dbpool.pool")
 _new_proxy = object.__new__
 _bucket = bisect_left
 _now = time.monotonic
+_R = TypeVar("_R")
 _get_ident = threading.get_ident
 
 #: A checkout ping gets at least this long, even when the caller's timeout is nearly spent.
@@ -107,6 +109,7 @@ class Pool:
         leak_threshold: float | None = None,
         open_timeout: float | None = None,
         describe_caller: Callable[[], str | None] | None = None,
+        classify_error: Callable[[BaseException, Any], Any] | None = None,
         **unknown: object,
     ) -> None:
         if unknown:  # a ConfigError naming the option, not Python's bare TypeError
@@ -133,6 +136,7 @@ class Pool:
                 "leak_threshold": leak_threshold,
                 "open_timeout": open_timeout,
                 "describe_caller": describe_caller,
+                "classify_error": classify_error,
             }
         )
         config = self.config
@@ -364,6 +368,46 @@ class Pool:
             len(surplus),
         )
 
+    def run_transaction(
+        self,
+        work: Callable[[PooledConnection], _R],
+        *,
+        retries: int = 3,
+        timeout: float | None = None,
+    ) -> _R:
+        """Run ``work(conn)`` in a transaction on a pooled connection, commit, and return
+        what ``work`` returned.
+
+        The whole unit of work runs again, on a connection from the pool, up to ``retries``
+        more times when the error proves nothing was committed: the server rolled the
+        transaction back (serialization failure, deadlock, lock wait timeout), or the
+        connection was lost before the ``COMMIT`` was sent; with a pause that doubles from
+        20 ms (jittered, at most 1 s). ``work`` must not commit itself, and may run more than
+        once: keep side effects outside the database (emails, payments) out of it. Raises
+        :class:`~flask_dbpool.CommitOutcomeUnknown` (never retried) when the connection was
+        lost while the ``COMMIT`` was in flight; any other error, or a retryable one after
+        the last attempt, is raised as it is, after a rollback. Each checkout waits up to
+        ``timeout`` (default: the pool's). Each retry is logged at DEBUG (logger
+        ``flask_dbpool.transactions``, with its cause) and counted in
+        ``stats().transaction_retries``. A bad ``retries`` raises
+        :class:`~flask_dbpool.ConfigError`.
+        """
+        return run_transaction(
+            self, work, retries=retries, timeout=timeout, count_retry=self._count_retry
+        )
+
+    def classify(self, error: BaseException, conn: PooledConnection) -> str | None:
+        """What ``error``, raised while ``conn`` was in use, means: ``"dead"``,
+        ``"server_changed"``, ``"retryable"`` or ``None`` (see ``classify_error``)."""
+        entry = entry_of(conn)
+        if entry is None:  # returned already: nothing to tell from its connection
+            return None
+        return self._keeper.life.classify(error, entry.raw, entry.driver)
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self._state.transaction_retries += 1
+
     def drain(self) -> int:
         """Retire every connection open now, for a failover to another server or rotated
         credentials: idle ones are closed at once, those in use are closed when they come
@@ -372,19 +416,10 @@ class Pool:
         a connection being opened at that moment serves the caller that opened it, once, and
         is closed when it comes back. Raises
         :class:`~flask_dbpool.PoolClosed` if the pool is closed."""
-        with self._lock:
-            if self._state.closed:
-                raise PoolClosed(messages.closed(self.name))
-            to_close, marked = self._state.drain(_now())
-        for entry in to_close:
-            self._keeper.life.close(entry)
-        logger.info(
-            "pool %r drained: %d idle connection(s) closed, %d in use closed when returned",
-            self.name,
-            len(to_close),
-            marked,
-        )
-        return len(to_close) + marked
+        if self._state.closed:
+            raise PoolClosed(messages.closed(self.name))
+        closed, marked = self._keeper.drain()
+        return closed + marked
 
     def label_checkout(self, conn: PooledConnection, label: str) -> None:
         """Attach ``label`` (short; e.g. the Flask endpoint or a job name) to ``conn``'s

@@ -221,6 +221,7 @@ class PoolState(Generic[T]):
         "timeouts",
         "to_check",
         "track_use",
+        "transaction_retries",
         "use_time",
         "wait_max",
         "wait_time",
@@ -298,6 +299,7 @@ class PoolState(Generic[T]):
         self.pings_failed = 0
         self.leaks_detected = 0
         self.reclaimed = 0
+        self.transaction_retries = 0
         self.closed_by: dict[str, int] = {}
         self.wait_time = Histogram()
         self.create_time = Histogram()
@@ -908,6 +910,7 @@ def _snapshot(state: PoolState[Any]) -> PoolStats:
         pings_failed=state.pings_failed,
         leaks_detected=state.leaks_detected,
         reclaimed=state.reclaimed,
+        transaction_retries=state.transaction_retries,
         closed_by_reason=dict(state.closed_by),
         wait_time=state.wait_time.snapshot(),
         create_time=state.create_time.snapshot(),

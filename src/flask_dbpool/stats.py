@@ -175,6 +175,9 @@ class PoolStats:
     reclaimed: int
     """Total connections whose handle was garbage-collected without being returned (their
     slot was given back)."""
+    transaction_retries: int = 0
+    """Total times ``run_transaction`` ran a unit of work again (after a serialization
+    failure, a deadlock, a lock wait timeout, or a connection lost before the commit)."""
 
     closed_by_reason: Mapping[str, int] = field(default_factory=dict)
     """Total connections closed, by reason (see :data:`CLOSE_REASONS`); sums to ``closed``."""
@@ -224,6 +227,7 @@ _TOTALS = (
     "pings_failed",
     "leaks_detected",
     "reclaimed",
+    "transaction_retries",
 )
 
 

@@ -6,7 +6,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask_dbpool.drivers.base import BROKEN, FAILED, IDLE, IN_TRANSACTION, ConnectFn, Driver
+from flask_dbpool.drivers.base import (
+    BROKEN,
+    DEAD,
+    ERROR_KINDS,
+    FAILED,
+    IDLE,
+    IN_TRANSACTION,
+    RETRYABLE,
+    SERVER_CHANGED,
+    ConnectFn,
+    Driver,
+)
 from flask_dbpool.drivers.mysql import MySQLdbDriver, PyMySQLDriver
 from flask_dbpool.drivers.postgres import Psycopg2Driver, PsycopgDriver
 from flask_dbpool.drivers.sqlite import SQLiteDriver
@@ -15,9 +26,13 @@ from flask_dbpool.url import parse_url, redact
 
 __all__ = [
     "BROKEN",
+    "DEAD",
+    "ERROR_KINDS",
     "FAILED",
     "IDLE",
     "IN_TRANSACTION",
+    "RETRYABLE",
+    "SERVER_CHANGED",
     "Connector",
     "Driver",
     "connection_rejected",

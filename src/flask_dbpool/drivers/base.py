@@ -26,9 +26,13 @@ from flask_dbpool.url import DatabaseURL
 
 __all__ = [
     "BROKEN",
+    "DEAD",
+    "ERROR_KINDS",
     "FAILED",
     "IDLE",
     "IN_TRANSACTION",
+    "RETRYABLE",
+    "SERVER_CHANGED",
     "ConnectFn",
     "Driver",
     "ServerLimits",
@@ -45,6 +49,17 @@ BROKEN = 2
 FAILED = 3
 
 ConnectFn = Callable[[], Any]
+
+#: What an error raised while using a connection means (:meth:`Driver.classify`):
+#: the connection is unusable: discard it (others opened before it are checked before reuse).
+DEAD = "dead"
+#: The server is no longer the one the pool connected to (read-only after a failover,
+#: shutting down, gone): discard it and retire every connection (``Pool.drain()``).
+SERVER_CHANGED = "server_changed"
+#: The server rolled the transaction back (serialization failure, deadlock, lock wait
+#: timeout): nothing was committed, the whole transaction may be run again.
+RETRYABLE = "retryable"
+ERROR_KINDS = frozenset({DEAD, SERVER_CHANGED, RETRYABLE})
 
 _T = TypeVar("_T")
 
@@ -177,6 +192,13 @@ class Driver:
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         """Whether ``exc``, raised while using ``raw``, means the connection is unusable."""
         return False
+
+    @classmethod
+    def classify(cls, exc: BaseException, raw: Any) -> str | None:
+        """What ``exc``, raised while using ``raw``, means: :data:`SERVER_CHANGED`,
+        :data:`DEAD`, :data:`RETRYABLE`, or ``None`` for an ordinary error (the connection
+        stays usable once rolled back). The one place per driver that decides it."""
+        return DEAD if cls.is_disconnect(exc, raw) else None
 
     @staticmethod
     def is_rejection(exc: BaseException) -> bool:

@@ -10,8 +10,11 @@ from typing import Any, ClassVar
 
 from flask_dbpool.drivers.base import (
     BROKEN,
+    DEAD,
     IDLE,
     IN_TRANSACTION,
+    RETRYABLE,
+    SERVER_CHANGED,
     ConnectFn,
     Driver,
     ServerLimits,
@@ -26,6 +29,15 @@ from flask_dbpool.url import DatabaseURL
 __all__ = ["MySQLdbDriver", "PyMySQLDriver"]
 
 #: Client and server error codes meaning the session is gone.
+#: Error codes saying the server is no longer the one connected to: read-only (a primary
+#: demoted after a failover: ER_OPTION_PREVENTS_STATEMENT with --read-only,
+#: ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ER_READ_ONLY_MODE), or gone (CR_SERVER_GONE_ERROR,
+#: CR_SERVER_LOST: a restart, or wait_timeout, which expires the other idle ones too).
+SERVER_CHANGED_CODES = frozenset({1290, 1792, 1836, 2006, 2013})
+#: ER_LOCK_DEADLOCK (the transaction was rolled back) and ER_LOCK_WAIT_TIMEOUT (the statement
+#: was; run_transaction rolls the rest back before running it all again).
+RETRYABLE_CODES = frozenset({1213, 1205})
+
 DISCONNECT_CODES = frozenset(
     {
         1053,  # ER_SERVER_SHUTDOWN
@@ -241,6 +253,19 @@ class _MySQLDriver(Driver):
         return isinstance(exc, cls.import_module().MySQLError) and (
             _error_code(exc) in DISCONNECT_CODES
         )
+
+    @classmethod
+    def classify(cls, exc: BaseException, raw: Any) -> str | None:
+        """By error code (see ``SERVER_CHANGED_CODES``, ``RETRYABLE_CODES``), then whether
+        the connection is gone."""
+        code = _error_code(exc) if isinstance(exc, cls.import_module().MySQLError) else None
+        if code in SERVER_CHANGED_CODES:
+            return SERVER_CHANGED
+        if cls.is_disconnect(exc, raw):
+            return DEAD
+        if code in RETRYABLE_CODES:
+            return RETRYABLE
+        return None
 
 
 class PyMySQLDriver(_MySQLDriver):

@@ -23,9 +23,12 @@ from typing import Any, NamedTuple
 
 from flask_dbpool.drivers.base import (
     BROKEN,
+    DEAD,
     FAILED,
     IDLE,
     IN_TRANSACTION,
+    RETRYABLE,
+    SERVER_CHANGED,
     ConnectFn,
     Driver,
     ServerLimits,
@@ -175,6 +178,14 @@ _TRANSIENT_TEXT = re.compile(
 )
 
 
+# SQLSTATEs saying the server is no longer the one connected to: read_only_sql_transaction (a
+# primary demoted to a replica after a failover), admin_shutdown, crash_shutdown,
+# cannot_connect_now (shutting down or restarting).
+_SERVER_CHANGED_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
+# serialization_failure, deadlock_detected: the server rolled the transaction back.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
 def _is_rejection(sqlstate: str | None, message: str) -> bool:
     if sqlstate:
         return sqlstate in _REJECTED_SQLSTATES
@@ -305,6 +316,18 @@ class _PostgresDriver(Driver):
         if not sqlstate and isinstance(exc, module.ProgrammingError):
             return True  # a connection string libpq cannot parse
         return _is_rejection(sqlstate, str(exc))
+
+    @classmethod
+    def classify(cls, exc: BaseException, raw: Any) -> str | None:
+        """By SQLSTATE (see the module's sets), then whether the connection is gone."""
+        sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if sqlstate in _SERVER_CHANGED_SQLSTATES:
+            return SERVER_CHANGED
+        if cls.is_disconnect(exc, raw):
+            return DEAD
+        if sqlstate in _RETRYABLE_SQLSTATES:
+            return RETRYABLE
+        return None
 
 
 class PsycopgDriver(_PostgresDriver):

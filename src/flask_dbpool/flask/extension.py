@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from time import perf_counter
 from types import FrameType
+from typing import TypeVar
 
 from flask import Flask, current_app, g, has_request_context, request
 
@@ -38,6 +40,7 @@ from flask_dbpool.proxy import PooledConnection
 __all__ = ["CONFIG_PREFIX", "ENDPOINTS_KEY", "EXTENSION_KEY", "DBPool", "describe_request"]
 
 _G_KEY = "_flask_dbpool_checkout"  # a _Checkout
+_R = TypeVar("_R")
 
 
 class DBPool:
@@ -152,6 +155,22 @@ class DBPool:
         pool.label_checkout(conn, endpoint)  # the dashboard's "endpoint" column
         setattr(context_g, _G_KEY, _Checkout(conn, pool, times, endpoint, started, checked_out))
         return conn
+
+    def run_transaction(
+        self,
+        work: Callable[[PooledConnection], _R],
+        *,
+        retries: int = 3,
+        timeout: float | None = None,
+    ) -> _R:
+        """:meth:`Pool.run_transaction` on the current application's pool: ``work(conn)``
+        in a transaction of its own, on a connection of its own (not ``db.connection``),
+        committed, run again when the error proves nothing was committed. Raises
+        :class:`~flask_dbpool.CommitOutcomeUnknown` when the connection was lost during the
+        commit. Needs an app context; while the request holds ``db.connection`` it takes a
+        second connection, so size the pool for it or call it before using ``db.connection``.
+        """
+        return self.pool.run_transaction(work, retries=retries, timeout=timeout)
 
     @staticmethod
     def endpoint_times(app: Flask) -> dict[str, EndpointTimesSnapshot]:

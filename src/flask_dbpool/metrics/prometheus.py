@@ -49,7 +49,8 @@ class PoolCollector:
     ``flask_dbpool_connections_closed_total`` (``reason`` label),
     ``flask_dbpool_checkouts_total``, ``flask_dbpool_rejected_total``,
     ``flask_dbpool_connect_errors_total``, ``flask_dbpool_pings_failed_total``,
-    ``flask_dbpool_leaks_detected_total`` and ``flask_dbpool_reclaimed_total``.
+    ``flask_dbpool_leaks_detected_total``, ``flask_dbpool_reclaimed_total`` and
+    ``flask_dbpool_transaction_retries_total``.
     Raises :class:`~flask_dbpool.ConfigError` naming the extra if ``prometheus_client`` is
     missing.
     """
@@ -132,6 +133,10 @@ class PoolCollector:
             "reclaimed": counter(
                 "flask_dbpool_reclaimed", "Handles garbage-collected without being returned."
             ),
+            "transaction_retries": counter(
+                "flask_dbpool_transaction_retries",
+                "Units of work run_transaction ran again (nothing had been committed).",
+            ),
             "closed": counter("flask_dbpool_connections_closed", "Connections closed.", ["reason"]),
         }
 
@@ -165,6 +170,7 @@ class PoolCollector:
             "pings_failed",
             "leaks_detected",
             "reclaimed",
+            "transaction_retries",
         ):
             families[field].add_metric(labels, getattr(stats, field))
         # Every reason from the start, at 0: rate() needs a series before its first close.

@@ -77,7 +77,7 @@
   function counters(s) {
     const table = $("counters"); table.innerHTML = "";
     const rows = ["acquired", "created", "closed", "timeouts", "rejected", "connect_errors",
-      "pings_failed", "leaks_detected", "reclaimed"];
+      "pings_failed", "leaks_detected", "reclaimed", "transaction_retries"];
     for (const key of rows) {
       const row = table.insertRow(); cell(row, key); cell(row, s[key], "num");
     }
