@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -77,3 +78,61 @@ def test_close_also_closes_connections_awaiting_a_check(
     assert (s.open, s.checking, s.idle) == (0, 0, 0), s
     pool.close(timeout=5)
     wait_until(lambda: count_sessions() == 0, 10, "the server sessions to end")
+
+
+#: A statement that runs for about 30 s unless cancelled.
+LONG_QUERY = {
+    "postgres": "SELECT pg_sleep(30)",
+    "mysql": "SELECT SLEEP(30)",
+    # A recursive count to a billion: long CPU work inside SQLite.
+    "sqlite": (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000)"
+        " SELECT count(*) FROM c"
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
+def test_close_timeout_cancels_a_running_statement_and_keeps_its_word(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """A holder is 30 s into a statement: close(timeout=0.5) cancels it (psycopg's cancel
+    request, sqlite3's interrupt(), MySQL's KILL QUERY), closes the connection and returns
+    within the timeout plus the bounded cancel time, leaving no server session."""
+    from flask_dbpool.keeper import SHUTDOWN_BOUND
+
+    if backend.name == "sqlite":
+        url, count_sessions = backend.url, None
+    else:
+        url, count_sessions = backend.tagged()
+    pool = make_pool(url, pool_size=2, max_overflow=0)
+    holder = pool.acquire()
+    outcome: list[object] = []
+    started = threading.Event()
+
+    def run_long() -> None:
+        started.set()
+        try:
+            outcome.append(query(holder, LONG_QUERY[backend.name]))
+        except Exception as error:  # cancelled: the driver's error
+            outcome.append(error)
+        finally:
+            holder.close()
+
+    worker = threading.Thread(target=run_long, daemon=True)
+    worker.start()
+    started.wait(5)
+    time.sleep(0.3)  # the statement is running
+    begin = time.monotonic()
+    pool.close(timeout=0.5)
+    took = time.monotonic() - begin
+    assert took < 0.5 + SHUTDOWN_BOUND, f"close(timeout=0.5) took {took:.1f} s"
+    worker.join(10)
+    assert not worker.is_alive(), "the statement was not cancelled"
+    (result,) = outcome
+    # Cancelled: an error (PostgreSQL QueryCanceled, sqlite3 "interrupted"), or for MySQL's
+    # SLEEP its early result, 1.
+    assert isinstance(result, Exception) or result == [(1,)], result
+    assert pool.stats().open == 0
+    if count_sessions is not None:
+        wait_until(lambda: count_sessions() == 0, what="no server session left")

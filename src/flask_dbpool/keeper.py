@@ -13,9 +13,11 @@ inlined hot path and the waiting; everything slower is delegated here.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from flask_dbpool import messages
@@ -27,6 +29,13 @@ from flask_dbpool.lifecycle import Lifecycle
 from flask_dbpool.maintenance import PING_TIMEOUT, Maintenance
 from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
 from flask_dbpool.state import MAX_SLEEP, PROBE, PoolState
+
+#: close(timeout): how long cancelling the statements still running and closing the
+#: connections may add to the timeout, at most (each cancel request is bounded by
+#: CANCEL_TIMEOUT; holders get CANCEL_GRACE to give a cancelled connection back).
+SHUTDOWN_BOUND = 3.0
+CANCEL_TIMEOUT = 1.0
+CANCEL_GRACE = 1.0
 
 if TYPE_CHECKING:
     from flask_dbpool._handoff import Waiter
@@ -373,6 +382,28 @@ class Keeper:
         )
         return len(to_close), marked
 
+    def cancel_and_close(self, leftovers: list[Entry]) -> int:
+        """The end of ``close(timeout)``: cancel what still runs on ``leftovers`` (the
+        connections not given back in time), give their holders :data:`CANCEL_GRACE` to
+        return them, then close those still out under their holders. Each step runs in
+        daemon threads, so that a server or network that stopped answering cannot hold this
+        past :data:`SHUTDOWN_BOUND`. Returns how many were closed under their holders."""
+        deadline = _now() + SHUTDOWN_BOUND
+        connect = self.life.connector.connect
+
+        def cancel(entry: Entry) -> None:
+            try:
+                entry.driver.cancel(entry.raw, CANCEL_TIMEOUT, connect)
+            except Exception as error:
+                logger.debug("pool %r: cancel failed: %s", self.name, one_line(error))
+
+        _run_bounded([functools.partial(cancel, e) for e in leftovers], deadline, "cancel")
+        self.drained.wait(max(0.0, min(CANCEL_GRACE, deadline - _now())))
+        with self.lock:
+            still = [entry for entry in leftovers if entry in self.state.entries]
+        _run_bounded([functools.partial(self.life.close, e) for e in still], deadline, "close")
+        return len(still)
+
     def send_to_check(self, entry: Entry) -> None:
         with self.lock:
             queued = self.state.send_to_check(entry)
@@ -414,3 +445,15 @@ class Keeper:
                 return PoolError(messages.inherited_across_fork())
             return PoolError(messages.of_another_pool(entry.pool.name, self.name))
         return PoolError(messages.foreign_object(self.name, conn))
+
+
+def _run_bounded(calls: list[Callable[[], object]], deadline: float, what: str) -> None:
+    """Run ``calls`` in parallel daemon threads; return when all are done or at
+    ``deadline`` (a call still blocked is left to finish on its own)."""
+    threads = [
+        threading.Thread(target=call, name=f"flask-dbpool {what}", daemon=True) for call in calls
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - _now()))

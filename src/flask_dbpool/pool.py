@@ -489,9 +489,12 @@ class Pool:
         later ``acquire()`` calls raise it, the maintenance thread stops and idle connections
         are closed now. Without ``timeout``, connections still checked out are closed when
         they are returned. With ``timeout`` (seconds), waits that long for them to come back,
-        then closes those still out (their holders' next use fails) so that no server session
-        is left behind. Idempotent; a later call with a timeout still waits and closes what
-        is left.
+        then cancels the statements still running on those still out (psycopg's cancel
+        request, sqlite3's ``interrupt()``, MySQL's ``KILL QUERY`` from a side connection),
+        gives their holders a moment to return them, and closes the rest under them (their
+        next use fails), so that no server session is left behind; all within ``timeout``
+        plus at most ``keeper.SHUTDOWN_BOUND`` (3 s), even if the server stopped answering.
+        Idempotent; a later call with a timeout still waits and closes what is left.
         """
         if timeout is not None:
             _check_timeout(timeout)
@@ -506,18 +509,18 @@ class Pool:
             logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
         if timeout is None or self._keeper.drained.wait(timeout):
             return
-        # Borrowers did not return in time: close their connections under them.
+        # Borrowers did not return in time: cancel what they run, then close under them.
         with self._lock:
             leftovers = [e for e in self._state.entries if e not in self._state.checking]
         if leftovers:
             logger.warning(
-                "pool %r: %d connection(s) still checked out after %.1f s; closing them",
+                "pool %r: %d connection(s) still checked out after %.1f s; cancelling their "
+                "statements and closing them",
                 self.name,
                 len(leftovers),
                 timeout,
             )
-        for entry in leftovers:
-            self._keeper.life.close(entry)
+            self._keeper.cancel_and_close(leftovers)
 
     def run_maintenance(self) -> float:
         """One maintenance run now; returns the seconds until the next is due.

@@ -269,6 +269,15 @@ class Driver:
         """Close the driver connection."""
         raw.close()
 
+    @classmethod
+    def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
+        """Cancel the statement running on ``raw`` (from another thread: the one running it
+        gets the driver's error, or, for MySQL's ``SLEEP``, its result). ``side_connect``
+        opens a separate connection to the same server, for drivers that cancel through one;
+        ``timeout`` bounds the wait where the driver takes one. Returns whether a cancel was
+        sent; raises the driver's error if it could not be."""
+        return False
+
     @staticmethod
     def socket_fd(raw: Any) -> int | None:
         """The connection's socket file descriptor, if it has one (used after ``fork()``)."""

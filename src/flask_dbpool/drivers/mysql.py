@@ -255,6 +255,22 @@ class _MySQLDriver(Driver):
         )
 
     @classmethod
+    def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
+        """``KILL QUERY <its thread id>`` from a side connection (the protocol has no cancel
+        request on the connection itself)."""
+        thread_id = raw.thread_id()
+        side = side_connect()
+        try:
+            cursor = side.cursor()
+            try:
+                cursor.execute(f"KILL QUERY {int(thread_id)}")
+            finally:
+                cursor.close()
+        finally:
+            side.close()
+        return True
+
+    @classmethod
     def classify(cls, exc: BaseException, raw: Any) -> str | None:
         """By error code (see ``SERVER_CHANGED_CODES``, ``RETRYABLE_CODES``), then whether
         the connection is gone."""

@@ -396,6 +396,17 @@ class PsycopgDriver(_PostgresDriver):
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed or raw.broken)
 
+    @classmethod
+    def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
+        """libpq's cancel request (``cancel_safe``, bounded by ``timeout``, where psycopg
+        has it: 3.2+)."""
+        cancel_safe = getattr(raw, "cancel_safe", None)
+        if cancel_safe is not None:
+            cancel_safe(timeout=timeout)
+        else:
+            raw.cancel()
+        return True
+
     watched_names = frozenset(
         {
             "cursor",
@@ -527,6 +538,12 @@ class Psycopg2Driver(_PostgresDriver):
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed)
+
+    @classmethod
+    def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
+        """libpq's cancel request."""
+        raw.cancel()
+        return True
 
     watched_names = frozenset(
         {"cursor", "set_session", "set_isolation_level", "set_client_encoding"}

@@ -104,6 +104,12 @@ class SQLiteDriver(Driver):
         """``SELECT 1`` without a bound (no network, nothing to wait for)."""
         cls._select_one(raw)
 
+    @classmethod
+    def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
+        """``interrupt()``: the running statement fails with "interrupted"."""
+        raw.interrupt()
+        return True
+
     @staticmethod
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         if isinstance(exc, sqlite3.ProgrammingError):
