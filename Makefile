@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # e.g. make bench-e2e BENCH_E2E_ARGS='--rounds 3 --worker-class gevent'
 BENCH_E2E_ARGS ?= --pin
 
-.PHONY: test demo lint typecheck pytest bench bench-e2e wrk clean
+.PHONY: test demo lint typecheck pytest bench bench-e2e wrk clean chaos
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # End to end: gunicorn + wrk per variant (benchmarks/e2e/run.py --help); needs PostgreSQL.
 bench-e2e: $(BENCH_STAMP) wrk
 	$(PY) benchmarks/e2e/run.py $(BENCH_E2E_ARGS)
+
+# The chaos suite's long version (not in CI): gunicorn + killed sessions + a server restart
+# on a throwaway PostgreSQL cluster, per worker class; prints the table (README).
+chaos: $(STAMP)
+	$(PY) tests/chaos/harness.py $(CHAOS_ARGS)
 
 wrk:
 	@command -v wrk >/dev/null || { \
