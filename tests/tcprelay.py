@@ -1,16 +1,20 @@
-"""A loopback TCP relay in front of a real server, whose path can be frozen.
+"""A loopback TCP relay in front of a real server: a small fault proxy.
 
 ``freeze()`` makes the relay stop forwarding in both directions while keeping every socket
 open: to the client it looks like a server (or a network path) that stopped answering, with
-no reset and no FIN, as with a frozen VM or a dropped route. ``thaw()`` resumes forwarding.
-Used for tests that need an unanswered round trip without touching the shared server.
+no reset and no FIN, as with a frozen VM or a dropped route (a black hole). ``thaw()``
+resumes forwarding. ``reset()`` aborts every connection through it with a TCP reset (a
+firewall or load balancer dropping its state). ``latency`` (seconds) delays every chunk
+forwarded. Used for tests that need network faults without touching the shared server.
 """
 
 from __future__ import annotations
 
 import selectors
 import socket
+import struct
 import threading
+import time
 from types import TracebackType
 
 __all__ = ["TCPRelay"]
@@ -24,6 +28,7 @@ class TCPRelay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._frozen = threading.Event()
+        self.latency = 0.0
         self._stopped = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -37,6 +42,18 @@ class TCPRelay:
     def thaw(self) -> None:
         """Resume forwarding."""
         self._frozen.clear()
+
+    def reset(self) -> None:
+        """Abort every connection now with a TCP reset to both ends (SO_LINGER 0); new
+        connections are relayed as before."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Stop the relay and close every socket."""
@@ -88,7 +105,11 @@ class TCPRelay:
                 if self._frozen.is_set():
                     self._stopped.wait(0.05)
                     continue
-                for key, _ in selector.select(timeout=0.05):
+                try:
+                    events = selector.select(timeout=0.05)
+                except (OSError, ValueError):  # reset() closed its sockets
+                    return
+                for key, _ in events:
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
                     try:
@@ -102,6 +123,8 @@ class TCPRelay:
                             except OSError:
                                 pass
                         return
+                    if self.latency:
+                        time.sleep(self.latency)
                     try:
                         peer[sock].sendall(data)
                     except OSError:

@@ -11,11 +11,15 @@ server has sessions. ``make chaos`` runs longer rounds and prints the table.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (the dev extra has it)")
 
-from chaos.harness import POOL_SIZE, WORKER_CLASSES, run
+from backends import Backend
+from chaos.harness import POOL_SIZE, WORKER_CLASSES, run, run_kills, run_network_faults
 from pgcluster import ThrowawayCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,5 +43,54 @@ def test_the_app_rides_out_killed_sessions_and_a_restart(
     assert outcome.recovery <= RECOVERY_BOUND, outcome
     assert outcome.most_sessions <= outcome.workers * POOL_SIZE, outcome
     assert outcome.most_open_per_worker <= POOL_SIZE, outcome
+    assert outcome.leaked == 0, outcome
+    assert outcome.sessions_after == outcome.open_total, outcome
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_the_app_rides_out_network_faults(
+    throwaway_postgres: ThrowawayCluster, worker_class: str
+) -> None:
+    """Through a fault proxy: every connection reset, a 2 s black hole, 50 ms of latency.
+    Only requests in flight at the reset may fail; the black hole and the latency only slow
+    requests down (the pool's timeout is 10 s); then the same invariants."""
+    if worker_class == "gevent":
+        pytest.importorskip("gevent", reason="gevent is not installed (the dev extra has it)")
+    throwaway_postgres.start()
+    outcome, slowest = run_network_faults(throwaway_postgres, worker_class, quiet=1.0)
+    print(outcome, f"slowest {slowest:.2f} s")
+    assert outcome.requests > 200, outcome
+    assert outcome.failed <= outcome.in_flight_at_faults, outcome
+    assert outcome.recovery <= RECOVERY_BOUND, outcome
+    assert 2.0 <= slowest < 10.0, slowest  # waited out the black hole, no timeout
+    assert outcome.most_sessions <= outcome.workers * POOL_SIZE, outcome
+    assert outcome.leaked == 0, outcome
+    assert outcome.sessions_after == outcome.open_total, outcome
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_the_app_rides_out_killed_mariadb_connections(backend: Backend) -> None:
+    """MariaDB: every app connection ended with KILL CONNECTION, twice, under load (gthread):
+    only requests in flight at the kills fail; then the same invariants."""
+    url, sessions = backend.tagged()
+    admin = threading.Lock()  # one admin connection: the sampler and the kills take turns
+
+    def count_sessions() -> int:
+        with admin:
+            return sessions()
+
+    def kill_all() -> None:
+        with admin:
+            ids = sessions.ids()
+        for session in ids:
+            with admin, contextlib.suppress(backend.operational_error):
+                backend.kill(session)  # (one the pool closed meanwhile is unknown: fine)
+
+    outcome = run_kills(url, count_sessions, kill_all, "gthread", quiet=1.5)
+    print(outcome)
+    assert outcome.requests > 200, outcome
+    assert outcome.failed <= outcome.in_flight_at_faults, outcome
+    assert outcome.recovery <= RECOVERY_BOUND, outcome
+    assert outcome.most_sessions <= outcome.workers * POOL_SIZE, outcome
     assert outcome.leaked == 0, outcome
     assert outcome.sessions_after == outcome.open_total, outcome

@@ -177,16 +177,25 @@ class Load:
 
 
 class Sessions:
-    """Samples the app's server sessions (by ``application_name``) every 20 ms."""
+    """Samples the app's server sessions (by ``application_name``, or with ``counter``)
+    every 20 ms."""
 
-    def __init__(self, cluster: ThrowawayCluster, tag: str) -> None:
-        self.cluster, self.tag = cluster, tag
+    def __init__(
+        self,
+        cluster: ThrowawayCluster | None,
+        tag: str,
+        counter: Callable[[], int] | None = None,
+    ) -> None:
+        self.cluster, self.tag, self._counter = cluster, tag, counter
         self.most = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def count(self) -> int:
+        if self._counter is not None:
+            return self._counter()
+        assert self.cluster is not None
         with psycopg.connect(self.cluster.url, autocommit=True, connect_timeout=2) as admin:
             row = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (self.tag,)
@@ -197,8 +206,8 @@ class Sessions:
         while not self._stop.wait(0.02):
             try:
                 self.most = max(self.most, self.count())
-            except psycopg.Error:
-                pass  # the server is down
+            except Exception:
+                pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -292,6 +301,122 @@ def run(
             failed=len(failed),
             in_flight_at_faults=load.in_flight(terminated) + load.in_flight(stopped),
             recovery=(first - up) if first is not None else float("inf"),
+            most_sessions=sessions.most,
+            leaked=leaked,
+            open_total=open_total,
+            sessions_after=after,
+            most_open_per_worker=max(w["most_open"] for w in stats.values()),
+            errors=sorted({r.error[:100] for r in failed})[:5],
+        )
+
+
+def run_network_faults(
+    cluster: ThrowawayCluster, worker_class: str, *, quiet: float = 2.0
+) -> tuple[Outcome, float]:
+    """The app reaching the server through a fault proxy (``tests/tcprelay.py``): ``quiet``
+    s of load, every connection reset, ``quiet`` s, a black hole (nothing forwarded, no
+    reset) for 2 s, ``quiet`` s, 50 ms of added latency for 2 s, ``quiet`` s. Returns the
+    outcome (``in_flight_at_faults``: those in flight at the reset; ``recovery``: after
+    the black hole ended, to the first request served) and the slowest request."""
+    from tcprelay import TCPRelay
+
+    tag = f"chaos_{uuid.uuid4().hex[:8]}"
+    with TCPRelay("127.0.0.1", cluster.port) as relay:
+        url = (
+            f"postgresql://postgres@127.0.0.1:{relay.port}/{cluster.dbname}"
+            f"?application_name={tag}&connect_timeout=3"
+        )
+        with Gunicorn(url, worker_class) as app:
+            sessions = Sessions(cluster, tag)
+            load = Load(app.port)
+            load.start()
+            try:
+                time.sleep(quiet)
+                reset_at = time.monotonic()
+                relay.reset()
+                time.sleep(quiet)
+                relay.freeze()
+                time.sleep(2.0)
+                relay.thaw()
+                thawed = time.monotonic()
+                time.sleep(quiet)
+                relay.latency = 0.05
+                time.sleep(2.0)
+                relay.latency = 0.0
+                time.sleep(quiet)
+            finally:
+                load.stop()
+                sessions.stop()
+            first = load.first_ok_after(thawed)
+            time.sleep(0.3)
+            stats = app.worker_stats()
+            open_total = sum(w["stats"]["open"] for w in stats.values())
+            leaked = sum(w["stats"]["in_use"] + w["stats"]["waiting"] for w in stats.values())
+            deadline = time.monotonic() + 5
+            while (after := sessions.count()) != open_total and time.monotonic() < deadline:
+                time.sleep(0.05)
+            failed = load.failed()
+            slowest = max(r.end - r.start for r in load.requests)
+            outcome = Outcome(
+                worker_class=worker_class,
+                workers=app.workers,
+                requests=len(load.requests),
+                failed=len(failed),
+                in_flight_at_faults=load.in_flight(reset_at),
+                recovery=(first - thawed) if first is not None else float("inf"),
+                most_sessions=sessions.most,
+                leaked=leaked,
+                open_total=open_total,
+                sessions_after=after,
+                most_open_per_worker=max(w["most_open"] for w in stats.values()),
+                errors=sorted({r.error[:100] for r in failed})[:5],
+            )
+            return outcome, slowest
+
+
+def run_kills(
+    url: str,
+    count_sessions: Callable[[], int],
+    kill_all: Callable[[], object],
+    worker_class: str,
+    *,
+    quiet: float = 2.0,
+) -> Outcome:
+    """Any server (``url``): ``quiet`` s of load, every app session killed (``kill_all``),
+    ``quiet`` s, killed again, ``quiet`` s. ``recovery``: from the end of the second kill
+    to the first request served."""
+    with Gunicorn(url, worker_class) as app:
+        sessions = Sessions(None, "", count_sessions)
+        load = Load(app.port)
+        load.start()
+        try:
+            time.sleep(quiet)
+            first_kill = time.monotonic()
+            kill_all()
+            time.sleep(quiet)
+            second_kill = time.monotonic()
+            kill_all()
+            killed = time.monotonic()
+            time.sleep(quiet)
+        finally:
+            load.stop()
+            sessions.stop()
+        first = load.first_ok_after(killed)
+        time.sleep(0.3)
+        stats = app.worker_stats()
+        open_total = sum(w["stats"]["open"] for w in stats.values())
+        leaked = sum(w["stats"]["in_use"] + w["stats"]["waiting"] for w in stats.values())
+        deadline = time.monotonic() + 5
+        while (after := sessions.count()) != open_total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failed = load.failed()
+        return Outcome(
+            worker_class=worker_class,
+            workers=app.workers,
+            requests=len(load.requests),
+            failed=len(failed),
+            in_flight_at_faults=load.in_flight(first_kill) + load.in_flight(second_kill),
+            recovery=(first - killed) if first is not None else float("inf"),
             most_sessions=sessions.most,
             leaked=leaked,
             open_total=open_total,
