@@ -136,3 +136,32 @@ def test_close_timeout_cancels_a_running_statement_and_keeps_its_word(
     assert pool.stats().open == 0
     if count_sessions is not None:
         wait_until(lambda: count_sessions() == 0, what="no server session left")
+
+
+def test_close_timeout_cancels_a_psycopg2_statement(postgres_url: str, make_pool: MakePool) -> None:
+    """The same through psycopg2 (its ``cancel()``)."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    from flask_dbpool.keeper import SHUTDOWN_BOUND
+
+    pool = make_pool(postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    holder = pool.acquire()
+    outcome: list[object] = []
+
+    def run_long() -> None:
+        try:
+            outcome.append(query(holder, LONG_QUERY["postgres"]))
+        except Exception as error:
+            outcome.append(error)
+        finally:
+            holder.close()
+
+    worker = threading.Thread(target=run_long, daemon=True)
+    worker.start()
+    time.sleep(0.3)
+    begin = time.monotonic()
+    pool.close(timeout=0.3)
+    assert time.monotonic() - begin < 0.3 + SHUTDOWN_BOUND
+    worker.join(10)
+    assert not worker.is_alive()
+    (error,) = outcome
+    assert "cancel" in str(error).lower(), error
