@@ -1439,8 +1439,14 @@ class PoolStateMachine(RuleBasedStateMachine):
                 "pre_ping": pre_ping,
             }
         )
+        # A recovery step shorter than the back-off (10 s per failure) and than most time
+        # steps: the fast-recovery path is taken, deterministically.
         self.state: PoolState[Item] = PoolState(
-            config, target="db://test", backoff=backoff, on_drained=self.drained
+            config,
+            target="db://test",
+            backoff=backoff,
+            recovery=lambda: 0.4,
+            on_drained=self.drained,
         )
         # Start from a pool in use: some idle (warmed up), some lent.
         for _ in range(warm):
@@ -1627,7 +1633,7 @@ class PoolStateMachine(RuleBasedStateMachine):
                 self.move(item, "lent", "returning")
                 self.placed(item, state.check_in(item, fast=True))
             return
-        reason = "lifetime" if how == "ok" else how
+        reason = (item.retire or "lifetime") if how == "ok" else how
         self.discard(item, reason, disconnect=how in ("broken", "ping_failed"))
 
     @precondition(lambda self: self.queued or self.handed)
@@ -1819,6 +1825,24 @@ class PoolStateMachine(RuleBasedStateMachine):
             self.above_max = True
         else:
             assert state.keep == expected_keep(config)
+
+    @rule(chance=st.integers(0, 5))
+    def drain(self, chance: int) -> None:
+        """Retire everything open now (a failover): idle and queued ones closed at once,
+        the rest marked, and the freed slots handed to waiters."""
+        if chance != 5 or self.state.closed:  # now and then; Pool.drain refuses a closed pool
+            return
+        state = self.state
+        now_idle = set(self.in_place("idle")) | set(self.in_place("to_check"))
+        drained = state.closed_by.get("drained", 0)
+        to_close, marked = state.drain(self.now)
+        assert set(to_close) == now_idle and len(to_close) == len(now_idle)
+        for item in to_close:
+            self.move(item, ("idle", "to_check"), "closed")
+        assert state.closed_by.get("drained", 0) == drained + len(to_close)
+        assert all(item.retire for item in state.entries)
+        assert marked <= len(state.entries)
+        self.sync()
 
     @rule(chance=st.integers(0, 7))
     def close(self, chance: int) -> None:

@@ -326,3 +326,27 @@ def test_a_read_only_server_is_a_changed_server_and_drains_the_pool(
 
     pool.run_transaction(work)
     assert len(runs) == 2 and backend.count_rows(table) == 1
+
+
+def test_an_autocommit_pool_is_refused_and_a_returned_connection_is_said(
+    postgres_url: str, make_pool: MakePool
+) -> None:
+    """A pool whose connections commit each statement cannot run a unit of work again
+    safely: refused. A unit of work that gives its connection back: said, not a retry."""
+    from flask_dbpool import PoolError
+
+    auto = make_pool(postgres_url, on_connect=lambda raw: setattr(raw, "autocommit", True))
+    with pytest.raises(ConfigError, match="autocommit is on"):
+        auto.run_transaction(lambda conn: None)
+    assert auto.stats().in_use == 0
+    pool = make_pool(postgres_url)
+    with pytest.raises(PoolError, match="returned its connection"):
+        pool.run_transaction(lambda conn: conn.close())
+
+    def close_then_fail(conn: Any) -> None:
+        conn.close()
+        raise KeyError("the application's own error")
+
+    with pytest.raises(KeyError, match="own error"):
+        pool.run_transaction(close_then_fail)
+    assert pool.stats().in_use == 0 and pool.stats().transaction_retries == 0

@@ -75,7 +75,16 @@ class Keeper:
     A forked child gets a new keeper with a new lock and state.
     """
 
-    __slots__ = ("drained", "life", "lock", "maintenance", "name", "owner", "state")
+    __slots__ = (
+        "drained",
+        "life",
+        "lock",
+        "maintenance",
+        "name",
+        "owner",
+        "returning",
+        "state",
+    )
 
     def __init__(self, owner: KeptPool, life: Lifecycle, state: PoolState[Entry]) -> None:
         self.owner = owner
@@ -84,6 +93,9 @@ class Keeper:
         self.lock = threading.Lock()
         self.state = state
         self.drained = threading.Event()  # set once closed and every slot is free
+        # Entries whose holders are returning them (claimed, reset under way): close(timeout)
+        # must not close one under the thread resetting it.
+        self.returning: set[Entry] = set()
         state.on_drained = self.drained.set
         self.maintenance: Maintenance | None = None
 
@@ -267,11 +279,12 @@ class Keeper:
         if reconnect:
             self.nudge()  # a slot for maintenance's next reconnection attempt
 
-    def claim(self, conn: PooledConnection) -> tuple[Entry, bool]:
+    def claim(self, conn: PooledConnection, *, returning: bool = False) -> tuple[Entry, bool]:
         """Take the entry out of ``conn`` under the lock, so that only one release wins.
 
         Also returns whether a leak warning was logged for this checkout. From here on, no
-        new one is: a slow reset on return is not the holder's doing.
+        new one is: a slow reset on return is not the holder's doing. ``returning``: the
+        caller resets it next (listed in :attr:`returning` until it is done).
         """
         if not isinstance(conn, PooledConnection):
             raise self.foreign(conn)
@@ -282,10 +295,19 @@ class Keeper:
             if entry.pool is not self.owner:
                 raise self.foreign(conn)
             set_entry(conn, None)
+            if returning:
+                self.returning.add(entry)
             return entry, self.state.claim(entry)
 
     def release_slow(self, conn: PooledConnection, exc: BaseException | None) -> None:
-        entry, reported = self.claim(conn)
+        entry, reported = self.claim(conn, returning=True)
+        try:
+            self._finish_return(entry, reported, exc)
+        finally:
+            with self.lock:
+                self.returning.discard(entry)
+
+    def _finish_return(self, entry: Entry, reported: bool, exc: BaseException | None) -> None:
         held = _now() - entry.lent_at
         verdict = self.life.reset(entry, exc)
         if verdict is not None:
@@ -400,7 +422,12 @@ class Keeper:
         _run_bounded([functools.partial(cancel, e) for e in leftovers], deadline, "cancel")
         self.drained.wait(max(0.0, min(CANCEL_GRACE, deadline - _now())))
         with self.lock:
-            still = [entry for entry in leftovers if entry in self.state.entries]
+            # (Not those being returned: their holders close them, the pool being closed.)
+            still = [
+                entry
+                for entry in leftovers
+                if entry in self.state.entries and entry not in self.returning
+            ]
         _run_bounded([functools.partial(self.life.close, e) for e in still], deadline, "close")
         return len(still)
 

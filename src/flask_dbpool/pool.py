@@ -382,8 +382,12 @@ class Pool:
         more times when the error proves nothing was committed: the server rolled the
         transaction back (serialization failure, deadlock, lock wait timeout), or the
         connection was lost before the ``COMMIT`` was sent; with a pause that doubles from
-        20 ms (jittered, at most 1 s). ``work`` must not commit itself, and may run more than
-        once: keep side effects outside the database (emails, payments) out of it. Raises
+        20 ms (jittered, at most 1 s). ``work`` must not commit itself, switch to autocommit,
+        return the connection, or run statements that commit implicitly (MySQL DDL,
+        ``TRUNCATE``, ``LOCK TABLES``): a lost connection after such a commit would run it
+        twice. It may run more than once: keep side effects outside the database (emails,
+        payments) out of it. Raises :class:`~flask_dbpool.ConfigError` if the pool's
+        connections are in autocommit mode. Raises
         :class:`~flask_dbpool.CommitOutcomeUnknown` (never retried) when the connection was
         lost while the ``COMMIT`` was in flight; any other error, or a retryable one after
         the last attempt, is raised as it is, after a rollback. Each checkout waits up to
@@ -403,6 +407,11 @@ class Pool:
         if entry is None:  # returned already: nothing to tell from its connection
             return None
         return self._keeper.life.classify(error, entry.raw, entry.driver)
+
+    def autocommit(self, conn: PooledConnection) -> bool:
+        """Whether ``conn`` commits each statement by itself (the driver's own state)."""
+        entry = entry_of(conn)
+        return entry is not None and entry.driver.autocommit(entry.raw)
 
     def _count_retry(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from flask_dbpool.drivers import DEAD, RETRYABLE, SERVER_CHANGED
-from flask_dbpool.errors import CommitOutcomeUnknown, ConfigError, one_line
+from flask_dbpool.errors import CommitOutcomeUnknown, ConfigError, PoolError, one_line
 from flask_dbpool.policy import retry_delay
 
 __all__ = ["run_transaction"]
@@ -45,6 +45,8 @@ class _Pool(Protocol):
 
     def classify(self, error: BaseException, conn: Any) -> str | None: ...
 
+    def autocommit(self, conn: Any) -> bool: ...
+
 
 def run_transaction(
     pool: _Pool,
@@ -62,15 +64,30 @@ def run_transaction(
     attempt = 1
     while True:
         conn = pool.acquire(timeout)
+        if pool.autocommit(conn):
+            pool.release(conn)
+            raise ConfigError(
+                f"pool {pool.name!r}: run_transaction needs connections that do not commit "
+                "each statement by themselves (autocommit is on: set by on_connect, the URL "
+                "or the driver's defaults): a unit of work could not be run again safely"
+            )
         try:
             result = work(conn)
         except BaseException as error:
+            if conn.returned:  # work gave it back itself (rolled back then): its error counts
+                raise
             kind = pool.classify(error, conn) if isinstance(error, Exception) else None
             pool.release(conn, error)  # rolled back; discarded if lost; drained if changed
             if kind not in (RETRYABLE, *_LOST) or attempt > retries:
                 raise
             cause = error
         else:
+            if conn.returned:
+                raise PoolError(
+                    f"pool {pool.name!r}: the unit of work returned its connection (close() "
+                    "or release()), which rolled it back: nothing was committed. "
+                    "run_transaction returns the connection itself"
+                )
             try:
                 conn.commit()
             except Exception as error:

@@ -269,6 +269,12 @@ class Driver:
         """Close the driver connection."""
         raw.close()
 
+    @staticmethod
+    def autocommit(raw: Any) -> bool:
+        """Whether ``raw`` commits each statement by itself (no I/O)."""
+        value = getattr(raw, "autocommit", False)
+        return value if isinstance(value, bool) else False
+
     @classmethod
     def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
         """Cancel the statement running on ``raw`` (from another thread: the one running it

@@ -254,16 +254,31 @@ class _MySQLDriver(Driver):
             _error_code(exc) in DISCONNECT_CODES
         )
 
+    @staticmethod
+    def autocommit(raw: Any) -> bool:
+        """From the client's own state (PyMySQL, mysqlclient: ``get_autocommit()``)."""
+        return bool(raw.get_autocommit())
+
     @classmethod
     def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
         """``KILL QUERY <its thread id>`` from a side connection (the protocol has no cancel
-        request on the connection itself)."""
-        thread_id = raw.thread_id()
+        request on the connection itself), only once that connection shows the id running a
+        statement of the same user: a target that now resolves to another server (a
+        failover, a proxy) must not have an unrelated session's statement killed there."""
+        thread_id = int(raw.thread_id())
         side = side_connect()
         try:
             cursor = side.cursor()
             try:
-                cursor.execute(f"KILL QUERY {int(thread_id)}")
+                cursor.execute(
+                    "SELECT COUNT(*) FROM information_schema.processlist WHERE id = %s "
+                    "AND user = SUBSTRING_INDEX(USER(), '@', 1) AND command <> 'Sleep'",
+                    (thread_id,),
+                )
+                row = cursor.fetchone()
+                if not row or not row[0]:
+                    return False
+                cursor.execute(f"KILL QUERY {thread_id}")
             finally:
                 cursor.close()
         finally:

@@ -104,6 +104,11 @@ class SQLiteDriver(Driver):
         """``SELECT 1`` without a bound (no network, nothing to wait for)."""
         cls._select_one(raw)
 
+    @staticmethod
+    def autocommit(raw: Any) -> bool:
+        """``isolation_level=None`` (or Python 3.12's ``autocommit=True``)."""
+        return raw.isolation_level is None or getattr(raw, "autocommit", None) is True
+
     @classmethod
     def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
         """``interrupt()``: the running statement fails with "interrupted"."""
