@@ -113,6 +113,18 @@ def _check_caller(label: str, value: object) -> Callable[[], str | None] | None:
     return value
 
 
+PGBOUNCER_MODES = ("transaction", "session")
+
+
+def _check_pgbouncer(label: str, value: object) -> str | None:
+    if value is not None and value not in PGBOUNCER_MODES:
+        raise ConfigError(
+            f"{label} must be None, 'transaction' or 'session' (PgBouncer's pool_mode in "
+            f"front of the database), got {value!r}"
+        )
+    return value
+
+
 def _check_classifier(label: str, value: object) -> Callable[[BaseException, Any], Any] | None:
     if value is not None and not callable(value):
         raise ConfigError(
@@ -203,6 +215,14 @@ class PoolConfig:
     ``lifo``
         Hand out the most recently returned idle connection first (bool, default True), so a
         small working set stays warm; ``False`` rotates through all idle connections.
+    ``pgbouncer``
+        ``None`` (default), ``"transaction"`` or ``"session"``: the ``pool_mode`` of a
+        PgBouncer between the pool and PostgreSQL. In transaction mode psycopg 3
+        connections never prepare statements (PgBouncer 1.18, Debian 12's, mixes them up
+        between clients: "prepared statement already exists"), ``reset_on_return="discard"``
+        is refused (PgBouncer resets server sessions itself, and a session command does not
+        reach the same server session anyway) and an ``on_connect`` draws a warning (its
+        ``SET`` lands on whichever server session serves it).
     ``classify_error``
         ``None`` or a callable ``(error, driver_connection)`` deciding what an error raised
         while a connection was in use means, before the driver's own rules
@@ -233,6 +253,7 @@ class PoolConfig:
     open_timeout: float | None = None
     describe_caller: Callable[[], str | None] | None = None
     classify_error: Callable[[BaseException, Any], Any] | None = None
+    pgbouncer: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, label: Label = _same) -> PoolConfig:
@@ -256,12 +277,21 @@ class PoolConfig:
                 f"{label('min_idle')} must be an integer from 0 to {label('pool_size')} "
                 f"({pool_size}), got {min_idle}"
             )
+        pgbouncer = _check_pgbouncer(label("pgbouncer"), get("pgbouncer"))
+        reset_on_return = _check_reset(label("reset_on_return"), get("reset_on_return"))
+        if pgbouncer == "transaction" and reset_on_return == "discard":
+            raise ConfigError(
+                f"{label('reset_on_return')}='discard' makes no sense with "
+                f"{label('pgbouncer')}='transaction': DISCARD ALL would reach whichever server "
+                "session serves it, and PgBouncer resets server sessions itself "
+                "(server_reset_query); use the default rollback, or PgBouncer's session mode"
+            )
         return cls(
             pool_size=pool_size,
             max_overflow=_check_int(label("max_overflow"), get("max_overflow"), 0),
             timeout=_check_seconds(label("timeout"), get("timeout")),
             name=_check_name(label("name"), get("name")),
-            reset_on_return=_check_reset(label("reset_on_return"), get("reset_on_return")),
+            reset_on_return=reset_on_return,
             lifo=_check_bool(label("lifo"), get("lifo")),
             max_waiting=_check_int(label("max_waiting"), get("max_waiting"), 0),
             on_connect=_check_hook(label("on_connect"), get("on_connect")),
@@ -284,6 +314,7 @@ class PoolConfig:
             open_timeout=_check_optional_seconds(label("open_timeout"), get("open_timeout")),
             describe_caller=_check_caller(label("describe_caller"), get("describe_caller")),
             classify_error=_check_classifier(label("classify_error"), get("classify_error")),
+            pgbouncer=pgbouncer,
         )
 
     @classmethod

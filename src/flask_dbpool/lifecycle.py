@@ -96,6 +96,8 @@ class Lifecycle:
         says, after ``on_connect``). Raises what ``on_connect`` raised (``raw`` is closed
         then)."""
         driver = self.connector.driver or driver_for_connection(raw)
+        if self.config.pgbouncer == "transaction":
+            driver.disable_server_prepares(raw)
         if self.config.on_connect is not None:
             run_on_connect(self.config.on_connect, self.config.name, raw, driver)
         try:

@@ -110,6 +110,7 @@ class Pool:
         open_timeout: float | None = None,
         describe_caller: Callable[[], str | None] | None = None,
         classify_error: Callable[[BaseException, Any], Any] | None = None,
+        pgbouncer: str | None = None,
         **unknown: object,
     ) -> None:
         if unknown:  # a ConfigError naming the option, not Python's bare TypeError
@@ -137,6 +138,7 @@ class Pool:
                 "open_timeout": open_timeout,
                 "describe_caller": describe_caller,
                 "classify_error": classify_error,
+                "pgbouncer": pgbouncer,
             }
         )
         config = self.config
@@ -149,6 +151,14 @@ class Pool:
             and not driver.supports_session_reset
         ):
             raise ConfigError(messages.session_reset_unsupported(driver.name))
+        if config.pgbouncer == "transaction" and config.on_connect is not None:
+            logger.warning(
+                "pool %r: with pgbouncer='transaction', on_connect's session settings (SET …) "
+                "land on whichever server session serves it and do not follow the client: "
+                "use SET LOCAL in each transaction, or the startup options "
+                "(?options=-c%%20name%%3Dvalue) or the server's or role's defaults",
+                config.name,
+            )
         self._fresh_state(life, closed=False)
         track(self._after_fork_in_child)
         if config.min_idle:

@@ -270,6 +270,11 @@ class Driver:
         raw.close()
 
     @staticmethod
+    def disable_server_prepares(raw: Any) -> None:
+        """Never prepare statements on the server on ``raw`` (behind PgBouncer in transaction
+        mode): nothing to do for drivers that do not prepare by themselves."""
+
+    @staticmethod
     def autocommit(raw: Any) -> bool:
         """Whether ``raw`` commits each statement by itself (no I/O)."""
         value = getattr(raw, "autocommit", False)

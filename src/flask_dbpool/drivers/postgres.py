@@ -396,6 +396,11 @@ class PsycopgDriver(_PostgresDriver):
     def is_disconnect(exc: BaseException, raw: Any) -> bool:
         return bool(raw.closed or raw.broken)
 
+    @staticmethod
+    def disable_server_prepares(raw: Any) -> None:
+        """psycopg 3 prepares a query on its 5th execution: never (``prepare_threshold``)."""
+        raw.prepare_threshold = None
+
     @classmethod
     def cancel(cls, raw: Any, timeout: float, side_connect: ConnectFn) -> bool:
         """libpq's cancel request (``cancel_safe``, bounded by ``timeout``, where psycopg
