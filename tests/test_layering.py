@@ -398,10 +398,16 @@ def test_no_import_cycles() -> None:
 # The pool is a shell over the core (ARCHITECTURE.md, "Layers"): below it, nothing may import
 # it, even under TYPE_CHECKING, directly or through another module (a Protocol says what the
 # core needs of it). Only the layers on top use the public Pool: the Flask side (L6), metrics
-# (L5) and the demo app; and the package root, which re-exports it.
+# (L5), the demo app and the pytest plugin (a tool for users' suites, on top of everything);
+# and the package root, which re-exports it.
 
 _POOL = "flask_dbpool.pool"
-_POOL_USERS = ("flask_dbpool.flask", "flask_dbpool.metrics", "flask_dbpool.demo")  # and below
+_POOL_USERS = (
+    "flask_dbpool.flask",
+    "flask_dbpool.metrics",
+    "flask_dbpool.demo",
+    "flask_dbpool.testing",
+)  # and below
 _CORE_AT_LEAST = {
     f"flask_dbpool.{name}"
     for name in [

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from types import TracebackType
@@ -45,13 +46,21 @@ from flask_dbpool.stats import DURATION_BUCKETS as _DURATION_BUCKETS
 from flask_dbpool.stats import PoolStats
 from flask_dbpool.transactions import run_transaction
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "live_pools"]
 
 logger = logging.getLogger("flask_dbpool.pool")
 
 _new_proxy = object.__new__
 _bucket = bisect_left
 _now = time.monotonic
+# Every pool of this process, held weakly: what the pytest plugin (flask_dbpool.testing)
+# looks at after each test.
+_LIVE: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def live_pools() -> list[Pool]:
+    """Every pool of this process not yet garbage-collected (open or closed)."""
+    return list(_LIVE)
 _R = TypeVar("_R")
 _get_ident = threading.get_ident
 
@@ -160,6 +169,7 @@ class Pool:
                 config.name,
             )
         self._fresh_state(life, closed=False)
+        _LIVE.add(self)
         track(self._after_fork_in_child)
         if config.min_idle:
             self._keeper.nudge()  # maintenance opens them
