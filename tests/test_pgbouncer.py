@@ -6,6 +6,7 @@ happen. The same load without the option shows the errors, so the test can fail.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -64,9 +65,7 @@ def _two_workers(url: str, **options: Any) -> list[str]:
                 with lock:
                     errors.append(type(error).__name__)
 
-    threads = [
-        threading.Thread(target=work, args=(pool, i)) for pool in pools for i in range(4)
-    ]
+    threads = [threading.Thread(target=work, args=(pool, i)) for pool in pools for i in range(4)]
     try:
         for thread in threads:
             thread.start()
@@ -128,3 +127,75 @@ def test_the_flask_key(transaction_bouncer: Bouncer) -> None:
             assert db.connection.driver_connection.prepare_threshold is None
     finally:
         db.get_pool(app).close()
+
+
+def test_doctor_sizes_the_fleet_behind_pgbouncer(transaction_bouncer: Bouncer) -> None:
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("doctor-bouncer")
+    app.config.update(
+        DBPOOL_URL=transaction_bouncer.url(),
+        DBPOOL_PGBOUNCER="transaction",
+        DBPOOL_POOL_SIZE=4,
+        DBPOOL_MAX_OVERFLOW=1,
+    )
+    db = DBPool(app)
+    admin = transaction_bouncer.admin_url()
+    runner = app.test_cli_runner()
+
+    def doctor(*args: str) -> Any:
+        return runner.invoke(args=["dbpool", "doctor", "--pgbouncer-admin", admin, *args])
+
+    try:
+        ok = doctor("--workers", "3")
+        assert ok.exit_code == 0, ok.output
+        assert "through PgBouncer" in ok.output
+        for line in (
+            r"^pool_mode\s+transaction$",
+            r"^max_client_conn\s+200$",
+            r"^databases\s+test=2$",
+            r"^client connections\s+3 x 5 = 15$",
+            r"^server connections\s+2 \(its pools, one user\)$",
+        ):
+            assert re.search(line, ok.output, re.M), (line, ok.output)
+        assert "OK: fits, with 185 client and" in ok.output
+        clients = doctor("--workers", "41")  # 41 x 5 = 205 > 200
+        assert clients.exit_code == 1
+        assert "raise max_client_conn to at least 205" in clients.output
+        server = doctor("--workers", "1", "--others", "1000")
+        assert server.exit_code == 1 and "lower default_pool_size" in server.output
+        down = runner.invoke(
+            args=["dbpool", "doctor", "--pgbouncer-admin", "postgresql://pgbouncer@127.0.0.1:1/x"]
+        )
+        assert down.exit_code == 2 and "cannot read PgBouncer's admin console" in down.output
+    finally:
+        db.get_pool(app).close()
+
+
+def test_pgbouncer_advice_arithmetic() -> None:
+    from flask_dbpool.drivers.base import ServerLimits
+    from flask_dbpool.sizing import pgbouncer_advice
+
+    limits = ServerLimits(server="PostgreSQL 15", max_connections=100, reserved=3, sessions=0)
+    settings = {
+        "max_client_conn": "500",
+        "default_pool_size": "20",
+        "reserve_pool_size": "5",
+        "max_db_connections": "0",
+    }
+    advice = pgbouncer_advice(
+        limits, settings, {"app": -1, "reports": 10}, workers=8, per_worker=15
+    )
+    assert (advice.clients, advice.server_connections, advice.budget) == (120, 40, 97)
+    assert advice.fits
+    capped = pgbouncer_advice(
+        limits, {**settings, "max_db_connections": "12"}, {"app": -1}, workers=1, per_worker=1
+    )
+    assert capped.server_connections == 12
+    tight = pgbouncer_advice(limits, settings, {f"db{i}": -1 for i in range(5)}, workers=1,
+                             per_worker=1)  # fmt: skip
+    assert not tight.fits and "lower default_pool_size to 14" in tight.problems[0]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        pgbouncer_advice(limits, settings, {}, workers=0, per_worker=1)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask_dbpool.drivers.base import ServerLimits
 
-__all__ = ["FleetAdvice", "fleet_advice"]
+__all__ = ["BouncerAdvice", "FleetAdvice", "fleet_advice", "pgbouncer_advice"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,69 @@ def fleet_advice(
             f"or raise max_connections to at least {needed}"
         )
     return FleetAdvice(workers, per_worker, fleet, budget, False, suggestion)
+
+
+@dataclass(frozen=True)
+class BouncerAdvice:
+    """The verdict of :func:`pgbouncer_advice`: the fleet against PgBouncer's
+    ``max_client_conn``, and PgBouncer's server pools against the server's connections."""
+
+    clients: int
+    """``workers * per_worker``: the client connections the fleet may open to PgBouncer."""
+    max_client_conn: int
+    """PgBouncer's ``max_client_conn``."""
+    server_connections: int
+    """The server connections PgBouncer may open for the databases it lists (pool size plus
+    reserve per database, for one user; capped by ``max_db_connections``)."""
+    budget: int
+    """The server's ``max_connections`` minus reserved ones and those set aside for others."""
+    problems: tuple[str, ...]
+    """What does not fit, each with a concrete suggestion (empty when everything fits)."""
+
+    @property
+    def fits(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
+
+
+def pgbouncer_advice(
+    limits: ServerLimits,
+    settings: dict[str, str],
+    pools: dict[str, int],
+    *,
+    workers: int,
+    per_worker: int,
+    others: int = 0,
+) -> BouncerAdvice:
+    """Check a fleet behind PgBouncer. ``settings``: ``SHOW CONFIG`` (key -> value);
+    ``pools``: each database's pool size from ``SHOW DATABASES`` (-1 or absent: the
+    default). Raises ``ValueError`` for a non-positive worker count."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    default_size = int(settings.get("default_pool_size", "20"))
+    reserve = int(settings.get("reserve_pool_size", "0"))
+    max_db = int(settings.get("max_db_connections", "0"))
+    max_client_conn = int(settings.get("max_client_conn", "100"))
+    server_connections = 0
+    for size in pools.values():
+        per_database = (size if size >= 0 else default_size) + reserve
+        server_connections += min(per_database, max_db) if max_db > 0 else per_database
+    clients = workers * per_worker
+    budget = limits.max_connections - limits.reserved - others
+    problems = []
+    if clients > max_client_conn:
+        problems.append(
+            f"the fleet may open {clients} client connections ({workers} x {per_worker}) but "
+            f"PgBouncer accepts max_client_conn={max_client_conn}: raise max_client_conn to at "
+            f"least {clients} (clients are cheap for PgBouncer), or use fewer workers"
+        )
+    if server_connections > budget:
+        databases = max(1, len(pools))
+        fitting = max(1, budget // databases - reserve)
+        problems.append(
+            f"PgBouncer may open {server_connections} server connections but the server has "
+            f"{budget} available: lower default_pool_size to {fitting} (with {databases} "
+            f"database(s) and reserve_pool_size={reserve}), or raise max_connections to at least "
+            f"{server_connections + limits.reserved + others}"
+        )
+    return BouncerAdvice(clients, max_client_conn, server_connections, budget, tuple(problems))

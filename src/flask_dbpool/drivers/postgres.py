@@ -624,3 +624,31 @@ def _ping_psycopg2(raw: Any) -> None:
     else:
         _select_one(raw)
         raw.rollback()
+
+
+def read_pgbouncer(admin_url: str, timeout: float) -> tuple[dict[str, str], dict[str, int]]:
+    """PgBouncer's ``SHOW CONFIG`` (key -> value) and each database's pool size from ``SHOW
+    DATABASES`` (its own ``pgbouncer`` console left out; -1: the default), read from the
+    admin console at ``admin_url`` with psycopg 3 (simple query protocol, which the console
+    requires). Raises the driver's error when it cannot be reached."""
+    import psycopg
+
+    with psycopg.connect(
+        admin_url,
+        autocommit=True,
+        connect_timeout=max(1, int(timeout)),
+        cursor_factory=psycopg.ClientCursor,
+    ) as conn:
+        cursor = conn.cursor()
+        cursor.execute("SHOW CONFIG")
+        settings = {str(row[0]): str(row[1]) for row in cursor.fetchall()}
+        cursor.execute("SHOW DATABASES")
+        names = [column.name for column in cursor.description or ()]
+        pools = {}
+        for row in cursor.fetchall():
+            record = dict(zip(names, row, strict=False))
+            if record.get("name") == "pgbouncer":
+                continue
+            size = record.get("pool_size")
+            pools[str(record.get("name"))] = int(size) if size is not None else -1
+    return settings, pools

@@ -28,8 +28,9 @@ from flask_dbpool.drivers.base import ServerLimits
 from flask_dbpool.errors import ConfigError, PoolError, one_line
 from flask_dbpool.flask.state import CONFIG_PREFIX, MonitoredPool, current_pools
 from flask_dbpool.report import pool_report
-from flask_dbpool.sizing import fleet_advice
+from flask_dbpool.sizing import fleet_advice, pgbouncer_advice
 from flask_dbpool.stats import DURATION_BUCKETS, PoolStats
+from flask_dbpool.url import redact
 
 __all__ = ["dbpool_cli"]
 
@@ -419,8 +420,22 @@ def _named(pool: MonitoredPool) -> str:
     help="Connections to leave for other clients (migrations, cron, psql, other apps).",
 )
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for a connection.")
+@click.option(
+    "--pgbouncer-admin",
+    "pgbouncer_admin",
+    metavar="URL",
+    envvar="DBPOOL_PGBOUNCER_ADMIN",
+    help="PgBouncer's admin console, e.g. postgresql://pgbouncer@127.0.0.1:6432/pgbouncer "
+    "(default: $DBPOOL_PGBOUNCER_ADMIN): size the fleet against PgBouncer instead.",
+)
 @_POOL_OPTION
-def doctor(workers: int | None, others: int, timeout: float, pool_name: str | None) -> None:
+def doctor(
+    workers: int | None,
+    others: int,
+    timeout: float,
+    pgbouncer_admin: str | None,
+    pool_name: str | None,
+) -> None:
     """Check that every worker's pools fit in their server's max_connections.
 
     Pools on one server (same host and port) add up: each worker opens up to the sum of
@@ -456,6 +471,10 @@ def doctor(workers: int | None, others: int, timeout: float, pool_name: str | No
             _echo_failure(f"cannot reach {_named(pool)}", error)
             raise SystemExit(2) from None
         servers.setdefault(_server_of(pool.target), []).append((pool, limits, version))
+    if pgbouncer_admin is not None:
+        if not _doctor_pgbouncer(pgbouncer_admin, servers, workers, source, others, timeout):
+            raise SystemExit(1)
+        return
     fits = True
     for index, found in enumerate(servers.values()):
         if index:
@@ -463,6 +482,67 @@ def doctor(workers: int | None, others: int, timeout: float, pool_name: str | No
         fits = _doctor_server(found, workers, source, others) and fits
     if not fits:
         raise SystemExit(1)
+
+
+def _doctor_pgbouncer(
+    admin_url: str,
+    servers: dict[str, list[tuple[MonitoredPool, ServerLimits | None, str]]],
+    workers: int,
+    source: str,
+    others: int,
+    timeout: float,
+) -> bool:
+    """The fleet behind PgBouncer: its clients against ``max_client_conn``, PgBouncer's
+    server pools against the server's ``max_connections``. Whether it fits; exits with 2
+    when the admin console cannot be read."""
+    from flask_dbpool.drivers.postgres import read_pgbouncer
+
+    shown = redact(admin_url)
+    try:
+        settings, pools = read_pgbouncer(admin_url, timeout)
+    except Exception as error:
+        _echo_failure(f"cannot read PgBouncer's admin console at {shown}", error)
+        raise SystemExit(2) from None
+    found = [item for group in servers.values() for item in group]
+    limits = next((limits for _, limits, _ in found if limits is not None), None)
+    if limits is None:
+        click.echo("no server connection limit to check against: the pools reach no server")
+        return True
+    per_worker = sum(pool.config.max_open for pool, _, _ in found)
+    advice = pgbouncer_advice(
+        limits, settings, pools, workers=workers, per_worker=per_worker, others=others
+    )
+    click.echo(f"server: {found[0][2]} through PgBouncer ({shown})")
+    sizes = ", ".join(f"{name}={size if size >= 0 else 'default'}" for name, size in pools.items())
+    click.echo(
+        _table(
+            [
+                ("pool_mode", settings.get("pool_mode", "?")),
+                ("max_client_conn", advice.max_client_conn),
+                ("default_pool_size", settings.get("default_pool_size", "?")),
+                ("reserve_pool_size", settings.get("reserve_pool_size", "0")),
+                ("databases", sizes or "none"),
+                ("workers", f"{workers} ({source})"),
+                ("client connections", f"{workers} x {per_worker} = {advice.clients}"),
+                ("server connections", f"{advice.server_connections} (its pools, one user)"),
+                (
+                    "available",
+                    f"{advice.budget} (max_connections {limits.max_connections} - reserved "
+                    f"{limits.reserved} - others {others})",
+                ),
+            ]
+        )
+    )
+    click.echo("")
+    if advice.fits:
+        click.echo(
+            f"OK: fits, with {advice.max_client_conn - advice.clients} client and "
+            f"{advice.budget - advice.server_connections} server connection(s) to spare"
+        )
+        return True
+    for problem in advice.problems:
+        click.echo(f"PROBLEM: {problem}")
+    return False
 
 
 def _server_of(target: str) -> str:
