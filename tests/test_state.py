@@ -2180,13 +2180,13 @@ def test_waiting_callers_retry_within_the_recovery_step_whatever_the_back_off() 
     assert state.wait_step(4.05, 34.05) == pytest.approx(0.10)
     assert state.woken(waiter, 4.1, 99, 0.05, 34.05) is None
     assert state.woken(waiter, 4.15, 99, 0.1, 34.05) is CONNECT
-    other = wait(state, 4.15)
     assert state.request(4.15, 99, 4.05, 34.05, FakeWaiter) is PROBE
-    assert not state.reconnect_due(4.5)  # someone is trying: nobody else
-    assert state.wait_step(4.5, 34.15) == pytest.approx(0.25)  # looks again soon
+    other = wait(state, 4.16)  # someone is trying: a later caller waits for it
+    assert not state.reconnect_due(4.5)  # ...and nobody else tries
+    assert state.wait_step(4.5, 34.16) == pytest.approx(0.25)  # looks again soon
     state.connect_failed(OSError("down"), False, 4.15, 4.2, True)
     assert state.next_attempt() == pytest.approx(4.35)  # the next step, from this failure
-    assert state.woken(other, 4.36, 98, 0.21, 34.15) is CONNECT
+    assert state.woken(other, 4.36, 98, 0.2, 34.16) is CONNECT
     assert_books(state)
 
 
@@ -2272,4 +2272,16 @@ def test_a_connect_begun_before_a_drain_is_retired_when_it_ends() -> None:
     assert state.reserve()
     state.connected(later, 0.6, 0.7, False)  # begun after the drain: kept
     assert not later.retire and state.check_in(later) is None
+    assert_books(state)
+
+
+def test_a_lone_waiter_makes_the_attempt_itself_at_the_recovery_step() -> None:
+    """The only caller waiting leaves the queue when the attempt is due and is given it
+    (PROBE), not queued again until the back-off: no spinning, no waiting for maintenance."""
+    state = make_state(recovery=0.15)
+    for failure in range(3):
+        fail(state, float(failure))
+    waiter = wait(state, 2.05)
+    assert state.woken(waiter, 2.15, 99, 0.1, 32.05) is CONNECT and not state.waiters
+    assert state.request(2.15, 99, 2.05, 32.05, FakeWaiter) is PROBE
     assert_books(state)

@@ -347,7 +347,8 @@ class PoolState(Generic[T]):
             (not failing and not self.waiters and connect_at <= now)
             # The database was unreachable: one caller at a time tries again once the
             # back-off delay has passed; the others wait for its outcome.
-            or (failing and now >= self.next_attempt() and not self.probing)
+            # (This caller counts as waiting: it would wait for the attempt otherwise.)
+            or (failing and now >= self.next_attempt(waiting=True) and not self.probing)
         ):
             self.open += 1
             self.connecting += 1
@@ -444,12 +445,13 @@ class PoolState(Generic[T]):
             and self.open < self.max_open
         )
 
-    def next_attempt(self) -> float:
+    def next_attempt(self, *, waiting: bool = False) -> float:
         """When the next attempt to reach an unreachable database is due: at the back-off's
-        time, or, while callers wait, sooner (``recovery``, at most
-        :data:`~flask_dbpool.policy.RECOVERY_STEP` after the last failure), so that they
-        are served within moments of its return. A refused login keeps its back-off."""
-        if self.waiters and self.rejection is None:
+        time, or, while callers wait (or, ``waiting``, the one asking would), sooner
+        (``recovery``, at most :data:`~flask_dbpool.policy.RECOVERY_STEP` after the last
+        failure), so that they are served within moments of its return. A refused login
+        keeps its back-off."""
+        if (self.waiters or waiting) and self.rejection is None:
             return min(self.retry_at, self.recover_at)
         return self.retry_at
 
