@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from chaos.harness import accepting_after
 from flask_dbpool import Pool
 from pgcluster import ThrowawayCluster
 
@@ -124,24 +125,8 @@ def one_outage(
         failures[0] = 0
         cluster.stop()
         stopped = time.monotonic()
-        accepting: list[float] = []
-
-        def watch() -> None:
-            while not stop.is_set():
-                try:
-                    psycopg.connect(cluster.url, connect_timeout=2).close()
-                except psycopg.Error:
-                    time.sleep(0.005)
-                    continue
-                accepting.append(time.monotonic())
-                return
-
         time.sleep(down)
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        cluster.start()
-        watcher.join(10)
-        back = accepting[0]
+        back = accepting_after(cluster, cluster.start)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with lock:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from flask_dbpool import messages
 from flask_dbpool.errors import ConfigError
 
 __all__ = ["PoolConfig", "suggest_key"]
@@ -133,6 +134,16 @@ def _check_classifier(label: str, value: object) -> Callable[[BaseException, Any
             f"({type(value).__name__})"
         )
     return value
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise :class:`ConfigError` unless ``timeout`` is a number of seconds >= 0."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not timeout >= 0  # rejects NaN too
+    ):
+        raise ConfigError(messages.bad_timeout(timeout))
 
 
 @dataclass(frozen=True, slots=True)

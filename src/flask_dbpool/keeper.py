@@ -404,6 +404,28 @@ class Keeper:
         )
         return len(to_close), marked
 
+    def count_retry(self) -> None:
+        """``run_transaction`` runs a unit of work again."""
+        with self.lock:
+            self.state.transaction_retries += 1
+
+    def wait_then_cancel(self, timeout: float) -> None:
+        """The end of ``close(timeout)``: wait up to ``timeout`` for the borrowed connections;
+        then cancel what still runs on them and close them (:meth:`cancel_and_close`)."""
+        if self.drained.wait(timeout):
+            return
+        with self.lock:
+            leftovers = [e for e in self.state.entries if e not in self.state.checking]
+        if leftovers:
+            logger.warning(
+                "pool %r: %d connection(s) still checked out after %.1f s; cancelling their "
+                "statements and closing them",
+                self.name,
+                len(leftovers),
+                timeout,
+            )
+            self.cancel_and_close(leftovers)
+
     def cancel_and_close(self, leftovers: list[Entry]) -> int:
         """The end of ``close(timeout)``: cancel what still runs on ``leftovers`` (the
         connections not given back in time), give their holders :data:`CANCEL_GRACE` to

@@ -20,7 +20,7 @@ import os
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from traceback import StackSummary
 from types import FrameType
@@ -33,6 +33,7 @@ __all__ = [
     "TimeoutReport",
     "capture_site",
     "checkouts_of",
+    "describe_caller",
     "describe_holder",
     "describe_holders",
     "find_orphans",
@@ -248,3 +249,14 @@ def find_orphans(entries: set[_T], not_lent: Iterable[_T]) -> list[_T]:
         for index in range(len(candidates))
         if sys.getrefcount(candidates[index]) <= baseline
     ]
+
+
+def describe_caller(describe: Callable[[], str | None] | None) -> str | None:
+    """What ``describe`` (the ``describe_caller`` option) says of the current caller; a
+    describer that raises is named instead (a diagnostic must never fail a checkout)."""
+    if describe is None:
+        return None
+    try:
+        return describe()
+    except Exception as error:
+        return f"<describe_caller failed: {error!r}>"

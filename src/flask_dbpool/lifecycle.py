@@ -26,7 +26,7 @@ from flask_dbpool.drivers import (
     driver_for_connection,
 )
 from flask_dbpool.entry import FOREVER, Entry, Owner
-from flask_dbpool.errors import one_line
+from flask_dbpool.errors import ConfigError, one_line
 from flask_dbpool.hooks import reset_session, run_on_connect
 from flask_dbpool.policy import lifetime_jitter
 from flask_dbpool.proxy import handle_class_for
@@ -84,6 +84,25 @@ class Lifecycle:
             None if isinstance(reset, bool) else reset
         )
         self.fast_returns = self.session_reset is None and config.on_checkin is None
+
+    def check_settings(self) -> None:
+        """Refuse, or warn about, settings this target's driver cannot honour. Raises
+        :class:`~flask_dbpool.ConfigError`."""
+        config, driver = self.config, self.connector.driver
+        if (
+            config.reset_on_return == "discard"
+            and driver is not None
+            and not driver.supports_session_reset
+        ):
+            raise ConfigError(messages.session_reset_unsupported(driver.name))
+        if config.pgbouncer == "transaction" and config.on_connect is not None:
+            logger.warning(
+                "pool %r: with pgbouncer='transaction', on_connect's session settings (SET …) "
+                "land on whichever server session serves it and do not follow the client: "
+                "use SET LOCAL in each transaction, or the startup options "
+                "(?options=-c%%20name%%3Dvalue) or the server's or role's defaults",
+                config.name,
+            )
 
     # ------------------------------------------------------------------ opening
 

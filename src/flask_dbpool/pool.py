@@ -33,12 +33,12 @@ from typing import Any, Final, TypeVar
 from flask_dbpool import messages
 from flask_dbpool._fork import abandon_inherited, track
 from flask_dbpool._handoff import Waiter
-from flask_dbpool.config import PoolConfig
+from flask_dbpool.config import PoolConfig, check_timeout
 from flask_dbpool.drivers import IDLE, resolve_target
 from flask_dbpool.entry import Entry
 from flask_dbpool.errors import ConfigError, PoolClosed, PoolTimeout, one_line
 from flask_dbpool.keeper import Keeper, detached
-from flask_dbpool.leaks import Checkout, TimeoutReport, capture_site, checkouts_of
+from flask_dbpool.leaks import Checkout, TimeoutReport, capture_site, checkouts_of, describe_caller
 from flask_dbpool.lifecycle import Lifecycle
 from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
 from flask_dbpool.state import CLOSED, CONNECT, NEW_SLOT, PROBE, PoolState, Refusal
@@ -61,20 +61,14 @@ _LIVE: weakref.WeakSet[Pool] = weakref.WeakSet()
 def live_pools() -> list[Pool]:
     """Every pool of this process not yet garbage-collected (open or closed)."""
     return list(_LIVE)
+
+
 _R = TypeVar("_R")
+_OPTION_NAMES = PoolConfig.option_names()
 _get_ident = threading.get_ident
 
 #: A checkout ping gets at least this long, even when the caller's timeout is nearly spent.
 _MIN_PING_TIMEOUT = 0.05
-
-
-def _check_timeout(timeout: object) -> None:
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not timeout >= 0  # rejects NaN too
-    ):
-        raise ConfigError(messages.bad_timeout(timeout))
 
 
 class Pool:
@@ -124,50 +118,13 @@ class Pool:
     ) -> None:
         if unknown:  # a ConfigError naming the option, not Python's bare TypeError
             PoolConfig.from_options(unknown)
-        self.config: PoolConfig = PoolConfig.from_options(
-            {
-                "pool_size": pool_size,
-                "max_overflow": max_overflow,
-                "timeout": timeout,
-                "name": name,
-                "reset_on_return": reset_on_return,
-                "lifo": lifo,
-                "max_waiting": max_waiting,
-                "on_connect": on_connect,
-                "on_checkout": on_checkout,
-                "on_checkin": on_checkin,
-                "pre_ping": pre_ping,
-                "ping_interval": ping_interval,
-                "max_lifetime": max_lifetime,
-                "idle_timeout": idle_timeout,
-                "overflow_idle_timeout": overflow_idle_timeout,
-                "min_idle": min_idle,
-                "keepalive_interval": keepalive_interval,
-                "leak_threshold": leak_threshold,
-                "open_timeout": open_timeout,
-                "describe_caller": describe_caller,
-                "classify_error": classify_error,
-                "pgbouncer": pgbouncer,
-            }
-        )
+        # Every keyword above is a PoolConfig option, by the same name (a test checks it).
+        options = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
+        self.config: PoolConfig = PoolConfig.from_options(options)
         config = self.config
         self.name: Final = config.name
         life = Lifecycle(resolve_target(target), config, self)
-        driver = life.connector.driver
-        if (
-            config.reset_on_return == "discard"
-            and driver is not None
-            and not driver.supports_session_reset
-        ):
-            raise ConfigError(messages.session_reset_unsupported(driver.name))
-        if config.pgbouncer == "transaction" and config.on_connect is not None:
-            logger.warning(
-                "pool %r: with pgbouncer='transaction', on_connect's session settings (SET …) "
-                "land on whichever server session serves it and do not follow the client: "
-                "use SET LOCAL in each transaction, or the startup options "
-                "(?options=-c%%20name%%3Dvalue) or the server's or role's defaults",
-                config.name,
-            )
+        life.check_settings()
         self._fresh_state(life, closed=False)
         _LIVE.add(self)
         track(self._after_fork_in_child)
@@ -222,7 +179,7 @@ class Pool:
         connection; one the error shows to be broken is discarded.
         """
         if timeout is not None:
-            _check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
+            check_timeout(timeout)  # also on the fast path: a bad value must not wait for load
         state = self._state
         if state.check_on_acquire:
             return self._acquire_checked(timeout)
@@ -346,7 +303,7 @@ class Pool:
         """
         if timeout is None:
             timeout = self.config.timeout
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = _now() + timeout
         held: list[PooledConnection] = []
         try:
@@ -396,28 +353,17 @@ class Pool:
         timeout: float | None = None,
     ) -> _R:
         """Run ``work(conn)`` in a transaction on a pooled connection, commit, and return
-        what ``work`` returned.
-
-        The whole unit of work runs again, on a connection from the pool, up to ``retries``
-        more times when the error proves nothing was committed: the server rolled the
-        transaction back (serialization failure, deadlock, lock wait timeout), or the
-        connection was lost before the ``COMMIT`` was sent; with a pause that doubles from
-        20 ms (jittered, at most 1 s). ``work`` must not commit itself, switch to autocommit,
-        return the connection, or run statements that commit implicitly (MySQL DDL,
-        ``TRUNCATE``, ``LOCK TABLES``): a lost connection after such a commit would run it
-        twice. It may run more than once: keep side effects outside the database (emails,
-        payments) out of it. Raises :class:`~flask_dbpool.ConfigError` if the pool's
-        connections are in autocommit mode. Raises
-        :class:`~flask_dbpool.CommitOutcomeUnknown` (never retried) when the connection was
-        lost while the ``COMMIT`` was in flight; any other error, or a retryable one after
-        the last attempt, is raised as it is, after a rollback. Each checkout waits up to
-        ``timeout`` (default: the pool's). Each retry is logged at DEBUG (logger
-        ``flask_dbpool.transactions``, with its cause) and counted in
-        ``stats().transaction_retries``. A bad ``retries`` raises
-        :class:`~flask_dbpool.ConfigError`.
+        what ``work`` returned; run it all again, up to ``retries`` more times, only when the
+        error proves nothing was committed (see :mod:`flask_dbpool.transactions` for the
+        rules and what ``work`` must not do). Raises
+        :class:`~flask_dbpool.CommitOutcomeUnknown` when the connection was lost during the
+        ``COMMIT``, :class:`~flask_dbpool.ConfigError` for a bad ``retries`` or a pool in
+        autocommit mode, and any other error as it is, after a rollback. Each checkout waits
+        up to ``timeout`` (default: the pool's); retries count in
+        ``stats().transaction_retries``.
         """
         return run_transaction(
-            self, work, retries=retries, timeout=timeout, count_retry=self._count_retry
+            self, work, retries=retries, timeout=timeout, count_retry=self._keeper.count_retry
         )
 
     def classify(self, error: BaseException, conn: PooledConnection) -> str | None:
@@ -433,17 +379,10 @@ class Pool:
         entry = entry_of(conn)
         return entry is not None and entry.driver.autocommit(entry.raw)
 
-    def _count_retry(self) -> None:
-        with self._lock:
-            self._state.transaction_retries += 1
-
     def drain(self) -> int:
-        """Retire every connection open now, for a failover to another server or rotated
-        credentials: idle ones are closed at once, those in use are closed when they come
-        back (their holders finish undisturbed), and new connections are opened from the
-        target as it resolves now. Returns how many connections were retired. Does not wait;
-        a connection being opened at that moment serves the caller that opened it, once, and
-        is closed when it comes back. Raises
+        """Retire every connection open now (failover, rotated credentials): idle ones are
+        closed at once, those in use (or being opened) when they come back; new ones are
+        opened as usual. Returns how many were retired; does not wait. Raises
         :class:`~flask_dbpool.PoolClosed` if the pool is closed."""
         if self._state.closed:
             raise PoolClosed(messages.closed(self.name))
@@ -517,16 +456,14 @@ class Pool:
         Lending stops at once: waiters are woken with :class:`~flask_dbpool.PoolClosed`,
         later ``acquire()`` calls raise it, the maintenance thread stops and idle connections
         are closed now. Without ``timeout``, connections still checked out are closed when
-        they are returned. With ``timeout`` (seconds), waits that long for them to come back,
-        then cancels the statements still running on those still out (psycopg's cancel
-        request, sqlite3's ``interrupt()``, MySQL's ``KILL QUERY`` from a side connection),
-        gives their holders a moment to return them, and closes the rest under them (their
-        next use fails), so that no server session is left behind; all within ``timeout``
-        plus at most ``keeper.SHUTDOWN_BOUND`` (3 s), even if the server stopped answering.
-        Idempotent; a later call with a timeout still waits and closes what is left.
+        they are returned. With ``timeout`` (seconds), waits that long for them, then cancels
+        the statements still running on them and closes them under their holders (see
+        ``Keeper.cancel_and_close``), so that no server session is left behind: within
+        ``timeout`` plus at most 3 s. Idempotent; a later call with a timeout still waits
+        and closes what is left.
         """
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         with self._lock:
             first, idle = self._state.close()
             maintenance, self._keeper.maintenance = self._keeper.maintenance, None
@@ -536,20 +473,8 @@ class Pool:
             self._keeper.life.close(entry)
         if first:
             logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
-        if timeout is None or self._keeper.drained.wait(timeout):
-            return
-        # Borrowers did not return in time: cancel what they run, then close under them.
-        with self._lock:
-            leftovers = [e for e in self._state.entries if e not in self._state.checking]
-        if leftovers:
-            logger.warning(
-                "pool %r: %d connection(s) still checked out after %.1f s; cancelling their "
-                "statements and closing them",
-                self.name,
-                len(leftovers),
-                timeout,
-            )
-            self._keeper.cancel_and_close(leftovers)
+        if timeout is not None:
+            self._keeper.wait_then_cancel(timeout)
 
     def run_maintenance(self) -> float:
         """One maintenance run now; returns the seconds until the next is due.
@@ -604,7 +529,7 @@ class Pool:
         """``acquire`` with pre-ping, suspect checks, leak tracking and ``on_checkout``."""
         if timeout is None:
             timeout = self.config.timeout
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = _now() + timeout
         config = self.config
         while True:
@@ -631,22 +556,13 @@ class Pool:
                 if config.leak_threshold is not None:
                     entry.site = capture_site()
                     entry.thread_name = threading.current_thread().name
-                    entry.caller = self._describe_caller()
+                    entry.caller = describe_caller(self.config.describe_caller)
                 if config.on_checkout is not None:
                     config.on_checkout(entry.raw)
             except BaseException as error:
                 self._keeper.release_after(conn, error)
                 raise
             return conn
-
-    def _describe_caller(self) -> str | None:
-        describe = self.config.describe_caller
-        if describe is None:
-            return None
-        try:
-            return describe()
-        except Exception as error:  # a diagnostic must never fail a checkout
-            return f"<describe_caller failed: {error!r}>"
 
     def _acquire_slow(self, timeout: float | None) -> PooledConnection:
         if timeout is None:

@@ -11,8 +11,16 @@ transaction, and it is run again only when the error proves that nothing was com
 
 A connection lost while the ``COMMIT`` was in flight raises :class:`CommitOutcomeUnknown`: the
 server may have committed, so running the work again could apply it twice. Any other error
-rolls back and propagates at once. What an error means is the driver's classification
-(``Driver.classify``), or the pool's ``classify_error``.
+rolls back and propagates at once. Between attempts: a pause doubling from 20 ms (jittered,
+at most 1 s); each retry is logged at DEBUG with its cause.
+
+``work`` must not commit itself, switch to autocommit, return the connection, or run
+statements that commit implicitly (MySQL DDL, ``TRUNCATE``, ``LOCK TABLES``): a connection
+lost after such a commit would have it run twice; a pool in autocommit mode is refused. It
+may run more than once: keep side effects outside the database (emails, payments) out of it.
+
+What an error means is the driver's classification (``Driver.classify``), or the pool's
+``classify_error``.
 """
 
 from __future__ import annotations

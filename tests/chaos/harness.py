@@ -256,6 +256,40 @@ class Outcome:
     errors: list[str]
 
 
+def _outcome(
+    app: Gunicorn,
+    load: Load,
+    sessions: Sessions,
+    worker_class: str,
+    in_flight: int,
+    recovered_from: float,
+) -> Outcome:
+    """Once the load stopped: every worker's books against the server's sessions."""
+    first = load.first_ok_after(recovered_from)
+    time.sleep(0.3)  # requests' teardowns run
+    stats = app.worker_stats()
+    open_total = sum(w["stats"]["open"] for w in stats.values())
+    leaked = sum(w["stats"]["in_use"] + w["stats"]["waiting"] for w in stats.values())
+    deadline = time.monotonic() + 5
+    while (after := sessions.count()) != open_total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    failed = load.failed()
+    return Outcome(
+        worker_class=worker_class,
+        workers=app.workers,
+        requests=len(load.requests),
+        failed=len(failed),
+        in_flight_at_faults=in_flight,
+        recovery=(first - recovered_from) if first is not None else float("inf"),
+        most_sessions=sessions.most,
+        leaked=leaked,
+        open_total=open_total,
+        sessions_after=after,
+        most_open_per_worker=max(w["most_open"] for w in stats.values()),
+        errors=sorted({r.error[:100] for r in failed})[:5],
+    )
+
+
 def run(
     cluster: ThrowawayCluster, worker_class: str, *, quiet: float = 2.0, down: float = 1.0
 ) -> Outcome:
@@ -285,29 +319,8 @@ def run(
         finally:
             load.stop()
             sessions.stop()
-        first = load.first_ok_after(up)
-        time.sleep(0.3)  # requests' teardowns run
-        stats = app.worker_stats()
-        open_total = sum(w["stats"]["open"] for w in stats.values())
-        leaked = sum(w["stats"]["in_use"] + w["stats"]["waiting"] for w in stats.values())
-        deadline = time.monotonic() + 5
-        while (after := sessions.count()) != open_total and time.monotonic() < deadline:
-            time.sleep(0.05)
-        failed = load.failed()
-        return Outcome(
-            worker_class=worker_class,
-            workers=app.workers,
-            requests=len(load.requests),
-            failed=len(failed),
-            in_flight_at_faults=load.in_flight(terminated) + load.in_flight(stopped),
-            recovery=(first - up) if first is not None else float("inf"),
-            most_sessions=sessions.most,
-            leaked=leaked,
-            open_total=open_total,
-            sessions_after=after,
-            most_open_per_worker=max(w["most_open"] for w in stats.values()),
-            errors=sorted({r.error[:100] for r in failed})[:5],
-        )
+        in_flight = load.in_flight(terminated) + load.in_flight(stopped)
+        return _outcome(app, load, sessions, worker_class, in_flight, up)
 
 
 def run_network_faults(
@@ -347,30 +360,9 @@ def run_network_faults(
             finally:
                 load.stop()
                 sessions.stop()
-            first = load.first_ok_after(thawed)
-            time.sleep(0.3)
-            stats = app.worker_stats()
-            open_total = sum(w["stats"]["open"] for w in stats.values())
-            leaked = sum(w["stats"]["in_use"] + w["stats"]["waiting"] for w in stats.values())
-            deadline = time.monotonic() + 5
-            while (after := sessions.count()) != open_total and time.monotonic() < deadline:
-                time.sleep(0.05)
-            failed = load.failed()
             slowest = max(r.end - r.start for r in load.requests)
-            outcome = Outcome(
-                worker_class=worker_class,
-                workers=app.workers,
-                requests=len(load.requests),
-                failed=len(failed),
-                in_flight_at_faults=load.in_flight(reset_at),
-                recovery=(first - thawed) if first is not None else float("inf"),
-                most_sessions=sessions.most,
-                leaked=leaked,
-                open_total=open_total,
-                sessions_after=after,
-                most_open_per_worker=max(w["most_open"] for w in stats.values()),
-                errors=sorted({r.error[:100] for r in failed})[:5],
-            )
+            in_flight = load.in_flight(reset_at)
+            outcome = _outcome(app, load, sessions, worker_class, in_flight, thawed)
             return outcome, slowest
 
 
@@ -401,29 +393,8 @@ def run_kills(
         finally:
             load.stop()
             sessions.stop()
-        first = load.first_ok_after(killed)
-        time.sleep(0.3)
-        stats = app.worker_stats()
-        open_total = sum(w["stats"]["open"] for w in stats.values())
-        leaked = sum(w["stats"]["in_use"] + w["stats"]["waiting"] for w in stats.values())
-        deadline = time.monotonic() + 5
-        while (after := sessions.count()) != open_total and time.monotonic() < deadline:
-            time.sleep(0.05)
-        failed = load.failed()
-        return Outcome(
-            worker_class=worker_class,
-            workers=app.workers,
-            requests=len(load.requests),
-            failed=len(failed),
-            in_flight_at_faults=load.in_flight(first_kill) + load.in_flight(second_kill),
-            recovery=(first - killed) if first is not None else float("inf"),
-            most_sessions=sessions.most,
-            leaked=leaked,
-            open_total=open_total,
-            sessions_after=after,
-            most_open_per_worker=max(w["most_open"] for w in stats.values()),
-            errors=sorted({r.error[:100] for r in failed})[:5],
-        )
+        in_flight = load.in_flight(first_kill) + load.in_flight(second_kill)
+        return _outcome(app, load, sessions, worker_class, in_flight, killed)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ Flask side then imports one way only (extension -> monitor -> cli, dashboard -> 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -18,8 +18,8 @@ from flask_dbpool.errors import ConfigError
 from flask_dbpool.flask.endpoints import EndpointTimes
 from flask_dbpool.leaks import Checkout
 from flask_dbpool.pool import Pool
-from flask_dbpool.report import EndpointHistograms
-from flask_dbpool.stats import PoolStats
+from flask_dbpool.report import EndpointHistograms, ReportSource
+from flask_dbpool.stats import MeteredPool, PoolStats
 
 __all__ = [
     "CONFIG_PREFIX",
@@ -46,22 +46,11 @@ ENDPOINTS_KEY = "dbpool.endpoints"
 MONITORED_KEY = "dbpool.monitored"
 
 
-class MonitoredPool(Protocol):
+class MonitoredPool(ReportSource, MeteredPool, Protocol):
     """What the dashboard, the metrics endpoint and ``flask dbpool …`` read of a pool: a
     :class:`~flask_dbpool.Pool`, or an engine's pool through
-    :class:`~flask_dbpool.sqlalchemy.EngineSource`."""
-
-    @property
-    def name(self) -> str:
-        """The name shown and used as the ``pool_name`` label."""
-
-    @property
-    def target(self) -> str:
-        """Where connections go, password hidden."""
-
-    @property
-    def closed(self) -> bool:
-        """Whether the pool was closed."""
+    :class:`~flask_dbpool.sqlalchemy.EngineSource`. A report source and a metered pool, that
+    also lends a connection for the CLI's checks."""
 
     @property
     def config(self) -> PoolConfig:
@@ -72,12 +61,6 @@ class MonitoredPool(Protocol):
 
     def checkouts(self) -> Sequence[Checkout]:
         """The connections checked out now, longest held first."""
-
-    def track_use_time(self) -> None:
-        """Record how long each checkout is held."""
-
-    def add_observer(self, observer: Callable[[str, float], object]) -> None:
-        """Call ``observer(event, seconds)`` for waits, connects and holds."""
 
     def connection(self, timeout: float | None = None) -> AbstractContextManager[Any]:
         """A connection for a ``with`` block; ``.driver_connection`` is the driver's."""
