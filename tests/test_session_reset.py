@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -39,6 +40,30 @@ def test_discard_hides_one_borrowers_session_state_from_the_next(
         assert _session_state(conn) == ("0", None, 0)
         for _ in range(6):  # prepared statements forgotten on both sides: still works
             assert query(conn, "SELECT %s::int", (2,)) == [(2,)]
+    assert pool.stats().created == 1
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_discard_never_loses_psycopgs_own_prepared_statements(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """psycopg 3 prepares a statement on its 5th run and forgets its list on a DISCARD ALL
+    only the first time it sees one on a connection: a reset that deallocated everything
+    would, from the second checkout that prepared something, leave it running statements
+    the server no longer has. Borrowers' SQL PREPAREs are still gone."""
+    pool = make_pool(backend.url, pool_size=1, max_overflow=0, reset_on_return="discard")
+    with pool.connection():
+        pass  # a first reset before psycopg has prepared anything
+    for i in range(4):
+        with pool.connection() as conn:
+            for _ in range(6):
+                assert query(conn, "SELECT 1") == [(1,)]
+                assert query(conn, "SELECT %s::int", (i,)) == [(i,)]
+            query(conn, f"PREPARE mine_{i} AS SELECT 1")
+            conn.commit()
+    with pool.connection() as conn:
+        names = query(conn, "SELECT name FROM pg_prepared_statements WHERE from_sql")
+        assert names == []
     assert pool.stats().created == 1
 
 
@@ -93,8 +118,85 @@ def test_invalid_reset_on_return(value: Any) -> None:
         Pool("sqlite:///:memory:", reset_on_return=value)
 
 
-def test_discard_needs_postgresql() -> None:
-    with pytest.raises(ConfigError, match="PostgreSQL only"):
+def test_discard_needs_a_server_session() -> None:
+    with pytest.raises(ConfigError, match="PostgreSQL, MySQL and MariaDB only"):
         Pool("sqlite:///:memory:", reset_on_return="discard")
-    with pytest.raises(ConfigError, match="PostgreSQL only"):
-        Pool("mysql://root@127.0.0.1/test", reset_on_return="discard")
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+mysqldb"])
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysql_discard_gives_the_next_borrower_the_session_as_opened(
+    backend: Backend, make_pool: MakePool, scheme: str
+) -> None:
+    """After the server-side reset (which puts every session variable back to the server's
+    defaults) the session is as the pool opened it: the URL's charset, sql_mode,
+    init_command, autocommit off, and what on_connect set."""
+    if scheme == "mysql+mysqldb":
+        pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)")
+    rest = backend.url.partition("://")[2]
+    url = (
+        f"{scheme}://{rest}{'&' if '?' in rest else '?'}charset=latin1&sql_mode=ANSI"
+        "&init_command=SET%20%40booted%20%3D%207"
+    )
+    connects: list[Any] = []
+
+    def on_connect(raw: Any) -> None:
+        connects.append(raw)
+        query(raw, "SET SESSION group_concat_max_len = 2222")
+
+    def session(conn: Any) -> tuple[Any, ...]:
+        return query(
+            conn,
+            "SELECT @@character_set_client, @@sql_mode, @booted, @@autocommit, "
+            "@@SESSION.group_concat_max_len, @left, DATABASE()",
+        )[0]
+
+    pool = make_pool(
+        url, pool_size=1, max_overflow=0, reset_on_return="discard", on_connect=on_connect
+    )
+    with pool.connection() as conn:
+        first = backend.session_id(conn)
+        as_opened = session(conn)
+        for sql in (
+            "SET NAMES utf8mb4",
+            "SET sql_mode = ''",
+            "SET @booted = NULL, @left = 1, autocommit = 1",
+            "SET SESSION group_concat_max_len = 4096",
+            "USE information_schema",
+        ):
+            query(conn, sql)
+    assert as_opened[:5] == (
+        "latin1",
+        "REAL_AS_FLOAT,PIPES_AS_CONCAT,ANSI_QUOTES,IGNORE_SPACE,ANSI",
+        7,
+        0,
+        2222,
+    )
+    with pool.connection() as conn:
+        assert backend.session_id(conn) == first  # reset, not reopened
+        assert session(conn) == as_opened
+    assert pool.stats().created == 1
+    assert len(connects) == 3  # at connect, then after each of the two resets
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysqlclient_discard_on_a_callable_target_discards_the_connection(
+    backend: Backend, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mysqlclient resets by logging in again, which needs the password: a connection the
+    pool did not open from a URL is closed on return instead of going back unreset."""
+    mysqldb = pytest.importorskip(
+        "MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)"
+    )
+
+    def connect() -> Any:
+        return mysqldb.connect(host="127.0.0.1", user="root", database="test")
+
+    pool = make_pool(connect, pool_size=1, max_overflow=0, reset_on_return="discard")
+    with caplog.at_level(logging.INFO, logger="flask_dbpool"), pool.connection() as conn:
+        query(conn, "SET @left = 1")
+    stats = pool.stats()
+    assert (stats.open, stats.closed_by_reason.get("reset_failed")) == (0, 1), stats
+    assert "needs the pool to open the connection from a URL" in caplog.text
+    with pool.connection() as conn:
+        assert query(conn, "SELECT @left") == [(None,)]

@@ -166,11 +166,15 @@ class PoolConfig:
         What to do when a connection is returned (default ``True``). ``True`` or
         ``"rollback"``: roll back an open transaction (skipped when the driver's flag says
         idle). ``False``: leave it to the caller (an aborted transaction is still rolled
-        back). ``"discard"``: roll back, then reset the whole session (PostgreSQL
-        ``DISCARD ALL``: settings, ``SET ROLE``, temp tables, prepared statements) at the cost
-        of one round trip per return. A callable: roll back, then call it with the driver
-        connection for a custom reset (what it leaves in a transaction is committed); if it
-        raises, the connection is discarded.
+        back). ``"discard"``: roll back, then reset the whole session so that
+        nothing of it reaches the next borrower (settings, roles, user variables, temporary
+        tables, locks, prepared statements, cursors, ``LISTEN``), then run ``on_connect``
+        again: PostgreSQL what ``DISCARD ALL`` does (one round trip per return); MySQL and MariaDB
+        ``COM_RESET_CONNECTION`` with PyMySQL, a new login on the session (``change_user``)
+        with mysqlclient, then the character set and ``autocommit`` set again (two round
+        trips). The README's isolation table says what crosses under each mode. A callable:
+        roll back, then call it with the driver connection for a custom reset (what it
+        leaves in a transaction is committed); if it raises, the connection is discarded.
     ``max_waiting``
         How many callers may wait at once; one more gets ``TooManyWaiters`` immediately
         instead of queueing (integer >= 0, default 0 = unlimited).

@@ -41,7 +41,7 @@ def reset_session(
             raise PoolError(messages.session_reset_unsupported(driver.name))
         driver.reset_session(raw)
         if on_connect is not None:
-            run_on_connect(on_connect, pool, raw, driver)  # DISCARD ALL wiped what it had set
+            run_on_connect(on_connect, pool, raw, driver)  # the reset wiped what it had set
     elif callable(style):
         style(raw)
         if driver.transaction_state(raw) != IDLE:

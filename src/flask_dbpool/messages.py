@@ -134,8 +134,8 @@ def foreign_object(pool: str, value: object) -> str:
 def session_reset_unsupported(driver: str) -> str:
     """``reset_on_return='discard'`` with a driver that has no session reset."""
     return (
-        f"reset_on_return='discard' is not supported by the {driver} driver (PostgreSQL "
-        "only); pass a callable that resets the session instead"
+        f"reset_on_return='discard' is not supported by the {driver} driver (PostgreSQL, "
+        "MySQL and MariaDB only); pass a callable that resets the session instead"
     )
 
 

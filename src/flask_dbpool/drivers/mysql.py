@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from flask_dbpool.drivers.base import (
@@ -147,6 +149,78 @@ def _io_bounded(conn: Any, bound: float | None) -> Iterator[None]:
         put(*saved)
 
 
+#: COM_RESET_CONNECTION (MySQL 5.7.3+, MariaDB 10.2.4+): the server resets the session as a
+#: new login would (transaction, user variables, temporary tables, GET_LOCK and table locks,
+#: prepared statements, session variables) without authenticating again. PyMySQL has no name
+#: for it.
+_COM_RESET_CONNECTION = 0x1F
+# What may be spliced into the SET that rebuilds a reset session: character set and collation
+# names, and sql_mode's comma-separated words. Anything else is refused, not quoted.
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+_SQL_MODE = re.compile(r"[A-Za-z0-9_,]*")
+
+
+@dataclass(frozen=True)
+class _SessionSetup:
+    """What the driver set up on a new session, to be set again after a server-side reset
+    (which puts every session variable back to the server's default)."""
+
+    charset: str
+    collation: str | None
+    autocommit: bool | None
+    sql_mode: str | None
+    init_command: str | None
+
+
+def _set_up_session(raw: Any, setup: _SessionSetup) -> None:
+    """Give a reset session what the driver's connect gave it, in the same order: the
+    character set and ``sql_mode``, ``init_command``, then ``autocommit``. One round trip
+    without ``init_command``. Raises :class:`PoolError` for a name that cannot be a
+    character set, collation or SQL mode."""
+    if not _NAME.fullmatch(setup.charset) or not _NAME.fullmatch(setup.collation or "x"):
+        raise PoolError("cannot restore the session's character set: not a charset name")
+    names = f"NAMES {setup.charset}" + (f" COLLATE {setup.collation}" if setup.collation else "")
+    assignments = [names]
+    if setup.sql_mode is not None:
+        if not _SQL_MODE.fullmatch(setup.sql_mode):
+            raise PoolError("cannot restore the session's sql_mode: not a list of SQL modes")
+        assignments.append(f"sql_mode = '{setup.sql_mode}'")
+    autocommit = None if setup.autocommit is None else f"autocommit = {int(setup.autocommit)}"
+    if autocommit is not None and setup.init_command is None:
+        assignments.append(autocommit)
+    _execute(raw, "SET " + ", ".join(assignments))
+    if setup.init_command is not None:
+        _execute(raw, setup.init_command)
+        if autocommit is not None:
+            _execute(raw, "SET " + autocommit)
+
+
+def _execute(raw: Any, sql: str) -> None:
+    cur = raw.cursor()
+    try:
+        cur.execute(sql)
+    finally:
+        cur.close()
+
+
+@dataclass(frozen=True)
+class _MySQLdbLogin:
+    """What mysqlclient's ``change_user`` needs, and what its connect set up beyond it."""
+
+    user: str
+    password: str = field(repr=False)
+    database: str | None
+    charset: str
+    autocommit: bool
+    sql_mode: str | None
+    init_command: str | None
+
+
+#: The logins of the connections this module opened with mysqlclient, which has no way to
+#: reset a session but logging in again (``change_user``).
+_MYSQLDB_LOGINS: weakref.WeakKeyDictionary[Any, _MySQLdbLogin] = weakref.WeakKeyDictionary()
+
+
 def _last_result(raw: Any) -> Any:
     """PyMySQL's last result of ``raw`` (private, but its own cursors rely on it so)."""
     return raw._result
@@ -213,6 +287,8 @@ class _PyMySQLSettings:
 
 class _MySQLDriver(Driver):
     """What PyMySQL and mysqlclient share: error codes, the ``open`` flag, server limits."""
+
+    supports_session_reset: ClassVar[bool] = True
 
     @staticmethod
     def is_rejection(exc: BaseException) -> bool:
@@ -433,6 +509,28 @@ class PyMySQLDriver(_MySQLDriver):
         if raw.decoders != saved.decoders:
             raw.decoders = dict(saved.decoders)
 
+    @staticmethod
+    def reset_session(raw: Any) -> None:
+        """``reset_on_return="discard"``: ``COM_RESET_CONNECTION`` (the server resets the
+        session as a new login would, but keeps the current database), then the database,
+        character set, ``sql_mode``, ``init_command`` and ``autocommit`` this connection was
+        opened with are set again. Three round trips without ``init_command``. Raises the
+        driver's error if the server refuses (MySQL before 5.7.3, MariaDB before 10.2.4)."""
+        setup = _SessionSetup(
+            charset=raw.charset,
+            collation=raw.collation,
+            autocommit=raw.autocommit_mode,
+            sql_mode=raw.sql_mode,
+            init_command=raw.init_command,
+        )
+        # PyMySQL has no public call for this command: these are the two steps its own
+        # select_db() takes for COM_INIT_DB (send the command, read the OK packet).
+        raw._execute_command(_COM_RESET_CONNECTION, b"")
+        raw._read_ok_packet()
+        if raw.db:  # the reset keeps the current database, which a USE may have changed
+            raw.select_db(raw.db)
+        _set_up_session(raw, setup)
+
 
 class MySQLdbDriver(_MySQLDriver):
     """mysqlclient: ``mysql+mysqldb://``. It has no transaction flag: every return rolls back."""
@@ -448,9 +546,20 @@ class MySQLdbDriver(_MySQLDriver):
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         mysqldb = cls.import_module()
         kwargs = _connect_kwargs(url, "MySQLdb", "database", _MYSQLDB_URL_OPTIONS)
+        login = _MySQLdbLogin(
+            user=kwargs["user"],
+            password=kwargs["password"],
+            database=kwargs.get("database"),
+            charset=kwargs["charset"],
+            autocommit=kwargs["autocommit"],
+            sql_mode=kwargs.get("sql_mode"),
+            init_command=kwargs.get("init_command"),
+        )
 
         def connect() -> Any:
-            return mysqldb.connect(**kwargs)
+            raw = mysqldb.connect(**kwargs)
+            _MYSQLDB_LOGINS[raw] = login
+            return raw
 
         return connect
 
@@ -470,6 +579,33 @@ class MySQLdbDriver(_MySQLDriver):
     def restore_settings(cls, raw: Any, saved: Any) -> None:
         """Set autocommit back (a round trip only if it differs)."""
         raw.autocommit(bool(saved))
+
+    @staticmethod
+    def reset_session(raw: Any) -> None:
+        """``reset_on_return="discard"``: mysqlclient cannot send ``COM_RESET_CONNECTION``,
+        so the session is reset by logging in again on it (``change_user``, which resets as
+        much), then the character set, ``sql_mode``, ``init_command`` and ``autocommit`` it
+        was opened with are set again. Raises :class:`PoolError` for a connection the pool
+        did not open from a URL (a callable target's: its password is not known), or the
+        driver's error."""
+        login = _MYSQLDB_LOGINS.get(raw)
+        if login is None:
+            raise PoolError(
+                "reset_on_return='discard' with mysqlclient logs in again to reset the "
+                "session, which needs the pool to open the connection from a URL"
+            )
+        setup = _SessionSetup(
+            # As opened, not as now: the client library follows the server's session
+            # tracking, so character_set_name() and get_autocommit() say what a borrower's
+            # SQL (SET NAMES, SET autocommit) chose.
+            charset=login.charset,
+            collation=None,
+            autocommit=login.autocommit,
+            sql_mode=login.sql_mode,
+            init_command=login.init_command,
+        )
+        raw.change_user(login.user, login.password, login.database)
+        _set_up_session(raw, setup)
 
     @classmethod
     def ping(cls, raw: Any, timeout: float) -> None:

@@ -71,9 +71,26 @@ _STATUS_READY = 1
 
 
 def _discard_all(raw: Any) -> None:
-    # DISCARD ALL refuses to run in a transaction block: run it in autocommit. It goes through
-    # the driver (not libpq directly) so that psycopg forgets its prepared statements too.
+    # DISCARD ALL refuses to run in a transaction block: run it in autocommit.
     _in_autocommit(raw, "DISCARD ALL")
+
+
+# For psycopg 3: DISCARD ALL less two parts (PostgreSQL documents DISCARD ALL as this list).
+# - DEALLOCATE ALL becomes "deallocate the statements SQL PREPAREd": psycopg 3 prepares
+#   statements of its own at the protocol level and keeps a client-side list of them, which it
+#   clears on a DISCARD ALL only the first time it sees that statement text on a connection;
+#   from the second reset on, it would run statements the server no longer has ("prepared
+#   statement _pg3_0 does not exist"). Its statements carry no borrower's state: kept.
+# - DISCARD PLANS: cached plans are nothing a borrower can see; dropping them would only make
+#   those prepared statements plan again.
+# One round trip (the simple protocol: no parameters, so psycopg never prepares it).
+_PSYCOPG_RESET_SQL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; "
+    "DO $$DECLARE s record; BEGIN "
+    "FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP "
+    "EXECUTE format('DEALLOCATE %I', s.name); END LOOP; END$$"
+)
 
 
 def _in_autocommit(raw: Any, sql: str) -> None:
@@ -337,6 +354,12 @@ class PsycopgDriver(_PostgresDriver):
     module = "psycopg"
     closed_error_names = ("OperationalError",)  # "the connection is closed"
     extra = "postgres"
+
+    @staticmethod
+    def reset_session(raw: Any) -> None:
+        """``reset_on_return="discard"``: what ``DISCARD ALL`` does, in one round trip, but
+        keeping psycopg's own prepared statements (see ``_PSYCOPG_RESET_SQL``)."""
+        _in_autocommit(raw, _PSYCOPG_RESET_SQL)
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
