@@ -149,6 +149,11 @@ def _mysql_kinds(locked: str, other: str) -> list[Kind]:
             lambda c: _one(c, "SELECT @@SESSION.tx_read_only") == 1,
         ),
         Kind(
+            "`SET ROLE`",
+            _run("SET ROLE dbpool_isolation_role"),
+            lambda c: _one(c, "SELECT CURRENT_ROLE()") == "dbpool_isolation_role",
+        ),
+        Kind(
             "`SET NAMES` in SQL",
             _run("SET NAMES latin1"),
             lambda c: _one(c, "SELECT @@character_set_client") == "latin1",
@@ -255,11 +260,19 @@ def test_postgres_isolation_matrix(
     assert observed == expected
 
 
+@pytest.fixture(scope="module")
+def mysql_isolation_role(mysql_url: str) -> Iterator[None]:
+    with Pool(mysql_url, pool_size=1) as admin, admin.connection() as conn:
+        query(conn, "CREATE ROLE IF NOT EXISTS dbpool_isolation_role")
+        query(conn, "GRANT dbpool_isolation_role TO CURRENT_USER")
+    yield
+
+
 @pytest.mark.parametrize("reset", ["rollback", "discard"])
 @pytest.mark.parametrize("scheme", ["mysql", "mysql+mysqldb"])
 @pytest.mark.parametrize("backend", ["mysql"], indirect=True)
 def test_mysql_isolation_matrix(
-    backend: Backend, make_pool: MakePool, scheme: str, reset: str
+    backend: Backend, make_pool: MakePool, mysql_isolation_role: None, scheme: str, reset: str
 ) -> None:
     if scheme == "mysql+mysqldb":
         pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)")

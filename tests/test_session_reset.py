@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from backends import Backend, MakePool, query
+from backends import Backend, MakePool, query, wait_until
 from flask_dbpool import ConfigError, Pool
 
 
@@ -200,3 +200,88 @@ def test_mysqlclient_discard_on_a_callable_target_discards_the_connection(
     assert "needs the pool to open the connection from a URL" in caplog.text
     with pool.connection() as conn:
         assert query(conn, "SELECT @left") == [(None,)]
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+mysqldb"])
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysql_discard_on_a_url_without_a_database(
+    backend: Backend, make_pool: MakePool, scheme: str
+) -> None:
+    """A session opened without a database cannot go back to none after a USE: PyMySQL's
+    reset (which keeps the database) closes that connection instead; mysqlclient's new
+    login takes none. Either way the next borrower is in no database, and a return that
+    changed nothing keeps its connection."""
+    if scheme == "mysql+mysqldb":
+        pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)")
+    server = backend.url.partition("://")[2].partition("/")[0]
+    pool = make_pool(
+        f"{scheme}://{server}/", pool_size=1, max_overflow=0, reset_on_return="discard"
+    )
+    for _ in range(3):
+        with pool.connection() as conn:
+            assert query(conn, "SELECT DATABASE()") == [(None,)]
+    assert pool.stats().created == 1  # kept across plain returns (no churn)
+    with pool.connection() as conn:
+        query(conn, "USE information_schema")
+    with pool.connection() as conn:
+        assert query(conn, "SELECT DATABASE()") == [(None,)]
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+mysqldb"])
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysql_discard_puts_back_the_client_character_set(
+    backend: Backend, make_pool: MakePool, scheme: str
+) -> None:
+    """A borrower's set_character_set() changes the client's encoding and the server's
+    together, even on the driver's own object: the reset puts both back, so that the next
+    borrower's text is encoded as the server reads it."""
+    if scheme == "mysql+mysqldb":
+        pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)")
+    table = backend.new_table()
+    url = scheme + "://" + backend.url.partition("://")[2]
+    pool = make_pool(url, pool_size=1, max_overflow=0, reset_on_return="discard")
+    with pool.connection() as conn:
+        conn.driver_connection.set_character_set("latin1")
+    with pool.connection() as conn:
+        query(conn, f"INSERT INTO {table} (id, v) VALUES (1, %s)", ("é€",))
+        conn.commit()
+        assert query(conn, f"SELECT v FROM {table}") == [("é€",)]
+        assert query(conn, "SELECT @@character_set_client") == [("utf8mb4",)]
+    assert pool.stats().created == 1
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysqlclient_discard_runs_init_command_where_its_connect_does(
+    backend: Backend, make_pool: MakePool
+) -> None:
+    """mysqlclient runs init_command inside its connect, before it sets sql_mode: after a
+    reset every borrower gets the session the first one got."""
+    pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)")
+    rest = backend.url.partition("://")[2]
+    url = (
+        f"mysql+mysqldb://{rest}{'&' if '?' in rest else '?'}sql_mode=ANSI_QUOTES"
+        "&init_command=SET%20sql_mode%3D%27TRADITIONAL%27"
+    )
+    pool = make_pool(url, pool_size=1, max_overflow=0, reset_on_return="discard")
+    modes = []
+    for _ in range(3):
+        with pool.connection() as conn:
+            modes.append(query(conn, "SELECT @@sql_mode")[0][0])
+    assert modes == [modes[0]] * 3, modes
+    assert pool.stats().created == 1
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_discard_drops_notifications_nobody_read(backend: Backend, make_pool: MakePool) -> None:
+    """UNLISTEN stops new notifications; those psycopg 3 already received for the previous
+    borrower must not be read by the next."""
+    pool = make_pool(backend.url, pool_size=1, max_overflow=0, reset_on_return="discard")
+    with pool.connection() as conn:
+        query(conn, "LISTEN dbpool_secrets")
+        conn.commit()
+        backend.admin_query("NOTIFY dbpool_secrets, 'card=4111'")
+        # psycopg keeps what arrives during a query for a later notifies() call.
+        wait_until(lambda: bool(query(conn, "SELECT 1")) and bool(conn._notifies_backlog))
+    with pool.connection() as conn:
+        conn.commit()
+        assert [n.payload for n in conn.notifies(timeout=0.2)] == []

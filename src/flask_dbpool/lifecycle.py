@@ -31,7 +31,7 @@ from flask_dbpool.hooks import reset_session, run_on_connect
 from flask_dbpool.policy import lifetime_jitter
 from flask_dbpool.proxy import handle_class_for
 
-__all__ = ["Discard", "Lifecycle"]
+__all__ = ["Discard", "Lifecycle", "ResetSteps"]
 
 logger = logging.getLogger("flask_dbpool.pool")
 
@@ -41,6 +41,7 @@ _RETIRED_BECAUSE = {
     "lifetime": "it reached max_lifetime",
     "drained": "the pool was drained (drain(), or the server changed) while it was lent",
 }
+
 
 class Discard(NamedTuple):
     """The verdict on a connection that must not be lent again."""
@@ -58,6 +59,14 @@ class Discard(NamedTuple):
     short: re-raise it once the connection is discarded."""
     drain: bool = False
     """The server is no longer the one connected to: retire every connection."""
+
+
+class ResetSteps(NamedTuple):
+    """What a returned connection needs before it is kept (see :meth:`Lifecycle.plan_reset`);
+    the session reset, if configured, follows them."""
+
+    rollback: bool
+    restore_settings: bool
 
 
 class Lifecycle:
@@ -185,38 +194,12 @@ class Lifecycle:
             driver = entry.driver
             if self.config.on_checkin is not None:
                 self.config.on_checkin(entry.raw)
-            if exc is not None:
-                kind = self.classify(exc, entry.raw, driver)
-                if kind == SERVER_CHANGED:
-                    why = (
-                        f"the server is no longer the one connected to ({one_line(exc)}): "
-                        "retiring every connection"
-                    )
-                    return Discard(why, "broken", disconnect=True, drain=True)
-                if kind == DEAD:
-                    why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
-                    return Discard(why, "broken", disconnect=True)
-            if entry.retire:
-                return Discard(_RETIRED_BECAUSE[entry.retire], entry.retire, quiet=True)
-            state = driver.transaction_state(entry.raw)
-            if state == BROKEN:
-                return Discard("the driver reports it broken", "broken", disconnect=True)
-            # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
-            # only refresh it from successful replies.
-            rolled_back = (
-                state == FAILED
-                or exc is not None
-                or (state == IN_TRANSACTION and self.rollback_on_return)
-            )
-            if rolled_back:
+            plan = self.plan_reset(entry, exc)
+            if isinstance(plan, Discard):
+                return plan
+            if plan.rollback:
                 driver.rollback(entry.raw)
-            if entry.settings_changed:
-                if not rolled_back and state != IDLE:
-                    # reset_on_return=False left the borrower's transaction open, and some
-                    # drivers would commit it to put a setting back (sqlite3's
-                    # isolation_level, SET autocommit): discard the connection instead.
-                    raise messages.settings_not_restorable()
-                # After the rollback: some settings cannot change inside a transaction.
+            if plan.restore_settings:
                 driver.restore_settings(entry.raw, entry.saved_settings)
                 entry.settings_changed = False
             if self.session_reset is not None:
@@ -224,14 +207,55 @@ class Lifecycle:
                     self.session_reset, self.config.on_connect, self.config.name, entry.raw, driver
                 )
         except BaseException as error:
-            gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
-            return Discard(
-                f"on_checkin or the reset failed ({one_line(error)})",
-                "broken" if gone else "reset_failed",
-                disconnect=gone,
-                interrupt=None if isinstance(error, Exception) else error,
-            )
+            return self.reset_failed(entry, error)
         return None
+
+    def plan_reset(self, entry: Entry, exc: BaseException | None) -> Discard | ResetSteps:
+        """The decisions of :meth:`reset` (after ``on_checkin``), without its I/O: discard
+        the connection (what ``exc`` says of it, retired, broken), or which steps to take.
+        Raises when the settings cannot be restored (the connection is then discarded)."""
+        driver = entry.driver
+        if exc is not None:
+            kind = self.classify(exc, entry.raw, driver)
+            if kind == SERVER_CHANGED:
+                why = (
+                    f"the server is no longer the one connected to ({one_line(exc)}): "
+                    "retiring every connection"
+                )
+                return Discard(why, "broken", disconnect=True, drain=True)
+            if kind == DEAD:
+                why = f"a disconnect error was raised while it was in use ({one_line(exc)})"
+                return Discard(why, "broken", disconnect=True)
+        if entry.retire:
+            return Discard(_RETIRED_BECAUSE[entry.retire], entry.retire, quiet=True)
+        state = driver.transaction_state(entry.raw)
+        if state == BROKEN:
+            return Discard("the driver reports it broken", "broken", disconnect=True)
+        # After an error, roll back even if the flag says idle: some drivers (PyMySQL)
+        # only refresh it from successful replies.
+        rollback = (
+            state == FAILED
+            or exc is not None
+            or (state == IN_TRANSACTION and self.rollback_on_return)
+        )
+        if entry.settings_changed and not rollback and state != IDLE:
+            # reset_on_return=False left the borrower's transaction open, and some drivers
+            # would commit it to put a setting back (sqlite3's isolation_level, SET
+            # autocommit): discard the connection instead.
+            raise messages.settings_not_restorable()
+        # The settings are restored after the rollback: some cannot change in a transaction.
+        return ResetSteps(rollback, entry.settings_changed)
+
+    @staticmethod
+    def reset_failed(entry: Entry, error: BaseException) -> Discard:
+        """The verdict when ``on_checkin`` or a reset step raised ``error``."""
+        gone = isinstance(error, Exception) and entry.driver.is_disconnect(error, entry.raw)
+        return Discard(
+            f"on_checkin or the reset failed ({one_line(error)})",
+            "broken" if gone else "reset_failed",
+            disconnect=gone,
+            interrupt=None if isinstance(error, Exception) else error,
+        )
 
     # ------------------------------------------------------------------ closing
 

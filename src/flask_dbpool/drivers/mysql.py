@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from flask_dbpool.drivers.aio_base import AsyncConnectFn, AsyncDriver
 from flask_dbpool.drivers.base import (
     BROKEN,
     DEAD,
@@ -25,10 +26,10 @@ from flask_dbpool.drivers.base import (
     query_options,
     run_query,
 )
-from flask_dbpool.errors import PingTimeout, PoolError
+from flask_dbpool.errors import ConfigError, PingTimeout, PoolError
 from flask_dbpool.url import DatabaseURL
 
-__all__ = ["MySQLdbDriver", "PyMySQLDriver"]
+__all__ = ["AiomysqlDriver", "MySQLdbDriver", "PyMySQLDriver"]
 
 #: Client and server error codes meaning the session is gone.
 #: Error codes saying the server is no longer the one connected to: read-only (a primary
@@ -154,45 +155,109 @@ def _io_bounded(conn: Any, bound: float | None) -> Iterator[None]:
 #: prepared statements, session variables) without authenticating again. PyMySQL has no name
 #: for it.
 _COM_RESET_CONNECTION = 0x1F
-# What may be spliced into the SET that rebuilds a reset session: character set and collation
-# names, and sql_mode's comma-separated words. Anything else is refused, not quoted.
-_NAME = re.compile(r"[A-Za-z0-9_]+")
+# What may be spliced into the SET that rebuilds a reset session: sql_mode's comma-separated
+# words. Anything else is refused, not quoted.
 _SQL_MODE = re.compile(r"[A-Za-z0-9_,]*")
+_UNKNOWN: Any = object()
 
 
-@dataclass(frozen=True)
-class _SessionSetup:
-    """What the driver set up on a new session, to be set again after a server-side reset
-    (which puts every session variable back to the server's default)."""
+@dataclass
+class _Opened:
+    """What the pool opened a connection with: the session a full reset gives back.
 
+    One object serves every connection opened from one URL; ``default_role`` (the account's
+    default role, read once, at the first reset) is the same for all of them.
+    """
+
+    database: str | None
     charset: str
     collation: str | None
     autocommit: bool | None
     sql_mode: str | None
     init_command: str | None
+    #: mysqlclient's reset is a new login (``change_user``): it needs these.
+    user: str = ""
+    password: str = field(default="", repr=False)
+    default_role: Any = _UNKNOWN
+    #: mysqlclient's Python-side encoding, as its connect left it.
+    client_encoding: str = ""
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], database_key: str, *, login: bool) -> _Opened:
+        return cls(
+            database=kwargs.get(database_key),
+            charset=kwargs["charset"],
+            collation=kwargs.get("collation"),
+            autocommit=kwargs["autocommit"],
+            sql_mode=kwargs.get("sql_mode"),
+            init_command=kwargs.get("init_command"),
+            user=kwargs["user"] if login else "",
+            password=kwargs["password"] if login else "",
+        )
 
 
-def _set_up_session(raw: Any, setup: _SessionSetup) -> None:
-    """Give a reset session what the driver's connect gave it, in the same order: the
-    character set and ``sql_mode``, ``init_command``, then ``autocommit``. One round trip
-    without ``init_command``. Raises :class:`PoolError` for a name that cannot be a
-    character set, collation or SQL mode."""
-    if not _NAME.fullmatch(setup.charset) or not _NAME.fullmatch(setup.collation or "x"):
-        raise PoolError("cannot restore the session's character set: not a charset name")
-    names = f"NAMES {setup.charset}" + (f" COLLATE {setup.collation}" if setup.collation else "")
-    assignments = [names]
-    if setup.sql_mode is not None:
-        if not _SQL_MODE.fullmatch(setup.sql_mode):
+#: The connections this module opened, with what they were opened with (see _Opened).
+_OPENED: weakref.WeakKeyDictionary[Any, _Opened] = weakref.WeakKeyDictionary()
+
+
+def _restore_session(raw: Any, opened: _Opened, *, init_command_first: bool) -> None:
+    """After a server-side reset (which sets every session variable back to the server's
+    default, but keeps the current database and, on MariaDB, the current role), give the
+    session what the driver's connect gave it, in the driver's order: the database and the
+    account's default role, ``sql_mode``, ``init_command`` and ``autocommit``. Two round
+    trips without ``init_command`` (one ``SELECT``, one ``SET``), more only to undo a
+    ``USE`` or ``SET ROLE``. Raises :class:`PoolError` when the session cannot be put back
+    (a database chosen on a connection opened without one; an invalid ``sql_mode``)."""
+    database, role = _select_row(raw, "SELECT DATABASE(), CURRENT_ROLE()")
+    if database != opened.database:
+        if opened.database is None:
+            raise PoolError(
+                "a borrower chose a database (USE), and a session cannot go back to none"
+            )
+        raw.select_db(opened.database)
+    role = None if role in (None, "NONE") else role  # MySQL 8 says NONE, MariaDB NULL
+    if opened.default_role is _UNKNOWN:
+        found = _select_row(
+            raw,
+            "SELECT (SELECT ROLE_NAME FROM information_schema.APPLICABLE_ROLES "
+            "WHERE IS_DEFAULT = 'YES' LIMIT 1)",
+        )
+        opened.default_role = found[0]
+    if role != opened.default_role:
+        default = opened.default_role
+        _execute(raw, "SET ROLE " + ("NONE" if default is None else _quoted_name(default)))
+    settings = []
+    if opened.sql_mode is not None:
+        if not _SQL_MODE.fullmatch(opened.sql_mode):
             raise PoolError("cannot restore the session's sql_mode: not a list of SQL modes")
-        assignments.append(f"sql_mode = '{setup.sql_mode}'")
-    autocommit = None if setup.autocommit is None else f"autocommit = {int(setup.autocommit)}"
-    if autocommit is not None and setup.init_command is None:
-        assignments.append(autocommit)
-    _execute(raw, "SET " + ", ".join(assignments))
-    if setup.init_command is not None:
-        _execute(raw, setup.init_command)
-        if autocommit is not None:
-            _execute(raw, "SET " + autocommit)
+        settings.append(f"sql_mode = '{opened.sql_mode}'")
+    autocommit = None if opened.autocommit is None else f"autocommit = {int(opened.autocommit)}"
+    if opened.init_command is not None and init_command_first:
+        _execute(raw, opened.init_command)
+    if opened.init_command is None or init_command_first:
+        settings += [autocommit] if autocommit else []
+        autocommit = None
+    if settings:
+        _execute(raw, "SET " + ", ".join(settings))
+    if opened.init_command is not None and not init_command_first:
+        _execute(raw, opened.init_command)
+    if autocommit:
+        _execute(raw, "SET " + autocommit)
+
+
+def _quoted_name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _select_row(raw: Any, sql: str) -> tuple[Any, ...]:
+    """The one row of ``sql`` (as a tuple, whatever the connection's cursor class)."""
+    cur = raw.cursor()
+    try:
+        cur.execute(sql)
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
 
 
 def _execute(raw: Any, sql: str) -> None:
@@ -201,24 +266,6 @@ def _execute(raw: Any, sql: str) -> None:
         cur.execute(sql)
     finally:
         cur.close()
-
-
-@dataclass(frozen=True)
-class _MySQLdbLogin:
-    """What mysqlclient's ``change_user`` needs, and what its connect set up beyond it."""
-
-    user: str
-    password: str = field(repr=False)
-    database: str | None
-    charset: str
-    autocommit: bool
-    sql_mode: str | None
-    init_command: str | None
-
-
-#: The logins of the connections this module opened with mysqlclient, which has no way to
-#: reset a session but logging in again (``change_user``).
-_MYSQLDB_LOGINS: weakref.WeakKeyDictionary[Any, _MySQLdbLogin] = weakref.WeakKeyDictionary()
 
 
 def _last_result(raw: Any) -> Any:
@@ -391,9 +438,12 @@ class PyMySQLDriver(_MySQLDriver):
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         connection_class = _tracking_class(cls.import_module())
         kwargs = _connect_kwargs(url, "pymysql", "database", _URL_OPTIONS)
+        opened = _Opened.from_kwargs(kwargs, "database", login=False)
 
         def connect() -> Any:
-            return connection_class(**kwargs)
+            raw = connection_class(**kwargs)
+            _OPENED[raw] = opened
+            return raw
 
         return connect
 
@@ -512,24 +562,28 @@ class PyMySQLDriver(_MySQLDriver):
     @staticmethod
     def reset_session(raw: Any) -> None:
         """``reset_on_return="discard"``: ``COM_RESET_CONNECTION`` (the server resets the
-        session as a new login would, but keeps the current database), then the database,
-        character set, ``sql_mode``, ``init_command`` and ``autocommit`` this connection was
-        opened with are set again. Three round trips without ``init_command``. Raises the
-        driver's error if the server refuses (MySQL before 5.7.3, MariaDB before 10.2.4)."""
-        setup = _SessionSetup(
-            charset=raw.charset,
-            collation=raw.collation,
-            autocommit=raw.autocommit_mode,
-            sql_mode=raw.sql_mode,
-            init_command=raw.init_command,
-        )
+        session as a new login would, to the character set of the login), then the client's
+        character set if a borrower changed it, and the session as opened (see
+        ``_restore_session``): three round trips without ``init_command``. Raises the
+        driver's error if the server refuses (MySQL before 5.7.3, MariaDB before 10.2.4),
+        :class:`PoolError` if the session cannot be put back."""
+        opened = _OPENED.get(raw)
+        if opened is None:  # a callable target's connection: as it is set up now
+            opened = _Opened(
+                raw.db,
+                raw.charset,
+                raw.collation,
+                raw.autocommit_mode,
+                raw.sql_mode,
+                raw.init_command,
+            )
         # PyMySQL has no public call for this command: these are the two steps its own
         # select_db() takes for COM_INIT_DB (send the command, read the OK packet).
         raw._execute_command(_COM_RESET_CONNECTION, b"")
         raw._read_ok_packet()
-        if raw.db:  # the reset keeps the current database, which a USE may have changed
-            raw.select_db(raw.db)
-        _set_up_session(raw, setup)
+        if raw.charset != opened.charset or raw.collation != opened.collation:
+            raw.set_character_set(opened.charset, opened.collation)  # client and server
+        _restore_session(raw, opened, init_command_first=False)
 
 
 class MySQLdbDriver(_MySQLDriver):
@@ -546,19 +600,12 @@ class MySQLdbDriver(_MySQLDriver):
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         mysqldb = cls.import_module()
         kwargs = _connect_kwargs(url, "MySQLdb", "database", _MYSQLDB_URL_OPTIONS)
-        login = _MySQLdbLogin(
-            user=kwargs["user"],
-            password=kwargs["password"],
-            database=kwargs.get("database"),
-            charset=kwargs["charset"],
-            autocommit=kwargs["autocommit"],
-            sql_mode=kwargs.get("sql_mode"),
-            init_command=kwargs.get("init_command"),
-        )
+        opened = _Opened.from_kwargs(kwargs, "database", login=True)
 
         def connect() -> Any:
             raw = mysqldb.connect(**kwargs)
-            _MYSQLDB_LOGINS[raw] = login
+            opened.client_encoding = raw.encoding
+            _OPENED[raw] = opened
             return raw
 
         return connect
@@ -588,24 +635,22 @@ class MySQLdbDriver(_MySQLDriver):
         was opened with are set again. Raises :class:`PoolError` for a connection the pool
         did not open from a URL (a callable target's: its password is not known), or the
         driver's error."""
-        login = _MYSQLDB_LOGINS.get(raw)
-        if login is None:
+        opened = _OPENED.get(raw)
+        if opened is None:
             raise PoolError(
                 "reset_on_return='discard' with mysqlclient logs in again to reset the "
                 "session, which needs the pool to open the connection from a URL"
             )
-        setup = _SessionSetup(
-            # As opened, not as now: the client library follows the server's session
-            # tracking, so character_set_name() and get_autocommit() say what a borrower's
-            # SQL (SET NAMES, SET autocommit) chose.
-            charset=login.charset,
-            collation=None,
-            autocommit=login.autocommit,
-            sql_mode=login.sql_mode,
-            init_command=login.init_command,
-        )
-        raw.change_user(login.user, login.password, login.database)
-        _set_up_session(raw, setup)
+        if opened.database is None:
+            raw.change_user(opened.user, opened.password)
+        else:
+            raw.change_user(opened.user, opened.password, opened.database)
+        # A borrower's set_character_set() changed the client library's character set and
+        # mysqlclient's own encoding, which the new login may not put back.
+        if raw.character_set_name() != opened.charset or raw.encoding != opened.client_encoding:
+            raw.set_character_set(opened.charset)
+        # mysqlclient runs init_command inside its connect, before the rest.
+        _restore_session(raw, opened, init_command_first=True)
 
     @classmethod
     def ping(cls, raw: Any, timeout: float) -> None:
@@ -613,3 +658,70 @@ class MySQLdbDriver(_MySQLDriver):
         applies: the shared watchdog shuts the socket (``fileno()``) down when ``timeout``
         passes, and :class:`PingTimeout` is raised."""
         bounded_call(cls.socket_fd(raw), timeout, raw.ping)
+
+
+class AiomysqlDriver(AsyncDriver, _MySQLDriver):
+    """aiomysql: ``mysql://``, ``mariadb://``, ``mysql+aiomysql://``. Its transaction flag is
+    not refreshed by an error reply, so every return outside autocommit rolls back (one
+    round trip), as with mysqlclient."""
+
+    name = "aiomysql"
+    module = "aiomysql"
+    closed_error_names = ()
+    # COM_RESET_CONNECTION is not reachable through aiomysql's public API.
+    supports_session_reset: ClassVar[bool] = False
+
+    @classmethod
+    def async_connect_factory(cls, url: DatabaseURL) -> AsyncConnectFn:
+        aiomysql = cls.import_module()
+        kwargs = _connect_kwargs(url, "aiomysql", "db", _URL_OPTIONS)
+        for ssl_key in [key for key in kwargs if key.startswith("ssl_")]:
+            raise ConfigError(f"{url.redacted()}: {ssl_key} is not supported with aiomysql")
+
+        async def aconnect() -> Any:
+            return await aiomysql.connect(**kwargs)
+
+        return aconnect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        if raw.closed:
+            return BROKEN
+        return IDLE if raw.get_autocommit() and not raw.get_transaction_status() else IN_TRANSACTION
+
+    @classmethod
+    def is_disconnect(cls, exc: BaseException, raw: Any) -> bool:
+        return bool(raw.closed) or super().is_disconnect(exc, _OpenView(raw))
+
+    @staticmethod
+    def autocommit(raw: Any) -> bool:
+        return bool(raw.get_autocommit())
+
+    @staticmethod
+    async def aping(raw: Any) -> None:
+        await raw.ping(reconnect=False)
+
+    @staticmethod
+    async def aclose(raw: Any) -> None:
+        try:
+            await raw.ensure_closed()  # COM_QUIT, then the transport
+        except Exception:
+            raw.close()
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> Any:
+        return bool(raw.get_autocommit())
+
+    @classmethod
+    async def arestore_settings(cls, raw: Any, saved: Any) -> None:
+        if bool(raw.get_autocommit()) != saved:
+            await raw.autocommit(saved)
+
+    watched_names: ClassVar[frozenset[str]] = frozenset({"autocommit"})
+
+
+class _OpenView:
+    """``raw`` seen through PyMySQL's ``open`` flag (aiomysql calls it ``closed``)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.open = not raw.closed

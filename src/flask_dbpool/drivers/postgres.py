@@ -21,6 +21,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any, NamedTuple
 
+from flask_dbpool.drivers.aio_base import AsyncConnectFn, AsyncDriver
 from flask_dbpool.drivers.base import (
     BROKEN,
     DEAD,
@@ -38,7 +39,7 @@ from flask_dbpool.drivers.base import (
 from flask_dbpool.errors import ConfigError, PingTimeout
 from flask_dbpool.url import DatabaseURL
 
-__all__ = ["Psycopg2Driver", "PsycopgDriver"]
+__all__ = ["AsyncPsycopgDriver", "Psycopg2Driver", "PsycopgDriver"]
 
 #: libpq waits forever for an unreachable host by default; a pool should not.
 DEFAULT_CONNECT_TIMEOUT = "10"
@@ -267,6 +268,15 @@ def _close_named_cursors(raw: Any) -> None:
     _in_autocommit(raw, "CLOSE ALL")
 
 
+def _forget_notifications(raw: Any) -> None:
+    """Drop the ``NOTIFY`` messages psycopg 3 received for ``raw`` and nobody read: after
+    ``UNLISTEN *`` they belong to the previous borrower. (psycopg keeps them in a private
+    deque, with no public way to empty it without waiting on the socket.)"""
+    backlog = getattr(raw, "_notifies_backlog", None)
+    if backlog:
+        backlog.clear()
+
+
 def _clear_notices(raw: Any) -> None:
     """Empty psycopg2's ``notices`` (a list, or a deque a user installed)."""
     notices = raw.notices
@@ -358,8 +368,10 @@ class PsycopgDriver(_PostgresDriver):
     @staticmethod
     def reset_session(raw: Any) -> None:
         """``reset_on_return="discard"``: what ``DISCARD ALL`` does, in one round trip, but
-        keeping psycopg's own prepared statements (see ``_PSYCOPG_RESET_SQL``)."""
+        keeping psycopg's own prepared statements (see ``_PSYCOPG_RESET_SQL``), and
+        forgetting the notifications received and not read yet."""
         _in_autocommit(raw, _PSYCOPG_RESET_SQL)
+        _forget_notifications(raw)
 
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
@@ -675,3 +687,70 @@ def read_pgbouncer(admin_url: str, timeout: float) -> tuple[dict[str, str], dict
             size = record.get("pool_size")
             pools[str(record.get("name"))] = int(size) if size is not None else -1
     return settings, pools
+
+
+class AsyncPsycopgDriver(AsyncDriver, PsycopgDriver):
+    """psycopg 3's ``AsyncConnection``: ``postgresql://``, ``postgres://``,
+    ``postgresql+psycopg://``."""
+
+    name = "psycopg (async)"
+    # A named cursor of an AsyncConnection is closed through its own coroutines: not watched.
+    watched_names = PsycopgDriver.watched_names - {"cursor"}
+
+    @classmethod
+    def async_connect_factory(cls, url: DatabaseURL) -> AsyncConnectFn:
+        psycopg = cls.import_module()
+        params = libpq_params(url)
+        try:  # libpq checks option names now, so a typo fails when the pool is built
+            psycopg.conninfo.make_conninfo(**params)
+        except psycopg.ProgrammingError as error:
+            raise ConfigError(f"{url.redacted()}: {str(error).strip()}") from None
+        connect = psycopg.AsyncConnection.connect
+
+        async def aconnect() -> Any:
+            return await connect(**params)
+
+        return aconnect
+
+    @staticmethod
+    async def aping(raw: Any) -> None:
+        # In autocommit for the round trip (no I/O to switch on an idle connection), so that
+        # the SELECT opens no transaction to end with a second one.
+        await _in_autocommit_async(raw, "SELECT 1")
+
+    @staticmethod
+    async def areset_session(raw: Any) -> None:
+        await _in_autocommit_async(raw, _PSYCOPG_RESET_SQL)
+        _forget_notifications(raw)
+
+    @classmethod
+    async def arestore_settings(cls, raw: Any, saved: Any) -> None:
+        for name, value in zip(_PSYCOPG_ATTRIBUTES, saved.values, strict=True):
+            if getattr(raw, name) != value:
+                setter = getattr(raw, f"set_{name}", None)  # autocommit & co.: coroutines
+                if setter is not None:
+                    await setter(value)
+                else:
+                    setattr(raw, name, value)
+        for attribute, handlers in (
+            ("_notice_handlers", saved.notice_handlers),
+            ("_notify_handlers", saved.notify_handlers),
+        ):
+            current = getattr(raw, attribute, None)
+            if current is not None and tuple(current) != handlers:
+                current[:] = handlers
+
+    @classmethod
+    async def acancel(cls, raw: Any, timeout: float) -> bool:
+        await raw.cancel_safe(timeout=timeout)
+        return True
+
+
+async def _in_autocommit_async(raw: Any, sql: str) -> None:
+    """Run ``sql`` on an idle psycopg ``AsyncConnection`` outside a transaction block."""
+    was_autocommit = raw.autocommit
+    if not was_autocommit:
+        await raw.set_autocommit(True)
+    await raw.execute(sql)
+    if not was_autocommit:
+        await raw.set_autocommit(False)

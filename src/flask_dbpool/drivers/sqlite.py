@@ -6,12 +6,14 @@ import itertools
 import os
 import sqlite3
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
+from flask_dbpool.drivers.aio_base import AsyncConnectFn, AsyncDriver
 from flask_dbpool.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectFn, Driver, query_options
+from flask_dbpool.errors import ConfigError
 from flask_dbpool.url import DatabaseURL
 
-__all__ = ["SQLiteDriver"]
+__all__ = ["AiosqliteDriver", "SQLiteDriver"]
 
 _memory_ids = itertools.count(1)
 
@@ -69,7 +71,8 @@ class SQLiteDriver(Driver):
     network: :meth:`ping` needs no bound and takes ``timeout`` only for the interface.
     """
 
-    closed_error_names = ("ProgrammingError",)  # "Cannot operate on a closed database."
+    # "Cannot operate on a closed database."
+    closed_error_names: ClassVar[tuple[str, ...]] = ("ProgrammingError",)
 
     name = "sqlite3"
     module = "sqlite3"
@@ -137,3 +140,50 @@ class SQLiteDriver(Driver):
         for name, value in zip(_SETTINGS, saved, strict=True):
             if value is not _ABSENT and getattr(raw, name) != value:
                 setattr(raw, name, value)
+
+
+class AiosqliteDriver(AsyncDriver, SQLiteDriver):
+    """aiosqlite: ``sqlite:///path.db``, ``sqlite+aiosqlite:///path.db`` (a file: each
+    aiosqlite connection to ``:memory:`` would be a database of its own)."""
+
+    name = "aiosqlite"
+    module = "aiosqlite"
+    closed_error_names: ClassVar[tuple[str, ...]] = ()
+    watched_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def async_connect_factory(cls, url: DatabaseURL) -> AsyncConnectFn:
+        aiosqlite = cls.import_module()
+        path = url.database or ":memory:"
+        if path == ":memory:" or "mode=memory" in path:
+            raise ConfigError(
+                f"{url.redacted()}: AsyncPool needs a database file (aiosqlite gives each "
+                "connection to :memory: a database of its own)"
+            )
+        timeout = query_options(url, {"timeout": float}, "aiosqlite").get("timeout", 5.0)
+        uri = path.startswith("file:")
+
+        async def aconnect() -> Any:
+            return await aiosqlite.connect(path, timeout=timeout, uri=uri)
+
+        return aconnect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        try:
+            return IN_TRANSACTION if raw.in_transaction else IDLE
+        except Exception:  # closed: aiosqlite has no connection to ask
+            return BROKEN
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        return False
+
+    @staticmethod
+    async def aping(raw: Any) -> None:
+        cursor = await raw.execute("SELECT 1")
+        await cursor.close()
+
+    @classmethod
+    async def arestore_settings(cls, raw: Any, saved: Any) -> None:
+        cls.restore_settings(raw, saved)  # attributes of the aiosqlite object: no I/O
