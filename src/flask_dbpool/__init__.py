@@ -1,7 +1,8 @@
 """flask-dbpool: a production database connection pool for Flask.
 
 The core (:class:`Pool`) never imports Flask; :class:`DBPool`, the Flask extension, is
-resolved lazily so that ``import flask_dbpool`` stays light for non-Flask users.
+resolved lazily so that ``import flask_dbpool`` stays light for non-Flask users, as is
+:class:`AsyncPool` (asyncio).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from flask_dbpool.proxy import PooledConnection
 from flask_dbpool.stats import PoolStats
 
 if TYPE_CHECKING:
+    from flask_dbpool.aio import AsyncPool, AsyncPooledConnection
     from flask_dbpool.flask import DBPool
 
 __all__ = [
+    "AsyncPool",
+    "AsyncPooledConnection",
     "CommitOutcomeUnknown",
     "ConfigError",
     "ConnectionReturned",
@@ -50,4 +54,8 @@ def __getattr__(name: str) -> Any:
         from flask_dbpool.flask import DBPool
 
         return DBPool
+    if name in ("AsyncPool", "AsyncPooledConnection"):
+        from flask_dbpool import aio
+
+        return getattr(aio, name)
     raise AttributeError(f"module 'flask_dbpool' has no attribute {name!r}")

@@ -20,9 +20,11 @@ __all__ = [
     "inherited_across_fork",
     "leak_report",
     "not_callable",
+    "not_opened",
     "of_another_pool",
     "on_connect_left",
     "orphan_report",
+    "other_loop",
     "pool_state",
     "returned_handle",
     "session_reset_unsupported",
@@ -35,6 +37,22 @@ __all__ = [
 def closed(pool: str) -> str:
     """A closed pool was asked for a connection."""
     return f"pool {pool!r} is closed"
+
+
+def not_opened(pool: str) -> str:
+    """An AsyncPool was used before ``open()``."""
+    return (
+        f"AsyncPool {pool!r} is not open: 'await pool.open()' or 'async with AsyncPool(...)' "
+        "in the event loop that will use it"
+    )
+
+
+def other_loop(pool: str) -> str:
+    """An AsyncPool was used from an event loop (or thread) other than its own."""
+    return (
+        f"AsyncPool {pool!r} belongs to the event loop it was opened in and was used from "
+        "another one (or from another thread): open one pool per event loop"
+    )
 
 
 def closed_while_waiting(pool: str) -> str:

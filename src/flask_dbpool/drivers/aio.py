@@ -84,6 +84,9 @@ def _awaiting(target: Callable[[], Any]) -> AsyncConnectFn:
     async def aconnect() -> Any:
         connection = target()
         if not inspect.isawaitable(connection):
+            close = getattr(connection, "close", None)
+            if callable(close):
+                close()  # a sync connection opened by mistake: not left to the GC
             raise ConfigError(
                 "AsyncPool's callable target must return an awaitable connection (an async "
                 f"function), got {type(connection).__name__}"
