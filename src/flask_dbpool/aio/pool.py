@@ -466,6 +466,16 @@ class AsyncPool:
             entry.label = label
             entry.label_for = entry.lent_at
 
+    def pin(self, conn: AsyncPooledConnection) -> None:
+        """Keep ``conn`` checked out across ``async with conn:`` blocks for this checkout:
+        they still commit (or roll back) but the connection stays until :meth:`release`
+        (Quart's per-request connection). Raises :class:`~flask_dbpool.PoolError` for a
+        handle returned already or of another pool."""
+        entry = entry_of(conn) if isinstance(conn, AsyncPooledConnection) else None
+        if entry is None or lender(entry) is not self:
+            raise self._check_loop().foreign(conn)
+        entry.pinned_for = entry.lent_at
+
     def checkouts(self) -> list[Checkout]:
         """The connections checked out now, longest-held first (see
         :meth:`flask_dbpool.Pool.checkouts`)."""

@@ -89,17 +89,27 @@ async def end_block(
     pool: AsyncLender, conn: AsyncPooledConnection, exc: BaseException | None
 ) -> None:
     """The end of an ``async with`` block on ``conn``: commit if it ended normally (and a
-    transaction is open), then return it; after ``exc``, return it (rolled back)."""
+    transaction is open), then return it; after ``exc``, return it (rolled back). A pinned
+    checkout is committed or rolled back and stays with its holder."""
     entry = entry_of(conn)
     if entry is None:
         return
-    if exc is None and entry.driver.transaction_state(entry.raw) != IDLE:
+    driver: Any = entry.driver
+    pinned = entry.pinned_for == entry.lent_at  # stays with its holder (see AsyncPool.pin)
+    if exc is None and driver.transaction_state(entry.raw) != IDLE:
         try:
-            await entry.driver.acommit(entry.raw)  # type: ignore[attr-defined]
+            await driver.acommit(entry.raw)
         except BaseException as error:
-            await _give_back(pool, conn, error)
+            if not pinned:
+                await _give_back(pool, conn, error)
             raise
-    await _give_back(pool, conn, exc)
+    if not pinned:
+        await _give_back(pool, conn, exc)
+    elif exc is not None:
+        try:
+            await driver.arollback(entry.raw)
+        except Exception:  # the block's own error matters more; a broken connection is
+            pass  # discarded when it is returned
 
 
 async def _give_back(pool: Any, conn: AsyncPooledConnection, error: BaseException | None) -> None:

@@ -1,0 +1,169 @@
+"""``QuartDBPool``: the Quart extension (the asyncio member of the Flask family).
+
+One :class:`~flask_dbpool.AsyncPool` per application, built from the app's ``DBPOOL_*``
+config (the same keys as :class:`~flask_dbpool.DBPool`), opened in ``before_serving`` and
+closed in ``after_serving``. ``await db.connection()`` lends each request one connection,
+checked out on first use and returned at teardown (rolled back first if the request raised).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart, current_app, g, has_request_context, request
+
+from flask_dbpool.aio import AsyncPool, AsyncPooledConnection
+from flask_dbpool.config import PoolConfig, suggest_key
+from flask_dbpool.errors import ConfigError, PoolError
+
+__all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "QuartDBPool", "describe_request"]
+
+#: Prefix of the extension's config keys (``DBPOOL_URL`` …).
+CONFIG_PREFIX = "DBPOOL_"
+#: ``app.extensions`` key of the app's :class:`~flask_dbpool.AsyncPool`.
+EXTENSION_KEY = "dbpool"
+_G_KEY = "_flask_dbpool_connection"
+# What DBPool's display keys mean here: the metrics endpoint is served; the dashboard is
+# Flask's (its page and CLI run on the sync app) and is refused with a clear error.
+_KEYS = PoolConfig.option_names() | {"url", "metrics_endpoint"}
+
+
+def _config_key(option: str) -> str:
+    return CONFIG_PREFIX + option.upper()
+
+
+class QuartDBPool:
+    """Connection pooling for Quart applications.
+
+    ``db = QuartDBPool(app)``, or ``db = QuartDBPool()`` then ``db.init_app(app)``. Config:
+    ``DBPOOL_URL`` (required), every :class:`~flask_dbpool.config.PoolConfig` option as
+    ``DBPOOL_<OPTION>`` (``DBPOOL_POOL_SIZE``, ``DBPOOL_TIMEOUT``, ``DBPOOL_PRE_PING`` …),
+    ``DBPOOL_NAME`` (default: the app's name) and ``DBPOOL_METRICS_ENDPOINT`` (a path such as
+    ``"/metrics"``: the pool's Prometheus metrics, with the ``prometheus`` extra). An unknown
+    or invalid key raises :class:`~flask_dbpool.ConfigError` naming it, at ``init_app``.
+    """
+
+    def __init__(self, app: Quart | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        """Build ``app``'s pool (no I/O yet), open it in ``before_serving``, close it in
+        ``after_serving`` (waiting up to 5 s for borrowed connections), return request
+        connections at teardown. Raises :class:`~flask_dbpool.ConfigError` for a missing
+        ``DBPOOL_URL``, an unknown ``DBPOOL_*`` key or a bad value, or a second
+        ``init_app`` on the same app."""
+        if EXTENSION_KEY in app.extensions:
+            raise ConfigError(f"flask-dbpool is already initialised on app {app.name!r}")
+        settings: dict[str, Any] = app.config.get_namespace(CONFIG_PREFIX)
+        for key in settings:
+            if key not in _KEYS:
+                hint = (
+                    ": the dashboard is the Flask extension's (DBPool)"
+                    if key.startswith("dashboard")
+                    else suggest_key(key, _KEYS, _config_key)
+                )
+                raise ConfigError(f"unknown config key {_config_key(key)} for QuartDBPool{hint}")
+        url = settings.pop("url", None)
+        if not url:
+            raise ConfigError(
+                f"{CONFIG_PREFIX}URL is required: set app.config['{CONFIG_PREFIX}URL'] to a "
+                "database URL such as 'postgresql://user@host/db'"
+            )
+        metrics_endpoint = settings.pop("metrics_endpoint", None)
+        settings.setdefault("name", app.name)
+        settings.setdefault("describe_caller", describe_request)
+        PoolConfig.from_options(settings, label=_config_key)  # errors name the DBPOOL_* key
+        pool = AsyncPool(url, **settings)
+        app.extensions[EXTENSION_KEY] = pool
+        if metrics_endpoint is not None:
+            _serve_metrics(app, pool, metrics_endpoint)
+
+        @app.before_serving
+        async def open_pool() -> None:
+            await pool.open()
+
+        @app.after_serving
+        async def close_pool() -> None:
+            await pool.close(timeout=5.0)
+
+        app.teardown_appcontext(_return_connection)
+
+    @staticmethod
+    def get_pool(app: Quart) -> AsyncPool:
+        """``app``'s pool. Raises ``RuntimeError`` if ``init_app(app)`` was not called."""
+        pool = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(pool, AsyncPool):
+            raise RuntimeError(f"QuartDBPool.init_app() was not called on app {app.name!r}")
+        return pool
+
+    @property
+    def pool(self) -> AsyncPool:
+        """The current application's :class:`~flask_dbpool.AsyncPool` (needs an app
+        context)."""
+        pool = current_app.extensions.get(EXTENSION_KEY)
+        if not isinstance(pool, AsyncPool):
+            raise RuntimeError("QuartDBPool.init_app() was not called on the current app")
+        return pool
+
+    async def connection(self) -> AsyncPooledConnection:
+        """The current request's connection, checked out on first use (waits and raises
+        like :meth:`AsyncPool.acquire`). The same one for the whole request; returned at
+        teardown, rolled back first if the request raised or left a transaction open.
+        ``async with await db.connection() as conn:`` commits when the block ends normally
+        (rolls back if it raised) and keeps the connection for the rest of the request."""
+        conn: AsyncPooledConnection | None = g.get(_G_KEY)
+        if conn is not None and not conn.returned:
+            return conn
+        pool = self.pool
+        conn = await pool.acquire()
+        pool.pin(conn)
+        if has_request_context():
+            rule = request.url_rule
+            pool.label_checkout(conn, rule.endpoint if rule is not None else "<unmatched>")
+        setattr(g, _G_KEY, conn)
+        return conn
+
+
+def describe_request() -> str | None:
+    """``"GET /orders/<int:id>"`` inside a request, ``None`` elsewhere (the method and the
+    route's rule, never the raw path, which may carry secrets): recorded with each checkout
+    when ``DBPOOL_LEAK_THRESHOLD`` is set."""
+    if not has_request_context():
+        return None
+    rule = request.url_rule
+    return f"{request.method} {rule.rule if rule is not None else '<unmatched>'}"
+
+
+async def _return_connection(exc: BaseException | None) -> None:
+    conn: AsyncPooledConnection | None = g.pop(_G_KEY, None)
+    if conn is None or conn.returned:
+        return
+    pool = current_app.extensions[EXTENSION_KEY]
+    try:
+        await pool.release(conn, exc)
+    except PoolError:
+        if not conn.returned:  # not a racing return: a real error
+            raise
+
+
+def _serve_metrics(app: Quart, pool: AsyncPool, path: str) -> None:
+    """Serve ``pool``'s metrics in Prometheus text format at ``path``."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(
+            f"{CONFIG_PREFIX}METRICS_ENDPOINT must be a URL path starting with '/' (such as "
+            f"'/metrics') or None, got {path!r}"
+        )
+    from flask_dbpool.metrics.prometheus import PoolCollector, prometheus_core
+
+    prometheus_core()  # raises ConfigError naming the extra if missing
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    collector: Any = PoolCollector(pool)
+    registry.register(collector)
+
+    async def dbpool_metrics() -> tuple[bytes, int, dict[str, str]]:
+        return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    app.add_url_rule(path, "dbpool_metrics", dbpool_metrics)
