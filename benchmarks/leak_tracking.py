@@ -59,8 +59,10 @@ def main() -> None:
             tracked.close()
     plain_us = statistics.median(times["plain"]) * 1e6
     tracked_us = statistics.median(times["tracked"]) * 1e6
-    print(f"{url.split(':')[0]}, caller {args.depth} frames deep, {args.rounds} rounds "
-          f"of {CYCLES} cycles, median per acquire+release:")
+    print(
+        f"{url.split(':')[0]}, caller {args.depth} frames deep, {args.rounds} rounds "
+        f"of {CYCLES} cycles, median per acquire+release:"
+    )
     print(f"  without leak_threshold  {plain_us:7.2f} µs")
     print(f"  with leak_threshold     {tracked_us:7.2f} µs  (+{tracked_us - plain_us:.2f} µs)")
 

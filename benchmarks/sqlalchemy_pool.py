@@ -100,18 +100,24 @@ def main() -> None:
             for name, engine in engines.items():
                 times[name].append(cycle(engine))
             ratios.append(times["SQLAlchemyPool"][-1] / times["QueuePool"][-1])
-        print(f"{url.render_as_string()}: checkout cycle (with engine.connect(): pass), "
-              f"{args.rounds} rounds of {CYCLES}, median:")
+        print(
+            f"{url.render_as_string()}: checkout cycle (with engine.connect(): pass), "
+            f"{args.rounds} rounds of {CYCLES}, median:"
+        )
         for name, values in times.items():
             print(f"  {name:15} {statistics.median(values) * 1e6:7.2f} µs")
-        print(f"  SQLAlchemyPool / QueuePool per round: median {statistics.median(ratios):.3f} "
-              f"[{min(ratios):.3f}-{max(ratios):.3f}]")
+        print(
+            f"  SQLAlchemyPool / QueuePool per round: median {statistics.median(ratios):.3f} "
+            f"[{min(ratios):.3f}-{max(ratios):.3f}]"
+        )
         print(f"fairness: 64 threads on 2 connections for {args.seconds:g} s")
         for name, engine in engines.items():
             r = fairness(engine, args.seconds)
-            print(f"  {name:15} checkouts {r['total']:6}  per thread least {r['least']:4} "
-                  f"most {r['most']:5}  served <= once: {r['starved']:2}  longest wait "
-                  f"{r['longest_wait']:.2f} s  timeouts {r['timeouts']}")
+            print(
+                f"  {name:15} checkouts {r['total']:6}  per thread least {r['least']:4} "
+                f"most {r['most']:5}  served <= once: {r['starved']:2}  longest wait "
+                f"{r['longest_wait']:.2f} s  timeouts {r['timeouts']}"
+            )
     finally:
         for engine in engines.values():
             engine.dispose()

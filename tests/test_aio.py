@@ -84,6 +84,39 @@ def test_checkout_commit_rollback_and_stats(async_urls: dict[str, str], backend_
     run(main())
 
 
+def test_asyncpg_connections(postgres_url: str) -> None:
+    """asyncpg's own API through the handle; a block commits a SQL BEGIN's transaction, an
+    error rolls it back, and "discard" resets the session keeping asyncpg's statements."""
+    pytest.importorskip("asyncpg", reason="asyncpg is not installed (extra: asyncpg)")
+    url = "postgresql+asyncpg://" + postgres_url.partition("://")[2]
+    table = f"dbpool_asyncpg_{os.getpid()}"
+
+    async def main() -> None:
+        async with AsyncPool(url, pool_size=1, max_overflow=0, reset_on_return="discard") as pool:
+            async with pool.connection() as conn:
+                await conn.execute(f"CREATE TABLE {table} (v int)")
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute("BEGIN")
+                    await conn.execute(f"INSERT INTO {table} VALUES (1)")
+                    await conn.execute("SET statement_timeout = '4321ms'")
+                with pytest.raises(RuntimeError):
+                    async with pool.connection() as conn:
+                        await conn.execute("BEGIN")
+                        await conn.execute(f"INSERT INTO {table} VALUES (2)")
+                        raise RuntimeError("rolled back")
+                async with pool.connection() as conn:
+                    for _ in range(3):  # asyncpg's prepared statements survive the resets
+                        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1
+                    assert await conn.fetchval("SHOW statement_timeout") == "0"
+                assert pool.stats().created == 1
+            finally:
+                async with pool.connection() as conn:
+                    await conn.execute(f"DROP TABLE {table}")
+
+    run(main())
+
+
 def test_a_thousand_tasks_on_four_connections_are_served_in_order(postgres_url: str) -> None:
     async def main() -> list[int]:
         served: list[int] = []

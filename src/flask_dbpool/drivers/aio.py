@@ -17,7 +17,7 @@ from typing import Any
 from flask_dbpool.drivers import Connector
 from flask_dbpool.drivers.aio_base import AsyncConnectFn, AsyncDriver
 from flask_dbpool.drivers.mysql import AiomysqlDriver
-from flask_dbpool.drivers.postgres import AsyncPsycopgDriver
+from flask_dbpool.drivers.postgres import AsyncpgDriver, AsyncPsycopgDriver
 from flask_dbpool.drivers.sqlite import AiosqliteDriver
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.url import parse_url, redact
@@ -27,6 +27,7 @@ __all__ = [
     "AiosqliteDriver",
     "AsyncDriver",
     "AsyncPsycopgDriver",
+    "AsyncpgDriver",
     "async_driver_for_connection",
     "resolve_async_target",
 ]
@@ -35,6 +36,7 @@ __all__ = [
 _BY_SCHEME: dict[tuple[str, str | None], type[AsyncDriver]] = {
     ("postgresql", None): AsyncPsycopgDriver,
     ("postgresql", "psycopg"): AsyncPsycopgDriver,
+    ("postgresql", "asyncpg"): AsyncpgDriver,
     ("sqlite", None): AiosqliteDriver,
     ("sqlite", "aiosqlite"): AiosqliteDriver,
     ("mysql", None): AiomysqlDriver,
@@ -43,6 +45,7 @@ _BY_SCHEME: dict[tuple[str, str | None], type[AsyncDriver]] = {
 # Top-level module of a connection's class -> driver, for callable targets.
 _BY_MODULE: dict[str, type[AsyncDriver]] = {
     "psycopg": AsyncPsycopgDriver,
+    "asyncpg": AsyncpgDriver,
     "aiosqlite": AiosqliteDriver,
     "aiomysql": AiomysqlDriver,
 }
@@ -103,6 +106,6 @@ def async_driver_for_connection(raw: Any) -> type[AsyncDriver]:
     if driver is None:
         raise ConfigError(
             f"AsyncPool cannot use a {type(raw).__module__}.{type(raw).__qualname__}: "
-            "supported are psycopg's AsyncConnection, aiosqlite and aiomysql connections"
+            "supported are psycopg's AsyncConnection, asyncpg, aiosqlite and aiomysql connections"
         )
     return driver

@@ -19,7 +19,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from flask_dbpool.drivers.aio_base import AsyncConnectFn, AsyncDriver
 from flask_dbpool.drivers.base import (
@@ -39,7 +39,7 @@ from flask_dbpool.drivers.base import (
 from flask_dbpool.errors import ConfigError, PingTimeout
 from flask_dbpool.url import DatabaseURL
 
-__all__ = ["AsyncPsycopgDriver", "Psycopg2Driver", "PsycopgDriver"]
+__all__ = ["AsyncPsycopgDriver", "AsyncpgDriver", "Psycopg2Driver", "PsycopgDriver"]
 
 #: libpq waits forever for an unreachable host by default; a pool should not.
 DEFAULT_CONNECT_TIMEOUT = "10"
@@ -754,3 +754,97 @@ async def _in_autocommit_async(raw: Any, sql: str) -> None:
     await raw.execute(sql)
     if not was_autocommit:
         await raw.set_autocommit(False)
+
+
+# asyncpg.connect() keyword options a URL may carry (the rest of libpq's are refused: asyncpg
+# is not libpq).
+_ASYNCPG_OPTIONS = {"connect_timeout", "application_name", "statement_cache_size", "sslmode"}
+
+
+class AsyncpgDriver(AsyncDriver, _PostgresDriver):
+    """asyncpg: ``postgresql+asyncpg://``. Its connections are not DB-API ones: use its own
+    API through the handle (``await conn.fetchrow("… $1", x)``); ``async with
+    pool.connection()`` still commits a transaction opened with SQL ``BEGIN`` and the pool
+    rolls back what a borrower left open. Behind PgBouncer in transaction mode, put
+    ``?statement_cache_size=0`` in the URL (asyncpg prepares every statement)."""
+
+    name = "asyncpg"
+    module = "asyncpg"
+    extra = "asyncpg"
+    watched_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def async_connect_factory(cls, url: DatabaseURL) -> AsyncConnectFn:
+        asyncpg = cls.import_module()
+        query = dict(url.query)
+        unknown = sorted(set(query) - _ASYNCPG_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"{url.redacted()}: {', '.join(unknown)} not supported with asyncpg; "
+                f"allowed: {', '.join(sorted(_ASYNCPG_OPTIONS))}"
+            )
+        kwargs: dict[str, Any] = {
+            "host": url.host or "localhost",
+            "port": url.port or 5432,
+            "user": url.username,
+            "password": url.password,
+            "database": url.database,
+            "timeout": float(query.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
+        }
+        if "application_name" in query:
+            kwargs["server_settings"] = {"application_name": query["application_name"]}
+        if "statement_cache_size" in query:
+            kwargs["statement_cache_size"] = int(query["statement_cache_size"])
+        if "sslmode" in query:
+            kwargs["ssl"] = query["sslmode"]
+
+        async def aconnect() -> Any:
+            return await asyncpg.connect(**kwargs)
+
+        return aconnect
+
+    @staticmethod
+    def transaction_state(raw: Any) -> int:
+        if raw.is_closed():
+            return BROKEN
+        return IN_TRANSACTION if raw.is_in_transaction() else IDLE
+
+    @classmethod
+    def is_rejection(cls, exc: BaseException) -> bool:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate is None and not isinstance(exc, OSError):
+            return False
+        return _is_rejection(sqlstate, str(exc))
+
+    @staticmethod
+    def is_disconnect(exc: BaseException, raw: Any) -> bool:
+        return bool(raw.is_closed()) or isinstance(exc, (ConnectionError, OSError))
+
+    @staticmethod
+    async def arollback(raw: Any) -> None:
+        if raw.is_in_transaction():
+            await raw.execute("ROLLBACK")
+
+    @staticmethod
+    async def acommit(raw: Any) -> None:
+        if raw.is_in_transaction():
+            await raw.execute("COMMIT")
+
+    @staticmethod
+    async def aping(raw: Any) -> None:
+        await raw.execute("SELECT 1")
+
+    @staticmethod
+    async def areset_session(raw: Any) -> None:
+        # The same list as psycopg 3's, for the same reason: asyncpg prepares statements of
+        # its own (its statement cache), which DISCARD ALL would drop under it. Sent with the
+        # simple protocol (no arguments).
+        await raw.execute(_PSYCOPG_RESET_SQL)
+
+    @classmethod
+    def save_settings(cls, raw: Any) -> Any:
+        return None
+
+    @staticmethod
+    def disable_server_prepares(raw: Any) -> None:
+        """asyncpg's statement cache is set at connect: ``?statement_cache_size=0``."""
