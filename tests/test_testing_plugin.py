@@ -42,6 +42,14 @@ def test_forgets_one_without_a_leak_threshold():
     plain.acquire()
 
 
+def test_drops_one_the_pool_reclaims():
+    import gc
+
+    plain.acquire()  # dropped at once
+    gc.collect()
+    plain.run_maintenance()  # reclaimed before the test ends: still its leak
+
+
 def test_closed_pools_are_left_alone():
     closing = Pool("sqlite:///{db}")
     closing.acquire()
@@ -57,13 +65,15 @@ def test_a_test_that_keeps_a_connection_errors_with_the_line(
     written = inner.read_text().splitlines()
     line = next(i for i, text in enumerate(written, 1) if "LEAK-LINE" in text)
     result = pytester.runpytest_subprocess("-p", "flask_dbpool.testing", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5, errors=2)
+    result.assert_outcomes(passed=6, errors=3)
     out = result.stdout.str()
     assert "PluggyTeardownRaisedWarning" not in out
     assert "ERROR at teardown of test_forgets_its_connection" in out
     assert f"{inner.name}:{line} in test_forgets_its_connection" in out
     assert "ERROR at teardown of test_forgets_one_without_a_leak_threshold" in out
     assert "give the pool a leak_threshold" in out
+    assert "ERROR at teardown of test_drops_one_the_pool_reclaims" in out
+    assert "1 connection(s) were dropped without being returned (the pool reclaimed" in out
     for fine in ("test_returns_its_connection", "test_uses_a_fixture", "test_closed_pools"):
         assert f"ERROR at teardown of {fine}" not in out
 
@@ -73,4 +83,4 @@ def test_without_the_plugin_nothing_is_checked(pytester: pytest.Pytester) -> Non
         test_inner=INNER.replace("{db}", str(pytester.path / "inner.db"))
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
