@@ -416,6 +416,92 @@ def test_pre_ping_replaces_a_killed_connection(postgres_url: str) -> None:
     run(main())
 
 
+def _relayed(postgres_url: str) -> tuple[Any, str]:
+    """A TCP relay in front of the server (to freeze its answers), and the URL through it."""
+    from urllib.parse import urlsplit
+
+    from tcprelay import TCPRelay
+
+    parts = urlsplit(postgres_url)
+    relay = TCPRelay(parts.hostname or "127.0.0.1", parts.port or 5432)
+    rest = postgres_url.partition("://")[2].partition("/")[2]
+    user = f"{parts.username}@" if parts.username else ""
+    return relay, f"postgresql://{user}127.0.0.1:{relay.port}/{rest}"
+
+
+def test_a_ping_cut_short_by_a_cancellation_discards_the_connection(postgres_url: str) -> None:
+    """A checkout cancelled while its pre-ping waits, and a maintenance run cancelled while
+    its keepalive check waits (close() cancels it): either connection is discarded (its
+    state is unknown: psycopg switched autocommit on for the ping), not lent again and not
+    lost; close() then finds every slot free."""
+    relay, url = _relayed(postgres_url)
+
+    async def main() -> None:
+        pool = AsyncPool(url, pool_size=1, max_overflow=0, pre_ping=True, ping_interval=0)
+        await pool.open()
+        async with pool.connection():
+            pass
+        relay.latency = 0.4  # the next ping waits for its answer
+        checkout = asyncio.create_task(pool.acquire(timeout=5))
+        await asyncio.sleep(0.2)
+        checkout.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await checkout
+        relay.latency = 0.0
+        stats = pool.stats()
+        assert (stats.open, stats.in_use, stats.closed_by_reason.get("ping_failed")) == (
+            0,
+            0,
+            1,
+        ), stats
+        async with pool.connection() as conn:  # a new one, as the pool opened it
+            assert conn.autocommit is False
+        await pool.close()
+
+        keeping = AsyncPool(url, pool_size=1, max_overflow=0, keepalive_interval=0.1)
+        await keeping.open()
+        async with keeping.connection():
+            pass
+        relay.latency = 0.4
+        await asyncio.sleep(0.3)  # the keepalive check is under way, unanswered yet
+        assert keeping.stats().checking == 1
+        started = time.monotonic()
+        await keeping.close(timeout=2)  # cancels maintenance: the checked one is discarded
+        assert time.monotonic() - started < 2.0
+        assert keeping.stats().open == 0
+        relay.latency = 0.0
+
+    try:
+        run(main())
+    finally:
+        relay.close()
+
+
+def test_wait_ready_cancelled_while_returning_loses_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("aiosqlite", reason="aiosqlite is not installed (extra: async)")
+
+    async def slow_checkin(raw: Any) -> None:
+        await asyncio.sleep(0.2)
+
+    async def main() -> None:
+        url = f"sqlite:///{tmp_path / 'ready.db'}"
+        async with AsyncPool(url, pool_size=2, min_idle=2, on_checkin=slow_checkin) as pool:
+            ready = asyncio.create_task(pool.wait_ready(timeout=5))
+            await asyncio.sleep(0.1)  # both checked out, the first return under way
+            ready.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await ready
+            for _ in range(50):
+                if pool.stats().in_use == 0:
+                    break
+                await asyncio.sleep(0.05)
+            stats = pool.stats()  # (maintenance may have opened min_idle more meanwhile)
+            assert stats.in_use == 0 and stats.open == stats.idle >= 2, stats
+            assert stats.reclaimed == 0, stats  # returned, not found dropped
+
+    run(main())
+
+
 def test_forked_child_opens_its_own(postgres_url: str) -> None:
     """After fork the child forgets the parent's connections (untouched) and opens the
     pool again in its own loop; the parent's connection still works."""

@@ -129,6 +129,9 @@ class Keeper:
                     why = f"its check failed ({one_line(error)})"
                     self.discard(entry, why, "ping_failed", disconnect=True)
                     continue
+                except BaseException:  # interrupted mid-ping: its state is unknown
+                    self.discard(entry, "its check was interrupted", "ping_failed")
+                    raise
                 with lock:
                     surplus = state.passed_check(entry, _now())
                 if surplus is not None:

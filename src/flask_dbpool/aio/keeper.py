@@ -152,6 +152,11 @@ class AsyncKeeper:
                     why = f"its check failed ({one_line(error)})"
                     self.discard(entry, why, "ping_failed", disconnect=True)
                     continue
+                except BaseException:
+                    # Cancelled mid-ping (close() cancels this task): the connection's
+                    # state is unknown (a query in flight, autocommit switched on).
+                    self.discard(entry, "its check was interrupted", "ping_failed")
+                    raise
                 surplus = state.passed_check(entry, _now())
                 if surplus is not None:
                     self.close_later(surplus)

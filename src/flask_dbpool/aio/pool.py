@@ -157,8 +157,11 @@ class AsyncPool:
         self._check_loop()
         first, idle = self._state.close()
         task, keeper.maintenance = keeper.maintenance, None
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
+            # Let its cleanup run (a connection it was checking is discarded), for at most
+            # a second: a driver may first try to cancel its query on the server.
+            await asyncio.wait([task], timeout=1.0)
         await asyncio.gather(*(self._life.aclose(entry) for entry in idle))
         if first:
             logger.info("pool %r closed (%d idle connections closed)", self.name, len(idle))
@@ -293,6 +296,12 @@ class AsyncPool:
                         why = f"its ping failed ({one_line(error)})"
                         keeper.discard(claimed, why, "ping_failed", disconnect=True)
                         continue
+                    except BaseException:
+                        # Cancelled mid-ping: its state is unknown (a query in flight,
+                        # autocommit switched on for the ping), so it is not reused.
+                        claimed, _ = keeper.claim(conn)
+                        keeper.discard(claimed, "its ping was interrupted", "ping_failed")
+                        raise
                     entry.checked_at = now
                     entry.allow_fast_return()
                 entry.used_at = now
@@ -426,8 +435,9 @@ class AsyncPool:
         except PoolTimeout as error:
             raise PoolTimeout(f"not ready after {timeout:.1f} s: {error}") from error.__cause__
         finally:
-            for conn in held:
-                await self.release(conn)
+            # Each return in a task of the pool's own: a cancellation here loses none.
+            keeper = self._check_loop()
+            await asyncio.shield(asyncio.gather(*(keeper.spawn(self.release(c)) for c in held)))
 
     def resize(self, pool_size: int | None = None, max_overflow: int | None = None) -> None:
         """Change ``pool_size`` and/or ``max_overflow`` (see :meth:`flask_dbpool.Pool.resize`).
