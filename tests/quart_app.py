@@ -18,6 +18,7 @@ app.config.update(
     DBPOOL_MAX_OVERFLOW=0,
     DBPOOL_TIMEOUT=10,
     DBPOOL_METRICS_ENDPOINT="/metrics",
+    DBPOOL_DASHBOARD=True,
 )
 db = QuartDBPool(app)
 

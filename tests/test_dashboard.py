@@ -11,7 +11,7 @@ from flask import Flask
 
 from backends import Backend, query
 from flask_dbpool import ConfigError, DBPool
-from flask_dbpool.flask.dashboard import PROXY_HEADERS
+from flask_dbpool.display import PROXY_HEADERS
 from flask_dbpool.report import pool_report
 
 TOKEN = "a-long-enough-secret-token"

@@ -441,7 +441,7 @@ def test_item15_check_count_must_be_at_least_one(sqlite_url: str, make_app: Make
 
 def test_item15_readme_documents_doctor_exit_2_and_every_config_key() -> None:
     from flask_dbpool.config import PoolConfig
-    from flask_dbpool.flask.monitor import DISPLAY_KEYS
+    from flask_dbpool.display import DISPLAY_KEYS
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration reference") :]

@@ -84,8 +84,8 @@ def test_config_errors_name_the_key(postgres_url: str) -> None:
         _app(postgres_url, DBPOOL_POOL_SIZE=0)
     with pytest.raises(ConfigError, match=r"DBPOOL_POOLSIZE.*DBPOOL_POOL_SIZE"):
         _app(postgres_url, DBPOOL_POOLSIZE=3)
-    with pytest.raises(ConfigError, match="dashboard is the Flask extension"):
-        _app(postgres_url, DBPOOL_DASHBOARD=True)
+    with pytest.raises(ConfigError, match="DBPOOL_DASHBOARD_TOKEN must be"):
+        _app(postgres_url, DBPOOL_DASHBOARD=True, DBPOOL_DASHBOARD_TOKEN="short")
     app, _ = _app(postgres_url)
     with pytest.raises(ConfigError, match="already initialised"):
         QuartDBPool(app)
@@ -104,6 +104,32 @@ def test_metrics_endpoint(postgres_url: str) -> None:
 
     text = asyncio.run(main())
     assert 'flask_dbpool_checkouts_total{pool_name="quart-test"} 1.0' in text
+
+
+def test_dashboard_with_its_token(postgres_url: str) -> None:
+    token = "a-token-of-sixteen-chars"
+    app, db = _app(postgres_url, DBPOOL_DASHBOARD=True, DBPOOL_DASHBOARD_TOKEN=token)
+
+    async def main() -> None:
+        async with app.test_app():
+            pool = db.get_pool(app)
+            held = await pool.acquire()
+            client = app.test_client()  # (its remote address is not loopback)
+            assert (await client.get("/_dbpool/data")).status_code == 403
+            auth = {"Authorization": f"Bearer {token}"}
+            data = await (await client.get("/_dbpool/data", headers=auth)).get_json()
+            assert data["pool"] == "quart-test" and data["pools"] == ["quart-test"]
+            assert data["stats"]["in_use"] == 1 and len(data["checkouts"]) == 1
+            page = await client.get(f"/_dbpool/?token={token}")
+            assert page.status_code == 200
+            assert "static/dashboard.js" in await page.get_data(as_text=True)
+            script = await client.get("/_dbpool/static/dashboard.js")  # no data: no token
+            assert script.status_code == 200
+            missing = await client.get("/_dbpool/data?pool=other", headers=auth)
+            assert missing.status_code == 404
+            await pool.release(held)
+
+    asyncio.run(main())
 
 
 def _free_port() -> int:
@@ -146,6 +172,8 @@ def test_under_hypercorn_with_concurrent_requests(postgres_url: str) -> None:
         assert len({r["pid"] for r in results}) <= 4  # pool_size=4, max_overflow=0
         stats = _get(base + "/stats")
         assert stats["open"] <= 4 and stats["in_use"] == 0 and stats["acquired"] == 200
+        data = _get(base + "/_dbpool/data")  # from loopback: no token needed
+        assert data["stats"]["acquired"] == 200
     finally:
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=20)[0].decode(errors="replace")

@@ -18,6 +18,7 @@ from typing import TypeVar
 from flask import Flask, current_app, g, has_request_context, request
 
 from flask_dbpool.config import PoolConfig
+from flask_dbpool.display import check_keys, config_key, display_settings
 from flask_dbpool.errors import ConfigError, PoolError, PoolTimeout
 from flask_dbpool.flask.cli import dbpool_cli
 from flask_dbpool.flask.endpoints import (
@@ -26,7 +27,7 @@ from flask_dbpool.flask.endpoints import (
     EndpointTimesSnapshot,
     endpoint_label,
 )
-from flask_dbpool.flask.monitor import add_pool, check_keys, config_key, display_settings, mount
+from flask_dbpool.flask.monitor import add_pool, mount
 from flask_dbpool.flask.state import (
     CONFIG_PREFIX,
     ENDPOINTS_KEY,

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response
 
-from flask_dbpool.config import PoolConfig, suggest_key
+from flask_dbpool.display import Display, check_keys, display_settings
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.flask.cli import dbpool_cli
 from flask_dbpool.flask.dashboard import register_dashboard
@@ -32,81 +31,13 @@ from flask_dbpool.flask.state import (
 )
 from flask_dbpool.pool import Pool
 
-__all__ = [
-    "DISPLAY_KEYS",
-    "Display",
-    "add_pool",
-    "check_keys",
-    "config_key",
-    "display_settings",
-    "monitor",
-    "mount",
-]
+__all__ = ["add_pool", "monitor", "mount"]
 
-#: The ``DBPOOL_*`` keys (lower case, without the prefix) that say what an app shows, as
-#: opposed to how its pool behaves.
-DISPLAY_KEYS = frozenset({"metrics_endpoint", "dashboard", "dashboard_path", "dashboard_token"})
 _MOUNTED_KEY = "dbpool.mounted"
 #: The multiprocess snapshot writer, with ``PROMETHEUS_MULTIPROC_DIR`` set.
 _WRITER_KEY = "dbpool.metrics_writer"
 
 logger = logging.getLogger("flask_dbpool.flask")
-
-
-def config_key(option: str) -> str:
-    """``DBPOOL_<OPTION>``: how the app's config spells ``option``."""
-    return CONFIG_PREFIX + option.upper()
-
-
-@dataclass(frozen=True)
-class Display:
-    """The validated display keys of an app's config."""
-
-    metrics_endpoint: str | None = None
-    dashboard: bool = False
-    dashboard_path: str = "/_dbpool"
-    dashboard_token: str | None = None
-
-
-def check_keys(settings: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
-    """Raise :class:`ConfigError` for a ``DBPOOL_*`` key that is neither a pool option, a
-    display key nor in ``extra``, with a did-you-mean suggestion."""
-    known = PoolConfig.option_names() | DISPLAY_KEYS | extra
-    for key in settings:
-        if key not in known:
-            raise ConfigError(
-                f"unknown config key {config_key(key)}" + suggest_key(key, known, config_key)
-            )
-
-
-def display_settings(settings: dict[str, Any]) -> Display:
-    """Take the display keys out of ``settings`` (``app.config.get_namespace("DBPOOL_")``)
-    and validate them; raises :class:`ConfigError` naming the key."""
-    metrics_endpoint = settings.pop("metrics_endpoint", None)
-    if metrics_endpoint is not None and (
-        not isinstance(metrics_endpoint, str) or not metrics_endpoint.startswith("/")
-    ):
-        raise ConfigError(
-            f"{CONFIG_PREFIX}METRICS_ENDPOINT must be a URL path starting with '/' (such as "
-            f"'/metrics') or None, got {metrics_endpoint!r}"
-        )
-    dashboard = settings.pop("dashboard", False)
-    dashboard_path = settings.pop("dashboard_path", "/_dbpool")
-    dashboard_token = settings.pop("dashboard_token", None)
-    if not isinstance(dashboard, bool):
-        raise ConfigError(f"{CONFIG_PREFIX}DASHBOARD must be true or false, got {dashboard!r}")
-    if not isinstance(dashboard_path, str) or not dashboard_path.startswith("/"):
-        raise ConfigError(
-            f"{CONFIG_PREFIX}DASHBOARD_PATH must be a URL path starting with '/', "
-            f"got {dashboard_path!r}"
-        )
-    if dashboard_token is not None and (
-        not isinstance(dashboard_token, str) or len(dashboard_token) < 16
-    ):
-        raise ConfigError(
-            f"{CONFIG_PREFIX}DASHBOARD_TOKEN must be None or a string of at least 16 characters"
-        )
-    return Display(metrics_endpoint, dashboard, dashboard_path, dashboard_token)
 
 
 def add_pool(app: Flask, pool: MonitoredPool) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from flask import Flask, current_app
 
 from flask_dbpool.config import PoolConfig
+from flask_dbpool.display import CONFIG_PREFIX
 from flask_dbpool.errors import ConfigError
 from flask_dbpool.flask.endpoints import EndpointTimes
 from flask_dbpool.leaks import Checkout
@@ -35,8 +36,6 @@ __all__ = [
     "pool_of",
 ]
 
-#: Prefix of the extension's config keys (``DBPOOL_URL`` …).
-CONFIG_PREFIX = "DBPOOL_"
 #: ``app.extensions`` key of the app's :class:`~flask_dbpool.Pool`.
 EXTENSION_KEY = "dbpool"
 #: ``app.extensions`` key of the app's :class:`~flask_dbpool.flask.endpoints.EndpointTimes`.

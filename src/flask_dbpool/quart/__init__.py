@@ -10,26 +10,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Quart, current_app, g, has_request_context, request
+from quart import (
+    Blueprint,
+    Quart,
+    Response,
+    abort,
+    current_app,
+    g,
+    has_request_context,
+    jsonify,
+    request,
+)
 
 from flask_dbpool.aio import AsyncPool, AsyncPooledConnection
 from flask_dbpool.config import PoolConfig, suggest_key
+from flask_dbpool.display import (
+    CONFIG_PREFIX,
+    DISPLAY_KEYS,
+    asset,
+    config_key,
+    display_settings,
+    request_allowed,
+)
 from flask_dbpool.errors import ConfigError, PoolError
+from flask_dbpool.report import pool_report
 
 __all__ = ["CONFIG_PREFIX", "EXTENSION_KEY", "QuartDBPool", "describe_request"]
 
-#: Prefix of the extension's config keys (``DBPOOL_URL`` …).
-CONFIG_PREFIX = "DBPOOL_"
 #: ``app.extensions`` key of the app's :class:`~flask_dbpool.AsyncPool`.
 EXTENSION_KEY = "dbpool"
 _G_KEY = "_flask_dbpool_connection"
-# What DBPool's display keys mean here: the metrics endpoint is served; the dashboard is
-# Flask's (its page and CLI run on the sync app) and is refused with a clear error.
-_KEYS = PoolConfig.option_names() | {"url", "metrics_endpoint"}
-
-
-def _config_key(option: str) -> str:
-    return CONFIG_PREFIX + option.upper()
+# DBPool's keys: the pool's options, and the display keys (metrics endpoint, dashboard).
+_KEYS = PoolConfig.option_names() | {"url"} | DISPLAY_KEYS
 
 
 class QuartDBPool:
@@ -39,8 +51,10 @@ class QuartDBPool:
     ``DBPOOL_URL`` (required), every :class:`~flask_dbpool.config.PoolConfig` option as
     ``DBPOOL_<OPTION>`` (``DBPOOL_POOL_SIZE``, ``DBPOOL_TIMEOUT``, ``DBPOOL_PRE_PING`` …),
     ``DBPOOL_NAME`` (default: the app's name) and ``DBPOOL_METRICS_ENDPOINT`` (a path such as
-    ``"/metrics"``: the pool's Prometheus metrics, with the ``prometheus`` extra). An unknown
-    or invalid key raises :class:`~flask_dbpool.ConfigError` naming it, at ``init_app``.
+    ``"/metrics"``: the pool's Prometheus metrics, with the ``prometheus`` extra),
+    ``DBPOOL_DASHBOARD`` / ``_PATH`` / ``_TOKEN`` (the same live page as Flask's, served to
+    loopback or with the token). An unknown or invalid key raises
+    :class:`~flask_dbpool.ConfigError` naming it, at ``init_app``.
     """
 
     def __init__(self, app: Quart | None = None) -> None:
@@ -58,26 +72,24 @@ class QuartDBPool:
         settings: dict[str, Any] = app.config.get_namespace(CONFIG_PREFIX)
         for key in settings:
             if key not in _KEYS:
-                hint = (
-                    ": the dashboard is the Flask extension's (DBPool)"
-                    if key.startswith("dashboard")
-                    else suggest_key(key, _KEYS, _config_key)
-                )
-                raise ConfigError(f"unknown config key {_config_key(key)} for QuartDBPool{hint}")
+                hint = suggest_key(key, _KEYS, config_key)
+                raise ConfigError(f"unknown config key {config_key(key)}{hint}")
         url = settings.pop("url", None)
         if not url:
             raise ConfigError(
                 f"{CONFIG_PREFIX}URL is required: set app.config['{CONFIG_PREFIX}URL'] to a "
                 "database URL such as 'postgresql://user@host/db'"
             )
-        metrics_endpoint = settings.pop("metrics_endpoint", None)
+        display = display_settings(settings)  # validated, named by key; taken out
         settings.setdefault("name", app.name)
         settings.setdefault("describe_caller", describe_request)
-        PoolConfig.from_options(settings, label=_config_key)  # errors name the DBPOOL_* key
+        PoolConfig.from_options(settings, label=config_key)  # errors name the DBPOOL_* key
         pool = AsyncPool(url, **settings)
         app.extensions[EXTENSION_KEY] = pool
-        if metrics_endpoint is not None:
-            _serve_metrics(app, pool, metrics_endpoint)
+        if display.metrics_endpoint is not None:
+            _serve_metrics(app, pool, display.metrics_endpoint)
+        if display.dashboard:
+            _register_dashboard(app, pool, display.dashboard_path, display.dashboard_token)
 
         @app.before_serving
         async def open_pool() -> None:
@@ -149,11 +161,6 @@ async def _return_connection(exc: BaseException | None) -> None:
 
 def _serve_metrics(app: Quart, pool: AsyncPool, path: str) -> None:
     """Serve ``pool``'s metrics in Prometheus text format at ``path``."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ConfigError(
-            f"{CONFIG_PREFIX}METRICS_ENDPOINT must be a URL path starting with '/' (such as "
-            f"'/metrics') or None, got {path!r}"
-        )
     from flask_dbpool.metrics.prometheus import PoolCollector, prometheus_core
 
     prometheus_core()  # raises ConfigError naming the extra if missing
@@ -167,3 +174,51 @@ def _serve_metrics(app: Quart, pool: AsyncPool, path: str) -> None:
         return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     app.add_url_rule(path, "dbpool_metrics", dbpool_metrics)
+
+
+def _register_dashboard(app: Quart, pool: AsyncPool, path: str, token: str | None) -> None:
+    """The dashboard of :mod:`flask_dbpool.flask.dashboard` (its page, script, guard and
+    ``/data`` JSON), served by Quart for ``pool``."""
+    blueprint = Blueprint("dbpool_dashboard", __name__, url_prefix=path.rstrip("/"))
+
+    @blueprint.before_request
+    async def guard() -> None:
+        if request.endpoint == f"{blueprint.name}.static_asset":
+            return  # the page's script and stylesheet hold no data
+        query_token = request.args.get("token", "")
+        authorization = request.headers.get("Authorization", "")
+        headers = list(request.headers.items())
+        if not request_allowed(request.remote_addr, headers, query_token, authorization, token):
+            abort(403, "the flask-dbpool dashboard is served to loopback or with its token")
+
+    def served(name: str) -> Response:
+        found = asset(name)
+        if found is None:
+            abort(404)
+        body, content_type = found
+        return Response(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+    @blueprint.get("/")
+    async def page() -> Response:
+        response = served("dashboard.html")
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @blueprint.get("/data")
+    async def data() -> Response:
+        wanted = request.args.get("pool")
+        if wanted is not None and wanted != pool.name:
+            response = jsonify(error=f"no pool named {wanted!r}", pools=[pool.name])
+            response.status_code = 404
+            return response
+        report = pool_report(pool)
+        report["pools"] = [pool.name]
+        response = jsonify(report)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @blueprint.get("/static/<name>")
+    async def static_asset(name: str) -> Response:
+        return served(name)
+
+    app.register_blueprint(blueprint)

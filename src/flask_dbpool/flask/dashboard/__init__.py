@@ -12,94 +12,31 @@ Passwords never appear: the pool's target is the redacted URL.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable
-from importlib.resources import files
-
 from flask import Blueprint, Flask, Response, abort, jsonify, request
 
+from flask_dbpool.display import asset, request_allowed
 from flask_dbpool.flask.state import EXTENSION_KEY, endpoint_histograms, monitored_pools
 from flask_dbpool.report import pool_report
 
-__all__ = [
-    "LOOPBACK",
-    "PROXY_HEADERS",
-    "PROXY_HEADER_PREFIXES",
-    "is_proxied",
-    "register_dashboard",
-]
-
-LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
-_ASSETS = files(__package__) / "static"
-_CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
-
-
-#: Headers a reverse proxy or CDN adds: a request carrying any of them is not treated as
-#: local. Generous on purpose: a same-host proxy that adds only one of them (``Via``,
-#: ``X-Forwarded-Proto``) must not make every request look like loopback.
-PROXY_HEADERS = (
-    "Forwarded",
-    "Via",
-    "X-Forwarded-For",
-    "X-Forwarded-Host",
-    "X-Forwarded-Proto",
-    "X-Forwarded-Port",
-    "X-Forwarded-Prefix",
-    "X-Forwarded-Server",
-    "X-Forwarded-Ssl",
-    "X-Forwarded-Scheme",
-    "X-Original-Forwarded-For",
-    "X-Original-Host",
-    "X-Original-URL",
-    "X-Original-URI",
-    "X-Real-IP",
-    "X-Client-IP",
-    "X-Cluster-Client-IP",
-    "X-ProxyUser-Ip",
-    "X-Envoy-External-Address",
-    "X-Azure-ClientIP",
-    "X-Appengine-User-IP",
-    "X-Url-Scheme",
-    "X-Scheme",
-    "Front-End-Https",
-    "Client-IP",
-    "True-Client-IP",
-    "CF-Connecting-IP",
-    "Fastly-Client-IP",
-)
-#: Header name prefixes (lower case) that also mark a proxied request: the ``X-Forwarded-*``
-#: and ``X-Original-*`` families have more members than any list.
-PROXY_HEADER_PREFIXES = ("x-forwarded-", "x-original-", "x-real-")
-_PROXY_NAMES = frozenset(name.lower() for name in PROXY_HEADERS)
-
-
-def is_proxied(headers: Iterable[tuple[str, str]]) -> bool:
-    """Whether any of ``headers`` (name, value pairs) is one a proxy adds (any case)."""
-    for name, _ in headers:
-        lower = name.lower()
-        if lower in _PROXY_NAMES or lower.startswith(PROXY_HEADER_PREFIXES):
-            return True
-    return False
+__all__ = ["register_dashboard"]
 
 
 def _allowed(token: str | None) -> bool:
-    if request.remote_addr in LOOPBACK and not is_proxied(request.headers.items()):
-        return True
-    if not token:
-        return False
-    given = request.args.get("token", "")
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        given = header[len("Bearer ") :]
-    return hmac.compare_digest(given.encode(), token.encode())
+    return request_allowed(
+        request.remote_addr,
+        request.headers.items(),
+        request.args.get("token", ""),
+        request.headers.get("Authorization", ""),
+        token,
+    )
 
 
 def _asset(name: str) -> Response:
-    path = _ASSETS / name
-    if not path.is_file():
+    found = asset(name)
+    if found is None:
         abort(404)
-    suffix = "." + name.rsplit(".", 1)[-1]
-    response = Response(path.read_bytes(), content_type=_CONTENT_TYPES.get(suffix, "text/plain"))
+    body, content_type = found
+    response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-cache"
     return response
 
