@@ -268,6 +268,18 @@ def _close_named_cursors(raw: Any) -> None:
     _in_autocommit(raw, "CLOSE ALL")
 
 
+def _checked_params(psycopg: Any, url: DatabaseURL) -> dict[str, Any]:
+    """psycopg's connect parameters for ``url``, checked by libpq now (a typo in an option
+    name fails when the pool is built). Raises :class:`ConfigError`."""
+    params = libpq_params(url)
+    try:
+        psycopg.conninfo.make_conninfo(**params)
+    except psycopg.ProgrammingError as error:
+        # libpq ends its messages with a newline
+        raise ConfigError(f"{url.redacted()}: {str(error).strip()}") from None
+    return params
+
+
 def _forget_notifications(raw: Any) -> None:
     """Drop the ``NOTIFY`` messages psycopg 3 received for ``raw`` and nobody read: after
     ``UNLISTEN *`` they belong to the previous borrower. (psycopg keeps them in a private
@@ -376,12 +388,7 @@ class PsycopgDriver(_PostgresDriver):
     @classmethod
     def connect_factory(cls, url: DatabaseURL) -> ConnectFn:
         psycopg = cls.import_module()
-        params = libpq_params(url)
-        try:  # libpq checks option names now, so a typo fails when the pool is built
-            psycopg.conninfo.make_conninfo(**params)
-        except psycopg.ProgrammingError as error:
-            # libpq ends its messages with a newline
-            raise ConfigError(f"{url.redacted()}: {str(error).strip()}") from None
+        params = _checked_params(psycopg, url)
 
         def connect() -> Any:
             return psycopg.connect(**params)
@@ -700,11 +707,7 @@ class AsyncPsycopgDriver(AsyncDriver, PsycopgDriver):
     @classmethod
     def async_connect_factory(cls, url: DatabaseURL) -> AsyncConnectFn:
         psycopg = cls.import_module()
-        params = libpq_params(url)
-        try:  # libpq checks option names now, so a typo fails when the pool is built
-            psycopg.conninfo.make_conninfo(**params)
-        except psycopg.ProgrammingError as error:
-            raise ConfigError(f"{url.redacted()}: {str(error).strip()}") from None
+        params = _checked_params(psycopg, url)
         connect = psycopg.AsyncConnection.connect
 
         async def aconnect() -> Any:
