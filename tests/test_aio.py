@@ -5,6 +5,7 @@ session resets, pre-ping, fork."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import threading
@@ -500,6 +501,43 @@ def test_wait_ready_cancelled_while_returning_loses_nothing(tmp_path: Path) -> N
             assert stats.reclaimed == 0, stats  # returned, not found dropped
 
     run(main())
+
+
+def test_leak_report_maintenance_drain_and_resize(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rest of Pool's API on AsyncPool: a checkout held past leak_threshold is reported
+    with the task and the line; idle_timeout closes idle connections; drain() retires
+    every connection; resize() hands new slots to waiting tasks."""
+
+    async def main() -> None:
+        async with AsyncPool(
+            postgres_url, pool_size=1, max_overflow=0, leak_threshold=0.1, idle_timeout=0.3
+        ) as pool:
+            held = await pool.acquire()  # LEAK-SITE
+            await asyncio.sleep(0.2)
+            await pool.run_maintenance()
+            assert "possible leak" in caplog.text and "test_aio.py" in caplog.text
+            assert "task " in caplog.text
+            assert pool.stats().leaks_detected == 1
+            waiting = asyncio.create_task(pool.acquire(timeout=5))
+            await asyncio.sleep(0.05)
+            pool.resize(pool_size=2)  # the waiting task gets the new slot
+            second = await waiting
+            assert pool.stats().open == 2
+            assert pool.drain() == 2  # both lent: closed when they come back
+            await pool.release(held)
+            await pool.release(second)
+            assert pool.stats().closed_by_reason.get("drained") == 2
+            async with pool.connection():  # a new one
+                pass
+            await asyncio.sleep(0.4)
+            await pool.run_maintenance()
+            assert pool.stats().open == 0  # idle past idle_timeout
+            assert pool.stats().closed_by_reason.get("idle") == 1
+
+    with caplog.at_level(logging.WARNING, logger="flask_dbpool"):
+        run(main())
 
 
 def test_forked_child_opens_its_own(postgres_url: str) -> None:
