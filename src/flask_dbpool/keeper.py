@@ -17,6 +17,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,7 +25,7 @@ from flask_dbpool import messages
 from flask_dbpool._fork import INHERITED
 from flask_dbpool.entry import Entry, Owner
 from flask_dbpool.errors import PoolClosed, PoolError, one_line
-from flask_dbpool.leaks import find_orphans
+from flask_dbpool.leaks import Holder, find_orphans
 from flask_dbpool.lifecycle import Lifecycle
 from flask_dbpool.maintenance import PING_TIMEOUT, Maintenance
 from flask_dbpool.proxy import PooledConnection, entry_of, handle_for, set_entry
@@ -36,6 +37,8 @@ from flask_dbpool.state import MAX_SLEEP, PROBE, PoolState
 SHUTDOWN_BOUND = 3.0
 CANCEL_TIMEOUT = 1.0
 CANCEL_GRACE = 1.0
+#: How many reclaimed checkouts a pool remembers (Pool.reclaimed).
+RECLAIMED_KEPT = 64
 
 if TYPE_CHECKING:
     from flask_dbpool._handoff import Waiter
@@ -82,6 +85,7 @@ class Keeper:
         "maintenance",
         "name",
         "owner",
+        "reclaimed",
         "returning",
         "state",
     )
@@ -98,6 +102,8 @@ class Keeper:
         self.returning: set[Entry] = set()
         state.on_drained = self.drained.set
         self.maintenance: Maintenance | None = None
+        #: The last checkouts found dropped without being returned (see Pool.reclaimed).
+        self.reclaimed: deque[Holder] = deque(maxlen=RECLAIMED_KEPT)
 
     def run_maintenance(self) -> float:
         """One maintenance run (see :meth:`flask_dbpool.Pool.run_maintenance`); returns the
@@ -108,6 +114,9 @@ class Keeper:
                 return MAX_SLEEP
             swept_at = _now()
             sweep = state.sweep(swept_at, find_orphans)
+            # Under the lock with the sweep: a reclaimed checkout is always either lent
+            # (Pool.checkouts) or in this list (Pool.reclaimed), never in neither.
+            self.reclaimed.extend(sweep.orphan_holders)
         next_run = sweep.next_run
         # The I/O, outside the lock. Slots first: each dropped handle's slot is given back
         # even if something below (a logging handler, say) raises.

@@ -425,6 +425,10 @@ class Pool:
             holders = self._state.holders()
         return checkouts_of(holders, _now())
 
+    def reclaimed(self) -> list[Checkout]:
+        """The last 64 checkouts dropped unreturned and reclaimed by maintenance, oldest first."""
+        return checkouts_of(list(self._keeper.reclaimed), _now())[::-1]
+
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and totals."""
         with self._lock:

@@ -24,60 +24,40 @@ import pytest
 
 from flask_dbpool.pool import live_pools
 
-__all__ = ["leaked_since", "reclaimed_counts", "reclaimed_since"]
+__all__ = ["leaked_since"]
 
 _STARTED = pytest.StashKey[float]()
-_RECLAIMED = pytest.StashKey[dict[int, int]]()
 
 
 def leaked_since(moment: float) -> list[str]:
     """One line per connection checked out after ``moment`` (``time.monotonic()``) and not
-    returned, in every open pool of the process."""
-    now = time.monotonic()
+    returned, in every open pool of the process: still out, or dropped and already
+    reclaimed by the pool's maintenance (:meth:`~flask_dbpool.Pool.reclaimed`)."""
     lines = []
     for pool in live_pools():
         if pool.closed:
             continue
-        for checkout in pool.checkouts():
+        found = [(c, "was not returned") for c in pool.checkouts()]
+        found += [
+            (c, "was dropped without being returned (the pool reclaimed it)")
+            for c in pool.reclaimed()
+        ]
+        # Read after the calls: ``now - held_seconds`` is then never earlier than the
+        # checkout (a test's first statement may check out within microseconds of its start).
+        now = time.monotonic()
+        for checkout, fate in found:
             if now - checkout.held_seconds < moment:
                 continue
             where = (
                 f" at {checkout.site}"
                 if checkout.site
-                else (" (give the pool a leak_threshold to see the line that checked it out)")
+                else " (give the pool a leak_threshold to see the line that checked it out)"
             )
             request = " ".join(part for part in (checkout.label, checkout.caller) if part)
             lines.append(
                 f"pool {pool.name!r}: a connection checked out by thread {checkout.thread!r}"
                 f"{' for ' + request if request else ''}, held {checkout.held_seconds:.2f} s, "
-                f"was not returned{where}"
-            )
-    return lines
-
-
-def reclaimed_counts() -> dict[int, int]:
-    """How many dropped handles each open pool has reclaimed so far, by ``id(pool)``."""
-    return {id(pool): pool.stats().reclaimed for pool in live_pools() if not pool.closed}
-
-
-def reclaimed_since(before: dict[int, int]) -> list[str]:
-    """One line per open pool that reclaimed dropped handles since ``before`` (see
-    :func:`reclaimed_counts`): connections checked out and dropped without being returned,
-    which the pool's maintenance found before the test ended."""
-    lines = []
-    for pool in live_pools():
-        if pool.closed or id(pool) not in before:
-            continue
-        count = pool.stats().reclaimed - before[id(pool)]
-        if count > 0:
-            where = (
-                "the pool's warning log names the line that checked them out"
-                if pool.config.leak_threshold is not None
-                else "give the pool a leak_threshold to see the line that checked it out"
-            )
-            lines.append(
-                f"pool {pool.name!r}: {count} connection(s) were dropped without being "
-                f"returned (the pool reclaimed them; {where})"
+                f"{fate}{where}"
             )
     return lines
 
@@ -85,7 +65,6 @@ def reclaimed_since(before: dict[int, int]) -> list[str]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[_STARTED] = time.monotonic()
-    item.stash[_RECLAIMED] = reclaimed_counts()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -93,9 +72,6 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: Any) -> Generator[None,
     result = yield  # the test's fixtures are torn down: what they returned is back
     started = item.stash.get(_STARTED, None)
     lines = leaked_since(started) if started is not None else []
-    # A handle dropped without being returned may have been reclaimed by the pool's
-    # maintenance before now: still this test's leak.
-    lines += reclaimed_since(item.stash.get(_RECLAIMED, {}))
     if lines:
         pytest.fail(
             "flask-dbpool: the test left connection(s) checked out:\n  " + "\n  ".join(lines),

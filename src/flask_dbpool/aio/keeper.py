@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,8 +24,8 @@ from flask_dbpool.aio.proxy import AsyncPooledConnection, lender
 from flask_dbpool.drivers.aio_base import AsyncDriver
 from flask_dbpool.entry import Entry
 from flask_dbpool.errors import PoolClosed, PoolError, one_line
-from flask_dbpool.keeper import SHUTDOWN_BOUND, detached
-from flask_dbpool.leaks import find_orphans
+from flask_dbpool.keeper import RECLAIMED_KEPT, SHUTDOWN_BOUND, detached
+from flask_dbpool.leaks import Holder, find_orphans
 from flask_dbpool.maintenance import PING_TIMEOUT
 from flask_dbpool.proxy import entry_of, handle_for, set_entry
 from flask_dbpool.state import MAX_SLEEP, PROBE, PoolState
@@ -78,6 +79,7 @@ class AsyncKeeper:
         "name",
         "nudged",
         "pool_ref",
+        "reclaimed",
         "returning",
         "state",
         "tasks",
@@ -96,6 +98,7 @@ class AsyncKeeper:
         self.nudged = asyncio.Event()
         self.maintenance: asyncio.Task[None] | None = None
         self.returning: set[Entry] = set()
+        self.reclaimed: deque[Holder] = deque(maxlen=RECLAIMED_KEPT)
         self.tasks: set[asyncio.Task[Any]] = set()  # strong references until done
 
     # ------------------------------------------------------------------ background work
@@ -135,6 +138,7 @@ class AsyncKeeper:
             return MAX_SLEEP
         swept_at = _now()
         sweep = state.sweep(swept_at, find_orphans)
+        self.reclaimed.extend(sweep.orphan_holders)
         next_run = sweep.next_run
         for orphan in sweep.orphans:
             self.close_later(orphan)

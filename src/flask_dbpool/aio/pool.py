@@ -491,6 +491,12 @@ class AsyncPool:
         :meth:`flask_dbpool.Pool.checkouts`)."""
         return checkouts_of(self._state.holders(), _now())
 
+    def reclaimed(self) -> list[Checkout]:
+        """The last 64 checkouts dropped without being returned and reclaimed by
+        maintenance (see :meth:`flask_dbpool.Pool.reclaimed`)."""
+        keeper = self._keeper
+        return checkouts_of(list(keeper.reclaimed), _now())[::-1] if keeper else []
+
     def stats(self) -> PoolStats:
         """A snapshot of the pool's gauges and totals."""
         return self._state.stats()
