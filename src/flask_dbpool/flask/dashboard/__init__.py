@@ -12,10 +12,19 @@ Passwords never appear: the pool's target is the redacted URL.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from flask import Blueprint, Flask, Response, abort, jsonify, request
 
 from flask_dbpool.display import asset, request_allowed
-from flask_dbpool.flask.state import EXTENSION_KEY, endpoint_histograms, monitored_pools
+from flask_dbpool.flask.state import (
+    EXTENSION_KEY,
+    MonitoredPool,
+    endpoint_histograms,
+    monitored_pools,
+)
+from flask_dbpool.fleet import combine, publisher
 from flask_dbpool.report import pool_report
 
 __all__ = ["register_dashboard"]
@@ -47,6 +56,15 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
     another's; its ``pools`` key lists the names (a 404 names them for an unknown one)."""
     blueprint = Blueprint("dbpool_dashboard", __name__, url_prefix=path.rstrip("/"))
 
+    def report_of(pool: MonitoredPool) -> dict[str, Any]:
+        # Per-endpoint times are those of the DBPool's requests: its pool's only.
+        own = app.extensions.get(EXTENSION_KEY) is pool
+        return pool_report(pool, endpoint_histograms(app) if own else None)
+
+    # Under a pre-forking server, every worker publishes its pools' reports (once a second,
+    # from a thread of its own) for whichever worker answers /data.
+    fleet = publisher(lambda: {pool.name: report_of(pool) for pool in monitored_pools(app)})
+
     @blueprint.before_request
     def guard() -> None:
         # The page's script and stylesheet hold no data, and a browser fetches them without
@@ -77,9 +95,8 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
             response.status_code = 404
             return response
         (pool,) = chosen
-        # Per-endpoint times are those of the DBPool's requests: its pool's only.
-        own = app.extensions.get(EXTENSION_KEY) is pool
-        report = pool_report(pool, endpoint_histograms(app) if own else None)
+        # The whole server: this worker's report, live, and the others' latest ones.
+        report = combine([(os.getpid(), report_of(pool)), *fleet.others(pool.name)])
         report["pools"] = [pool.name for pool in pools]
         response = jsonify(report)
         response.headers["Cache-Control"] = "no-store"

@@ -1,0 +1,261 @@
+"""The whole server's view of its pools, across the worker processes of one server.
+
+Under a pre-forking server (gunicorn, uWSGI) each worker process has its own pools, and a
+request for the dashboard's data reaches one worker. Here every worker of one server
+publishes its pools' reports (:func:`~flask_dbpool.report.pool_report`) to a directory the
+others read, and :func:`combine` turns the reports of one pool in every live worker into
+one: totals under ``stats`` (counters and gauges summed, maxima as maxima), a ``workers``
+list with each worker's own stats, and every worker's checkouts with its ``pid``.
+
+- **Which server.** A process whose parent is a gunicorn or uWSGI master publishes under a
+  directory named after that master (its pid and start time, so that a reused pid is never
+  confused with it): ``$TMPDIR/flask-dbpool-<uid>/<master pid>-<start>/``, mode 0700. A
+  process that is no server's worker (``flask run``, a script) publishes nothing: its view
+  is its own. Linux only (it reads ``/proc``); elsewhere every process shows its own view.
+- **When.** A daemon thread per process writes its file (atomically: write, then rename)
+  at most once a second, off the request path; a reader reads only when asked.
+- **Who is live.** A file whose process is gone, or not rewritten for
+  :data:`STALE_AFTER` seconds, is skipped and removed; a worker's file is removed when it
+  exits, and the directory with the last one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PUBLISH_INTERVAL",
+    "STALE_AFTER",
+    "Publisher",
+    "combine",
+    "publisher",
+    "server_directory",
+]
+
+#: Seconds between two writes of a worker's reports.
+PUBLISH_INTERVAL = 1.0
+#: A worker's file not rewritten for this long is taken as gone (a hung or killed worker).
+STALE_AFTER = 5.0
+#: Reports of one process: pool name -> report.
+Reports = dict[str, dict[str, Any]]
+
+_SERVERS = (b"gunicorn", b"uwsgi")
+_SUFFIX = ".json"
+
+
+def server_directory(base: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where this process's server publishes, or ``None`` if this process is no
+    pre-forking server's worker (see the module docstring)."""
+    parent = os.getppid()
+    try:
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    if not any(server in cmdline for server in _SERVERS):
+        return None
+    root = Path(base) if base is not None else Path(tempfile.gettempdir())
+    return root / f"flask-dbpool-{os.getuid()}" / f"{parent}-{started}"
+
+
+class Publisher:
+    """Publishes this process's pool reports for the other workers of its server, and reads
+    theirs. ``collect()`` returns the reports to publish (called from the writer thread).
+    :attr:`directory` is ``None`` while this process is no server's worker."""
+
+    def __init__(self, collect: Callable[[], Reports]) -> None:
+        self.directory: Path | None = None
+        self._collect = collect
+        self._pid = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def follow(self) -> None:
+        """Publish if this process is a server's worker (at creation, and in each forked
+        child): find the directory, start the writer thread."""
+        with self._lock:
+            self.directory = directory = server_directory()
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            if directory is None:
+                return
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            threading.Thread(target=self._run, name="flask-dbpool fleet", daemon=True).start()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            try:
+                self.write()
+            except Exception:  # a report that failed this time: the next one may not
+                pass
+            stop.wait(PUBLISH_INTERVAL)
+
+    def write(self) -> None:
+        """Write this process's reports now (atomically: readers never see half a file)."""
+        directory = self.directory
+        if directory is None:
+            return
+        body = json.dumps({"pid": os.getpid(), "time": time.time(), "pools": self._collect()})
+        target = directory / f"{os.getpid()}{_SUFFIX}"
+        temporary = directory / f"{os.getpid()}.tmp"
+        temporary.write_text(body)
+        os.replace(temporary, target)
+
+    def others(self, name: str) -> list[tuple[int, dict[str, Any]]]:
+        """``(pid, report)`` of pool ``name`` in every other live worker of this server, by
+        pid (none outside a server). Removes the files of workers that are gone."""
+        directory = self.directory
+        if directory is None:
+            return []
+        own = os.getpid()
+        found = []
+        now = time.time()
+        try:
+            files = list(directory.glob(f"*{_SUFFIX}"))
+        except OSError:
+            return []
+        for path in files:
+            try:
+                pid = int(path.stem)
+            except ValueError:
+                continue
+            if pid == own:
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced, or gone
+            if not _alive(pid) or now - float(data.get("time", 0)) > STALE_AFTER:
+                path.unlink(missing_ok=True)
+                continue
+            report = data.get("pools", {}).get(name)
+            if report is not None:
+                found.append((pid, report))
+        return sorted(found, key=lambda item: item[0])
+
+    def stop(self) -> None:
+        """Stop writing; remove this process's file, and the directory if it was the last."""
+        self._stop.set()
+        directory = self.directory
+        if directory is None or self._pid != os.getpid():
+            return  # not publishing, or inherited across fork: another process's file
+        (directory / f"{os.getpid()}{_SUFFIX}").unlink(missing_ok=True)
+        try:
+            directory.rmdir()  # only if empty: other workers still publish otherwise
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_publishers: list[Publisher] = []
+
+
+def publisher(collect: Callable[[], Reports]) -> Publisher:
+    """A :class:`Publisher` for ``collect``: publishing now if this process is a server's
+    worker, and in each forked child that is (``gunicorn --preload`` builds the app in the
+    master); stopped, its file removed, at exit."""
+    made = Publisher(collect)
+    _publishers.append(made)
+    made.follow()
+    return made
+
+
+def _after_fork_in_child() -> None:
+    for made in _publishers:
+        made.follow()
+
+
+def _at_exit() -> None:
+    for made in _publishers:
+        made.stop()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
+
+
+# ---------------------------------------------------------------------- combining reports
+
+_MAXIMA = frozenset({"wait_seconds_max"})
+
+
+def combine(workers: Iterable[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """One report for one pool from each worker's ``(pid, report)`` (the first is the
+    process answering): totals under ``stats`` (numbers summed, ``*_max`` as the maximum,
+    histograms merged), every worker's checkouts with its ``pid`` (longest-held first),
+    endpoint times merged, and ``workers``: ``[{"pid": …, "stats": …}]`` by pid."""
+    reports = list(workers)
+    first = reports[0][1]
+    combined = dict(first)
+    combined["stats"] = _sum_stats([report["stats"] for _, report in reports])
+    combined["closed"] = any(report.get("closed") for _, report in reports)
+    combined["checkouts"] = sorted(
+        ({**checkout, "pid": pid} for pid, report in reports for checkout in report["checkouts"]),
+        key=lambda checkout: -float(checkout.get("held_seconds", 0.0)),
+    )
+    endpoints: dict[str, dict[str, Any]] = {}
+    for _, report in reports:
+        for name, times in report.get("endpoints", {}).items():
+            if name in endpoints:
+                endpoints[name] = {
+                    kind: _sum_histogram(endpoints[name][kind], times[kind])
+                    for kind in ("wait", "hold")
+                }
+            else:
+                endpoints[name] = times
+    combined["endpoints"] = endpoints
+    combined["workers"] = sorted(
+        ({"pid": pid, "stats": report["stats"]} for pid, report in reports),
+        key=lambda worker: worker["pid"],
+    )
+    return combined
+
+
+def _sum_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    total = dict(all_stats[0])
+    for stats in all_stats[1:]:
+        for key, value in stats.items():
+            mine = total.get(key)
+            if isinstance(value, (bool, str)) or mine is None:
+                continue
+            if key in _MAXIMA:
+                total[key] = max(mine, value)
+            elif isinstance(value, (int, float)):
+                total[key] = mine + value
+            elif isinstance(value, dict) and "buckets" in value:
+                total[key] = _sum_histogram(mine, value)
+            elif isinstance(value, dict):
+                total[key] = {k: mine.get(k, 0) + value.get(k, 0) for k in {*mine, *value}}
+    return total
+
+
+def _sum_histogram(one: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Two JSON histograms (``HistogramSnapshot.as_dict``: same bucket bounds) as one."""
+    return {
+        "buckets": [
+            {"le": mine["le"], "count": mine["count"] + theirs["count"]}
+            for mine, theirs in zip(one["buckets"], other["buckets"], strict=True)
+        ],
+        "count": one["count"] + other["count"],
+        "sum": one["sum"] + other["sum"],
+        "max": max(one["max"], other["max"]),
+    }

@@ -1,0 +1,170 @@
+"""The dashboard's data for the whole server: every gunicorn worker publishes its pool's
+report, whichever worker answers ``/data`` shows the totals and one entry per live worker
+(real gunicorn, 3 workers, sync and gthread); a killed worker drops out and its replacement
+appears; nothing is left in the temp directory after shutdown; a single process is
+unchanged. And :func:`flask_dbpool.fleet.combine` on its own."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_dbpool.fleet import combine
+
+TESTS = Path(__file__).resolve().parent
+WORKERS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _data(port: int) -> dict[str, Any]:
+    status, body = _get(port, "/_dbpool/data")
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def _wait_for(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def _server_directory(master: int) -> Path:
+    started = Path(f"/proc/{master}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return Path(tempfile.gettempdir()) / f"flask-dbpool-{os.getuid()}" / f"{master}-{started}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the fleet view reads /proc")
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k", worker_class]
+    command += ["-b", f"127.0.0.1:{port}", "--chdir", str(TESTS), "--log-level", "warning"]
+    command += ["--graceful-timeout", "5", "fleet_app:app"]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed below
+    server = subprocess.Popen(
+        command, env={**os.environ, "FLEET_URL": postgres_url}, stderr=log, stdout=log
+    )
+    try:
+        assert _wait_for(lambda: _ping(port)), "gunicorn did not start"
+        directory = _server_directory(server.pid)
+        requests = 60
+        for _ in range(requests):
+            assert _get(port, "/q")[0] == 200
+        time.sleep(1.5)  # every worker has published since (once a second)
+        reads = [_data(port) for _ in range(6)]
+        for data in reads:
+            assert len(data["workers"]) == WORKERS, data["workers"]
+            assert data["stats"]["acquired"] >= requests
+            assert data["stats"]["pool_size"] == 2 * WORKERS
+        totals = {data["stats"]["acquired"] for data in reads}
+        assert len(totals) == 1, totals  # the same whichever worker answered
+        pids = {worker["pid"] for worker in reads[0]["workers"]}
+        assert sum(w["stats"]["acquired"] for w in reads[0]["workers"]) == totals.pop()
+        assert len(list(directory.glob("*.json"))) == WORKERS
+
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)  # gunicorn starts a replacement
+
+        def replaced() -> bool:
+            now = {worker["pid"] for worker in _data(port)["workers"]}
+            return victim not in now and len(now) == WORKERS
+
+        assert _wait_for(replaced, 15.0), _data(port)["workers"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+        log.close()
+    assert not directory.exists() or not any(directory.iterdir()), (
+        list(directory.iterdir()),
+        output[-2000:],
+    )
+
+
+def _ping(port: int) -> bool:
+    try:
+        return _get(port, "/pid")[0] == 200
+    except OSError:
+        return False
+
+
+def test_a_single_process_shows_itself(postgres_url: str) -> None:
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("single")
+    app.config.update(DBPOOL_URL=postgres_url, DBPOOL_DASHBOARD=True, DBPOOL_POOL_SIZE=2)
+    db = DBPool(app)
+    try:
+        with app.app_context():
+            db.connection.cursor().execute("SELECT 1")
+        data = app.test_client().get("/_dbpool/data").get_json()
+        assert data["workers"] == [{"pid": os.getpid(), "stats": data["stats"]}]
+        assert data["stats"]["acquired"] == 1
+    finally:
+        db.get_pool(app).close()
+
+
+def test_combine_sums_counters_keeps_maxima_and_tags_checkouts() -> None:
+    def report(acquired: int, wait_max: float, held: float) -> dict[str, Any]:
+        buckets = [{"le": 0.1, "count": 1}, {"le": "+Inf", "count": 2}]
+        histogram = {"buckets": buckets, "count": 3, "sum": 0.5, "max": wait_max}
+        return {
+            "pool": "p",
+            "target": "t",
+            "closed": False,
+            "stats": {
+                "name": "p",
+                "acquired": acquired,
+                "wait_seconds_max": wait_max,
+                "closed_by_reason": {"idle": 1},
+                "wait_time": histogram,
+            },
+            "checkouts": [{"held_seconds": held, "thread": "x"}],
+            "endpoints": {"e": {"wait": histogram, "hold": histogram}},
+        }
+
+    combined = combine([(20, report(5, 0.1, 1.0)), (10, report(7, 0.4, 3.0))])
+    stats = combined["stats"]
+    assert (stats["name"], stats["acquired"], stats["wait_seconds_max"]) == ("p", 12, 0.4)
+    assert stats["closed_by_reason"] == {"idle": 2}
+    assert stats["wait_time"] == {
+        "buckets": [{"le": 0.1, "count": 2}, {"le": "+Inf", "count": 4}],
+        "count": 6,
+        "sum": 1.0,
+        "max": 0.4,
+    }
+    assert [c["pid"] for c in combined["checkouts"]] == [10, 20]  # longest-held first
+    assert combined["endpoints"]["e"]["hold"]["count"] == 6
+    assert [w["pid"] for w in combined["workers"]] == [10, 20]
