@@ -1,6 +1,7 @@
 """The Flask app of tests/test_fleet.py, served by real gunicorn with several workers:
-``GET /q`` runs one query on the request's connection, ``GET /pid`` answers the worker's
-pid; the dashboard is on (``/_dbpool``). ``FLEET_URL`` is the database."""
+``GET /q`` runs one query on the request's connection, ``GET /slow`` holds it 50 ms,
+``GET /pid`` answers the worker's pid; the dashboard is on (``/_dbpool``). ``FLEET_URL``
+is the database."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ db = DBPool(app)
 def q() -> str:
     cursor = db.connection.cursor()
     cursor.execute("SELECT 1")
+    cursor.fetchall()
+    cursor.close()
+    return "ok"
+
+
+@app.get("/slow")
+def slow() -> str:
+    cursor = db.connection.cursor()
+    cursor.execute("SELECT pg_sleep(0.05)")
     cursor.fetchall()
     cursor.close()
     return "ok"

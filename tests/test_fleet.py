@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,19 +63,38 @@ def _server_directory(master: int) -> Path:
     return Path(tempfile.gettempdir()) / f"flask-dbpool-{os.getuid()}" / f"{master}-{started}"
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the fleet view reads /proc")
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
-def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str) -> None:
+def _gunicorn(postgres_url: str, worker_class: str) -> tuple[subprocess.Popen[bytes], int, Any]:
     port = _free_port()
     command = [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k", worker_class]
     command += ["-b", f"127.0.0.1:{port}", "--chdir", str(TESTS), "--log-level", "warning"]
     command += ["--graceful-timeout", "5", "fleet_app:app"]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed below
+    if worker_class == "gthread":
+        command += ["--threads", "4"]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by _stop
     server = subprocess.Popen(
         command, env={**os.environ, "FLEET_URL": postgres_url}, stderr=log, stdout=log
     )
+    if not _wait_for(lambda: _ping(port)):
+        _stop(server, log)
+        pytest.fail("gunicorn did not start")
+    return server, port, log
+
+
+def _stop(server: subprocess.Popen[bytes], log: Any) -> str:
+    server.send_signal(signal.SIGTERM)
+    server.wait(20)
+    log.seek(0)
+    output = log.read().decode(errors="replace")
+    log.close()
+    return str(output)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the fleet view reads /proc")
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str) -> None:
+    server, port, log = _gunicorn(postgres_url, worker_class)
+    output = ""
     try:
-        assert _wait_for(lambda: _ping(port)), "gunicorn did not start"
         directory = _server_directory(server.pid)
         requests = 60
         for _ in range(requests):
@@ -100,11 +120,7 @@ def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str)
 
         assert _wait_for(replaced, 15.0), _data(port)["workers"]
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(20)
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-        log.close()
+        output = _stop(server, log)
     assert not directory.exists() or not any(directory.iterdir()), (
         list(directory.iterdir()),
         output[-2000:],
@@ -116,6 +132,57 @@ def _ping(port: int) -> bool:
         return _get(port, "/pid")[0] == 200
     except OSError:
         return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the fleet view reads /proc")
+def test_the_page_shows_every_worker(postgres_url: str, tmp_path: Path) -> None:
+    """In a browser: the per-worker table lists the 3 workers, the totals are theirs, and
+    the connections checked out under load carry their worker's pid."""
+    from test_dashboard_browser import _chromium, _png_colours
+
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, port, log = _gunicorn(postgres_url, "gthread")
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            _get(port, "/slow")
+
+    loaders = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    for loader in loaders:
+        loader.start()
+    shot = Path(os.environ.get("DBPOOL_FLEET_SCREENSHOT") or tmp_path / "workers.png")
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 1300})
+                page.goto(f"http://127.0.0.1:{port}/_dbpool/")
+                page.wait_for_function(
+                    "document.querySelectorAll('#workers tbody tr').length === 3",
+                    timeout=20_000,
+                )
+                page.wait_for_function(
+                    "Number(document.body.dataset.updates || 0) >= 3", timeout=20_000
+                )
+                pids = page.locator("#workers tbody tr td:first-child").all_inner_texts()
+                assert len(set(pids)) == WORKERS
+                opened = page.locator("#workers tbody tr td:nth-child(2)").all_inner_texts()
+                total = page.locator("#g-open").inner_text()
+                assert total.endswith(f"/ {2 * WORKERS}")  # the server's maximum
+                assert int(total.split("/")[0]) == sum(int(n) for n in opened)
+                checkout_pids = page.locator("#checkouts tbody tr td:nth-child(2)")
+                assert set(checkout_pids.all_inner_texts()) <= set(pids)
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop.set()
+        for loader in loaders:
+            loader.join(15)
+        _stop(server, log)
+    assert _png_colours(shot) > 8
 
 
 def test_a_single_process_shows_itself(postgres_url: str) -> None:

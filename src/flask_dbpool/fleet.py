@@ -27,6 +27,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_publishers: list[Publisher] = []
+# Held weakly: an app that is gone takes its publisher with it.
+_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
 
 def publisher(collect: Callable[[], Reports]) -> Publisher:
@@ -173,18 +175,18 @@ def publisher(collect: Callable[[], Reports]) -> Publisher:
     worker, and in each forked child that is (``gunicorn --preload`` builds the app in the
     master); stopped, its file removed, at exit."""
     made = Publisher(collect)
-    _publishers.append(made)
+    _publishers.add(made)
     made.follow()
     return made
 
 
 def _after_fork_in_child() -> None:
-    for made in _publishers:
+    for made in list(_publishers):
         made.follow()
 
 
 def _at_exit() -> None:
-    for made in _publishers:
+    for made in list(_publishers):
         made.stop()
 
 

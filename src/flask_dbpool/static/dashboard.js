@@ -87,7 +87,8 @@
     const body = $("checkouts").tBodies[0]; body.innerHTML = "";
     for (const c of list) {
       const row = body.insertRow();
-      cell(row, fmt(c.held_seconds), "num"); cell(row, c.thread); cell(row, c.label || "");
+      cell(row, fmt(c.held_seconds), "num"); cell(row, c.pid === undefined ? "" : c.pid, "num");
+      cell(row, c.thread); cell(row, c.label || "");
       cell(row, c.caller || "");
       const where = cell(row, c.site || "(set leak_threshold to record)");
       if (c.stack) {
@@ -96,6 +97,18 @@
         const pre = document.createElement("pre"); pre.textContent = c.stack;
         details.append(summary, pre); where.append(details);
       }
+    }
+  }
+
+  // One row per worker process (a single process: one row), with its oldest checkout.
+  function workers(list, checkoutList) {
+    const body = $("workers").tBodies[0]; body.innerHTML = "";
+    for (const w of list || []) {
+      const s = w.stats, row = body.insertRow();
+      const held = checkoutList.filter((c) => c.pid === w.pid).map((c) => c.held_seconds);
+      cell(row, w.pid, "num"); cell(row, s.open, "num"); cell(row, s.in_use, "num");
+      cell(row, s.idle, "num"); cell(row, s.waiting, "num"); cell(row, s.acquired, "num");
+      cell(row, s.timeouts, "num"); cell(row, held.length ? fmt(Math.max(...held)) : "–", "num");
     }
   }
 
@@ -138,7 +151,8 @@
       text($("pool"), data.pool); text($("target"), data.target);
       pools(data.pools || [data.pool], data.pool);
       gauges(data.stats); series(data.stats, data.time); histogram(data.stats.wait_time);
-      counters(data.stats); checkouts(data.checkouts); endpoints(data.endpoints);
+      counters(data.stats); workers(data.workers, data.checkouts);
+      checkouts(data.checkouts); endpoints(data.endpoints);
       text($("status"), "updated " + new Date(data.time * 1000).toLocaleTimeString());
       document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
     } catch (error) {
