@@ -67,7 +67,8 @@ def _gunicorn(postgres_url: str, worker_class: str) -> tuple[subprocess.Popen[by
     port = _free_port()
     command = [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k", worker_class]
     command += ["-b", f"127.0.0.1:{port}", "--chdir", str(TESTS), "--log-level", "warning"]
-    command += ["--graceful-timeout", "5", "fleet_app:app"]
+    command += ["--graceful-timeout", "5", "-c", str(TESTS / "fleet_gunicorn_conf.py")]
+    command += ["fleet_app:app"]
     if worker_class == "gthread":
         command += ["--threads", "4"]
     log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by _stop
@@ -107,12 +108,22 @@ def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str)
             assert data["stats"]["pool_size"] == 2 * WORKERS
         totals = {data["stats"]["acquired"] for data in reads}
         assert len(totals) == 1, totals  # the same whichever worker answered
+        server_view = reads[0]["server"]  # read once by each worker's publishing thread
+        assert server_view["max_connections"] > server_view["reserved"] >= 0
+        assert server_view["workers"] == WORKERS and server_view["most"] == 2 * WORKERS
+        assert server_view["open"] == reads[0]["stats"]["open"] and server_view["fits"]
+        status = _status_from(f"http://127.0.0.1:{port}/_dbpool")
+        assert f"workers: {WORKERS} (the figures above are their totals)" in status
+        assert f"by {WORKERS} worker(s) of" in status and ": fits" in status
         pids = {worker["pid"] for worker in reads[0]["workers"]}
         assert sum(w["stats"]["acquired"] for w in reads[0]["workers"]) == totals.pop()
         assert len(list(directory.glob("*.json"))) == WORKERS
 
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)  # gunicorn starts a replacement
+        # The master's child_exit hook (forget_worker) removes its file at once, before any
+        # reader finds it dead.
+        assert _wait_for(lambda: not (directory / f"{victim}.json").exists(), 3.0)
 
         def replaced() -> bool:
             now = {worker["pid"] for worker in _data(port)["workers"]}
@@ -125,6 +136,23 @@ def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str)
         list(directory.iterdir()),
         output[-2000:],
     )
+
+
+def _status_from(url: str) -> str:
+    """``flask dbpool status --from url``, run from an app of this process."""
+    from flask import Flask
+
+    from flask_dbpool import DBPool
+
+    app = Flask("cli")
+    app.config.update(DBPOOL_URL="sqlite:///:memory:")
+    db = DBPool(app)
+    try:
+        result = app.test_cli_runner().invoke(args=["dbpool", "status", "--from", url])
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+    finally:
+        db.get_pool(app).close()
 
 
 def _ping(port: int) -> bool:
@@ -199,6 +227,7 @@ def test_a_single_process_shows_itself(postgres_url: str) -> None:
         data = app.test_client().get("/_dbpool/data").get_json()
         assert data["workers"] == [{"pid": os.getpid(), "stats": data["stats"]}]
         assert data["stats"]["acquired"] == 1
+        assert data["server"]["workers"] == 1 and data["server"]["most"] == 2 + 10
     finally:
         db.get_pool(app).close()
 

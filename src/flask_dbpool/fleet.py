@@ -32,13 +32,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from flask_dbpool.drivers.base import ServerLimits
+from flask_dbpool.sizing import fleet_advice
+
 __all__ = [
     "PUBLISH_INTERVAL",
     "STALE_AFTER",
     "Publisher",
     "combine",
+    "forget_worker",
     "publisher",
     "server_directory",
+    "server_view",
 ]
 
 #: Seconds between two writes of a worker's reports.
@@ -58,13 +63,36 @@ def server_directory(base: str | os.PathLike[str] | None = None) -> Path | None:
     parent = os.getppid()
     try:
         cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
-        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+    except OSError:
         return None
     if not any(server in cmdline for server in _SERVERS):
         return None
+    return _directory_of(parent, base)
+
+
+def _directory_of(master: int, base: str | os.PathLike[str] | None = None) -> Path | None:
+    """The directory of the server whose master is ``master`` (``None`` without /proc)."""
+    try:
+        started = Path(f"/proc/{master}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
     root = Path(base) if base is not None else Path(tempfile.gettempdir())
-    return root / f"flask-dbpool-{os.getuid()}" / f"{parent}-{started}"
+    return root / f"flask-dbpool-{os.getuid()}" / f"{master}-{started}"
+
+
+def forget_worker(pid: int) -> None:
+    """Drop worker ``pid`` from its server's view at once: for gunicorn's ``child_exit``
+    hook (in the master: a killed worker otherwise drops out within :data:`STALE_AFTER`
+    seconds) or ``worker_exit`` (in the worker; its exit removes its file anyway). Does
+    nothing outside a server."""
+    directory = server_directory() if pid == os.getpid() else _directory_of(os.getpid())
+    if directory is None:
+        return
+    (directory / f"{pid}{_SUFFIX}").unlink(missing_ok=True)
+    try:
+        directory.rmdir()  # the last worker gone: no directory left behind
+    except OSError:
+        pass
 
 
 class Publisher:
@@ -260,4 +288,30 @@ def _sum_histogram(one: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]
         "count": one["count"] + other["count"],
         "sum": one["sum"] + other["sum"],
         "max": max(one["max"], other["max"]),
+    }
+
+
+def server_view(limits: ServerLimits, combined: dict[str, Any]) -> dict[str, Any]:
+    """The server's connections as the whole fleet sees them, for ``combined`` (a report
+    from :func:`combine`): the database's ``max_connections`` and reserved ones, the
+    connections the workers have open now, and whether every worker at its maximum
+    (``pool_size + max_overflow``) would fit, with the doctor's suggestion if not."""
+    workers = combined.get("workers") or [{"stats": combined["stats"]}]
+    one = workers[0]["stats"]
+    advice = fleet_advice(
+        limits,
+        workers=len(workers),
+        pool_size=int(one["pool_size"]),
+        max_overflow=int(one["max_overflow"]),
+    )
+    return {
+        "server": limits.server,
+        "max_connections": limits.max_connections,
+        "reserved": limits.reserved,
+        "available": limits.max_connections - limits.reserved,
+        "open": combined["stats"]["open"],
+        "workers": len(workers),
+        "most": advice.fleet,
+        "fits": advice.fits,
+        "suggestion": advice.suggestion,
     }

@@ -96,7 +96,7 @@ def status(source: str | None, token: str | None, timeout: float, pool_name: str
         if pool_name is None:  # the first pool comes by default; the others by name
             names = [name for name in first.get("pools") or [] if name != first.get("pool")]
             reports += [_fetch_dashboard_data(source, token, timeout, name) for name in names]
-        where = f"read from {_without_query(source)}: the worker that answered"
+        where = f"read from {_without_query(source)}"
     for index, data in enumerate(reports):
         if index:
             click.echo("")
@@ -220,6 +220,30 @@ def _not_found(body: bytes) -> str:
         return "no dashboard there (404): is DBPOOL_DASHBOARD on, at DBPOOL_DASHBOARD_PATH?"
 
 
+def _echo_fleet(data: dict[str, Any]) -> None:
+    """The whole server: one row per worker process, and its connections against the
+    database's limit (a server's /data since issue 16; a lone process is one worker)."""
+    workers = data.get("workers") or []
+    if len(workers) > 1:
+        click.echo(f"workers: {len(workers)} (the figures above are their totals)")
+        columns = ("open", "in_use", "idle", "waiting", "acquired", "timeouts")
+        click.echo("  " + "  ".join(f"{name:>8}" for name in ("pid", *columns)))
+        for worker in workers:
+            values = [worker["pid"], *(worker["stats"].get(name, "-") for name in columns)]
+            click.echo("  " + "  ".join(f"{value:>8}" for value in values))
+        click.echo("")
+    server = data.get("server")
+    if server:
+        verdict = "fits" if server["fits"] else f"WARNING: does not fit: {server['suggestion']}"
+        click.echo(
+            f"server: {server['server']}: {server['open']} open by {server['workers']} "
+            f"worker(s) of {server['available']} available (max_connections "
+            f"{server['max_connections']} - reserved {server['reserved']}); all workers at "
+            f"their maximum: {server['most']}: {verdict}"
+        )
+        click.echo("")
+
+
 def _echo_status(data: dict[str, Any], where: str) -> None:
     stats: dict[str, Any] = data["stats"]
     settings: dict[str, Any] = data.get("settings", {})
@@ -245,6 +269,7 @@ def _echo_status(data: dict[str, Any], where: str) -> None:
     state = ("open", "idle", "in_use", "connecting", "checking", "waiting")
     click.echo(_table([(key, stats[key]) for key in state if key in stats]))
     click.echo("")
+    _echo_fleet(data)
     reasons = stats.get("closed_by_reason") or {}
     totals: list[tuple[str, object]] = []
     # In as_dict() order (a server's JSON comes with sorted keys), then anything newer.

@@ -100,6 +100,17 @@
     }
   }
 
+  // The database server's connections against every worker's (read once per worker).
+  function server(v, workerCount) {
+    const el = $("server");
+    if (!v) { text(el, ""); return; }
+    let line = v.server + ": " + v.open + " open by " + workerCount + " worker(s) of " +
+      v.available + " available (max_connections " + v.max_connections + " - reserved " +
+      v.reserved + "); all workers at their maximum: " + v.most;
+    line += v.fits ? " (fits)" : ". WARNING: does not fit: " + v.suggestion;
+    text(el, line); el.classList.toggle("warn", !v.fits);
+  }
+
   // One row per worker process (a single process: one row), with its oldest checkout.
   function workers(list, checkoutList) {
     const body = $("workers").tBodies[0]; body.innerHTML = "";
@@ -152,6 +163,7 @@
       pools(data.pools || [data.pool], data.pool);
       gauges(data.stats); series(data.stats, data.time); histogram(data.stats.wait_time);
       counters(data.stats); workers(data.workers, data.checkouts);
+      server(data.server, (data.workers || [0]).length);
       checkouts(data.checkouts); endpoints(data.endpoints);
       text($("status"), "updated " + new Date(data.time * 1000).toLocaleTimeString());
       document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);

@@ -13,18 +13,21 @@ Passwords never appear: the pool's target is the redacted URL.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, jsonify, request
 
 from flask_dbpool.display import asset, request_allowed
+from flask_dbpool.drivers import driver_for_connection
+from flask_dbpool.drivers.base import ServerLimits
 from flask_dbpool.flask.state import (
     EXTENSION_KEY,
     MonitoredPool,
     endpoint_histograms,
     monitored_pools,
 )
-from flask_dbpool.fleet import combine, publisher
+from flask_dbpool.fleet import combine, publisher, server_view
 from flask_dbpool.report import pool_report
 
 __all__ = ["register_dashboard"]
@@ -61,9 +64,34 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
         own = app.extensions.get(EXTENSION_KEY) is pool
         return pool_report(pool, endpoint_histograms(app) if own else None)
 
+    limits: dict[str, tuple[float, ServerLimits | None]] = {}
+
+    def limits_of(pool: MonitoredPool) -> ServerLimits | None:
+        # Read once per process (a retry after a minute if it failed): one round trip on a
+        # connection of the pool, with a short wait, never while the pool is exhausted.
+        known = limits.get(pool.name)
+        if known is not None and (known[1] is not None or time.monotonic() < known[0]):
+            return known[1]
+        found: ServerLimits | None = None
+        try:
+            with pool.connection(timeout=0.5) as conn:
+                raw = conn.driver_connection
+                found = driver_for_connection(raw).server_limits(raw)
+        except Exception:
+            found = None
+        limits[pool.name] = (time.monotonic() + 60.0, found)
+        return found
+
     # Under a pre-forking server, every worker publishes its pools' reports (once a second,
     # from a thread of its own) for whichever worker answers /data.
-    fleet = publisher(lambda: {pool.name: report_of(pool) for pool in monitored_pools(app)})
+    def publish() -> dict[str, dict[str, Any]]:
+        reports = {}
+        for pool in monitored_pools(app):
+            limits_of(pool)  # read here, off the request path, once per worker
+            reports[pool.name] = report_of(pool)
+        return reports
+
+    fleet = publisher(publish)
 
     @blueprint.before_request
     def guard() -> None:
@@ -98,6 +126,11 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
         # The whole server: this worker's report, live, and the others' latest ones.
         report = combine([(os.getpid(), report_of(pool)), *fleet.others(pool.name)])
         report["pools"] = [pool.name for pool in pools]
+        # A server's worker reads the limits in its publishing thread; a lone process here.
+        known = limits.get(pool.name)
+        server = known[1] if fleet.directory is not None and known else limits_of(pool)
+        if server is not None:
+            report["server"] = server_view(server, report)
         response = jsonify(report)
         response.headers["Cache-Control"] = "no-store"
         return response
