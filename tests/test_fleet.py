@@ -264,3 +264,17 @@ def test_combine_sums_counters_keeps_maxima_and_tags_checkouts() -> None:
     assert [c["pid"] for c in combined["checkouts"]] == [10, 20]  # longest-held first
     assert combined["endpoints"]["e"]["hold"]["count"] == 6
     assert [w["pid"] for w in combined["workers"]] == [10, 20]
+
+
+def test_server_view_warns_when_the_workers_would_not_fit() -> None:
+    from flask_dbpool.drivers.base import ServerLimits
+    from flask_dbpool.fleet import server_view
+
+    limits = ServerLimits("PostgreSQL 15", max_connections=20, reserved=3, sessions=5)
+    stats = {"open": 12, "pool_size": 5, "max_overflow": 5}
+    combined = {"stats": stats, "workers": [{"pid": n, "stats": stats} for n in range(2)]}
+    fits = server_view(limits, combined)
+    assert (fits["available"], fits["most"], fits["fits"]) == (17, 20, False)
+    assert "DBPOOL_POOL_SIZE=5 and DBPOOL_MAX_OVERFLOW=3" in fits["suggestion"]
+    one = server_view(limits, {"stats": stats, "workers": combined["workers"][:1]})
+    assert (one["most"], one["fits"], one["suggestion"]) == (10, True, "")
