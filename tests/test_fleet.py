@@ -278,3 +278,19 @@ def test_server_view_warns_when_the_workers_would_not_fit() -> None:
     assert "DBPOOL_POOL_SIZE=5 and DBPOOL_MAX_OVERFLOW=3" in fits["suggestion"]
     one = server_view(limits, {"stats": stats, "workers": combined["workers"][:1]})
     assert (one["most"], one["fits"], one["suggestion"]) == (10, True, "")
+
+
+def test_the_directory_is_private(tmp_path: Path) -> None:
+    from flask_dbpool.fleet import _private_directory
+
+    server = tmp_path / "flask-dbpool-x" / "123-456"
+    assert _private_directory(server)
+    assert (server.stat().st_mode & 0o777, server.parent.stat().st_mode & 0o777) == (0o700, 0o700)
+    server.parent.chmod(0o755)  # ours but open: tightened
+    assert _private_directory(server) and server.parent.stat().st_mode & 0o777 == 0o700
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    trap = tmp_path / "trap"
+    trap.symlink_to(elsewhere)  # another user's symlink in /tmp, say
+    assert not _private_directory(trap / "123-456")
+    assert not (elsewhere / "123-456").exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -114,9 +115,9 @@ class Publisher:
             self.directory = directory = server_directory()
             self._pid = os.getpid()
             self._stop = threading.Event()
-            if directory is None:
+            if directory is None or not _private_directory(directory):
+                self.directory = None
                 return
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             threading.Thread(target=self._run, name="flask-dbpool fleet", daemon=True).start()
 
     def _run(self) -> None:
@@ -182,6 +183,34 @@ class Publisher:
             directory.rmdir()  # only if empty: other workers still publish otherwise
         except OSError:
             pass
+
+
+def _private_directory(directory: Path) -> bool:
+    """Create ``directory`` and its parent (``flask-dbpool-<uid>`` in the shared temp
+    directory) as this user's, mode 0700 (an existing one of this user's is set to 0700);
+    ``False`` (publish nothing) if either is a symbolic link or another user's: that user
+    could then read the reports or write fake ones."""
+    for path in (directory.parent, directory):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            return False
+        if info.st_uid != os.getuid():
+            return False
+        if info.st_mode & 0o077:
+            try:
+                os.chmod(path, 0o700)  # ours, but left open (an older version, a umask)
+            except OSError:
+                return False
+    return True
 
 
 def _alive(pid: int) -> bool:
