@@ -108,12 +108,21 @@ def test_every_read_shows_the_whole_server(postgres_url: str, worker_class: str)
             assert data["stats"]["pool_size"] == 2 * WORKERS
         totals = {data["stats"]["acquired"] for data in reads}
         assert len(totals) == 1, totals  # the same whichever worker answered
-        server_view = reads[0]["server"]  # read once by each worker's publishing thread
+        # Read once per worker, in the background, from an idle connection.
+        server_view = _wait_for(lambda: _data(port).get("server"), 5.0)
         assert server_view["max_connections"] > server_view["reserved"] >= 0
         assert server_view["workers"] == WORKERS and server_view["most"] == 2 * WORKERS
         assert server_view["open"] == reads[0]["stats"]["open"] and server_view["fits"]
-        status = _status_from(f"http://127.0.0.1:{port}/_dbpool")
+        url = f"http://127.0.0.1:{port}/_dbpool"
+
+        def status_with_server() -> str | None:
+            out = _status_from(url)  # answered by a worker that has read the limits?
+            return out if "server: " in out else None
+
+        status = _wait_for(status_with_server, 10.0)
+        assert status, "no worker showed the server's limits"
         assert f"workers: {WORKERS} (the figures above are their totals)" in status
+        assert f"pool_size       2 per worker ({2 * WORKERS} in all)" in status
         assert f"by {WORKERS} worker(s) of" in status and ": fits" in status
         pids = {worker["pid"] for worker in reads[0]["workers"]}
         assert sum(w["stats"]["acquired"] for w in reads[0]["workers"]) == totals.pop()
@@ -227,7 +236,10 @@ def test_a_single_process_shows_itself(postgres_url: str) -> None:
         data = app.test_client().get("/_dbpool/data").get_json()
         assert data["workers"] == [{"pid": os.getpid(), "stats": data["stats"]}]
         assert data["stats"]["acquired"] == 1
-        assert data["server"]["workers"] == 1 and data["server"]["most"] == 2 + 10
+        # The limits are read once, in the background, from an idle connection.
+        client = app.test_client()
+        server = _wait_for(lambda: client.get("/_dbpool/data").get_json().get("server"), 5.0)
+        assert server["workers"] == 1 and server["most"] == 2 + 10
     finally:
         db.get_pool(app).close()
 
@@ -294,3 +306,63 @@ def test_the_directory_is_private(tmp_path: Path) -> None:
     trap.symlink_to(elsewhere)  # another user's symlink in /tmp, say
     assert not _private_directory(trap / "123-456")
     assert not (elsewhere / "123-456").exists()
+
+
+def test_publisher_files_liveness_and_forks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer makes the directory again if another worker removed it; a reader drops a
+    dead worker's file but leaves a live, stale one alone (only out of the view); a process
+    forked by a publishing worker is no worker and does not publish."""
+    from flask_dbpool.fleet import Publisher, _private_directory, publisher
+    from forking import in_child
+
+    directory = tmp_path / "flask-dbpool-x" / "1-2"
+    assert _private_directory(directory)
+    made = Publisher(lambda: {"p": {"stats": {"open": 1}, "checkouts": []}})
+    made.directory = directory
+    directory.rmdir()  # the last other worker left before our first write
+    made.write()
+    assert (directory / f"{os.getpid()}.json").exists()
+    assert (directory / f"{os.getpid()}.json").stat().st_mode & 0o777 == 0o600
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"pid": os.getppid(), "time": time.time() - 60, "pools": {"p": {}}}
+    (directory / f"{os.getppid()}.json").write_text(json.dumps(stale))
+    gone = {"pid": dead.pid, "time": time.time(), "pools": {"p": {}}}
+    (directory / f"{dead.pid}.json").write_text(json.dumps(gone))
+    assert made.others("p") == []
+    assert (directory / f"{os.getppid()}.json").exists()  # alive: left alone
+    assert not (directory / f"{dead.pid}.json").exists()  # gone: removed
+
+    worker = publisher(lambda: {})  # not a server's worker here: publishes nothing
+    assert worker.directory is None
+    worker.directory = directory  # as in a gunicorn worker...
+    from flask_dbpool import fleet
+
+    # ...whose children's parent (the worker) would look like a server to the detection
+    monkeypatch.setattr(fleet, "server_directory", lambda base=None: directory)
+
+    def child() -> str:
+        return str(worker.directory)
+
+    assert in_child(child) == "None"  # its fork is no worker: it does not publish
+    worker.directory = None
+
+
+def test_combine_edge_cases() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        combine([])
+    buckets = [{"le": 0.1, "count": 1}, {"le": "+Inf", "count": 0}]
+    new = {
+        "stats": {"open": 1, "wait_time": {"buckets": buckets, "count": 1, "sum": 0.1, "max": 0.1}}
+    }
+    old = {
+        "stats": {
+            "open": 2,
+            "wait_time": {"buckets": buckets[:1], "count": 1, "sum": 0.1, "max": 0.1},
+        }
+    }  # another version's
+    combined = combine([(1, new), (2, old)])  # no checkouts key either: a reload under way
+    assert combined["stats"]["open"] == 3 and combined["stats"]["wait_time"]["count"] == 1

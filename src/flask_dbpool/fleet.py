@@ -55,6 +55,7 @@ STALE_AFTER = 5.0
 Reports = dict[str, dict[str, Any]]
 
 _SERVERS = (b"gunicorn", b"uwsgi")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _SUFFIX = ".json"
 
 
@@ -130,15 +131,19 @@ class Publisher:
             stop.wait(PUBLISH_INTERVAL)
 
     def write(self) -> None:
-        """Write this process's reports now (atomically: readers never see half a file)."""
+        """Write this process's reports now (atomically: readers never see half a file).
+        The directory is made again if another worker removed it meanwhile (it goes when
+        it is empty, e.g. between a new worker's start and its first write)."""
         directory = self.directory
         if directory is None:
             return
         body = json.dumps({"pid": os.getpid(), "time": time.time(), "pools": self._collect()})
-        target = directory / f"{os.getpid()}{_SUFFIX}"
-        temporary = directory / f"{os.getpid()}.tmp"
-        temporary.write_text(body)
-        os.replace(temporary, target)
+        try:
+            _write_atomically(directory, body)
+        except FileNotFoundError:
+            if not _private_directory(directory):
+                raise
+            _write_atomically(directory, body)
 
     def others(self, name: str) -> list[tuple[int, dict[str, Any]]]:
         """``(pid, report)`` of pool ``name`` in every other live worker of this server, by
@@ -164,9 +169,11 @@ class Publisher:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # being replaced, or gone
-            if not _alive(pid) or now - float(data.get("time", 0)) > STALE_AFTER:
-                path.unlink(missing_ok=True)
+            if not _alive(pid):
+                path.unlink(missing_ok=True)  # gone: its file too
                 continue
+            if now - float(data.get("time", 0)) > STALE_AFTER:
+                continue  # alive but not publishing (hung): left out, its file left alone
             report = data.get("pools", {}).get(name)
             if report is not None:
                 found.append((pid, report))
@@ -183,6 +190,18 @@ class Publisher:
             directory.rmdir()  # only if empty: other workers still publish otherwise
         except OSError:
             pass
+
+
+def _write_atomically(directory: Path, body: str) -> None:
+    """``<pid>.json`` in ``directory`` (written as ``<pid>.tmp``, then renamed; never
+    through a symbolic link, readable by this user only)."""
+    pid = os.getpid()
+    temporary = directory / f"{pid}.tmp"
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(body)
+    os.replace(temporary, directory / f"{pid}{_SUFFIX}")
 
 
 def _private_directory(directory: Path) -> bool:
@@ -239,7 +258,13 @@ def publisher(collect: Callable[[], Reports]) -> Publisher:
 
 def _after_fork_in_child() -> None:
     for made in list(_publishers):
-        made.follow()
+        if made.directory is not None:
+            # Forked by a worker (a multiprocessing child, say): that is no worker of the
+            # server, and must not publish (nor touch the worker's file).
+            made.directory = None
+            made._pid = os.getpid()
+            continue
+        made.follow()  # forked by the master (gunicorn --preload): a new worker
 
 
 def _at_exit() -> None:
@@ -259,26 +284,37 @@ _MAXIMA = frozenset({"wait_seconds_max"})
 
 def combine(workers: Iterable[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """One report for one pool from each worker's ``(pid, report)`` (the first is the
-    process answering): totals under ``stats`` (numbers summed, ``*_max`` as the maximum,
-    histograms merged), every worker's checkouts with its ``pid`` (longest-held first),
-    endpoint times merged, and ``workers``: ``[{"pid": …, "stats": …}]`` by pid."""
+    process answering; at least one, else ``ValueError``): totals under ``stats`` (numbers
+    summed, ``wait_seconds_max`` as the maximum, histograms merged), every worker's
+    checkouts with its ``pid`` (longest-held first), endpoint times merged, and
+    ``workers``: ``[{"pid": …, "stats": …}]`` by pid. A worker of another version (a
+    reload under way) whose histograms differ counts in the totals but not in them."""
     reports = list(workers)
+    if not reports:
+        raise ValueError("combine() needs at least one worker's report")
     first = reports[0][1]
     combined = dict(first)
     combined["stats"] = _sum_stats([report["stats"] for _, report in reports])
     combined["closed"] = any(report.get("closed") for _, report in reports)
     combined["checkouts"] = sorted(
-        ({**checkout, "pid": pid} for pid, report in reports for checkout in report["checkouts"]),
+        (
+            {**checkout, "pid": pid}
+            for pid, report in reports
+            for checkout in report.get("checkouts", [])
+        ),
         key=lambda checkout: -float(checkout.get("held_seconds", 0.0)),
     )
     endpoints: dict[str, dict[str, Any]] = {}
     for _, report in reports:
         for name, times in report.get("endpoints", {}).items():
             if name in endpoints:
-                endpoints[name] = {
-                    kind: _sum_histogram(endpoints[name][kind], times[kind])
-                    for kind in ("wait", "hold")
-                }
+                try:
+                    endpoints[name] = {
+                        kind: _sum_histogram(endpoints[name][kind], times[kind])
+                        for kind in ("wait", "hold")
+                    }
+                except (KeyError, ValueError):  # another version's histograms
+                    pass
             else:
                 endpoints[name] = times
     combined["endpoints"] = endpoints
@@ -301,7 +337,8 @@ def _sum_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
             elif isinstance(value, (int, float)):
                 total[key] = mine + value
             elif isinstance(value, dict) and "buckets" in value:
-                total[key] = _sum_histogram(mine, value)
+                if len(value["buckets"]) == len(mine.get("buckets", ())):  # same version
+                    total[key] = _sum_histogram(mine, value)
             elif isinstance(value, dict):
                 total[key] = {k: mine.get(k, 0) + value.get(k, 0) for k in {*mine, *value}}
     return total

@@ -25,6 +25,7 @@ from flask_dbpool.drivers import (
     connection_rejected,
     driver_for_connection,
 )
+from flask_dbpool.drivers.base import ServerLimits
 from flask_dbpool.entry import FOREVER, Entry, Owner
 from flask_dbpool.errors import ConfigError, one_line
 from flask_dbpool.hooks import reset_session, run_on_connect
@@ -256,6 +257,17 @@ class Lifecycle:
             disconnect=gone,
             interrupt=None if isinstance(error, Exception) else error,
         )
+
+    def server_limits(self) -> ServerLimits | None:
+        """The server's connection limit and sessions, read on a connection of its own,
+        closed after (none of the pool's: nothing waits for one, nothing is counted);
+        ``None`` for a database without a server. Raises the driver's error."""
+        raw = self.connect()
+        driver = self.connector.driver or driver_for_connection(raw)
+        try:
+            return driver.server_limits(raw)
+        finally:
+            self.close(None, raw=raw, driver=driver)
 
     # ------------------------------------------------------------------ closing
 

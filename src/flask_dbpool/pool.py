@@ -35,6 +35,7 @@ from flask_dbpool._fork import abandon_inherited, track
 from flask_dbpool._handoff import Waiter
 from flask_dbpool.config import PoolConfig, check_timeout
 from flask_dbpool.drivers import IDLE, resolve_target
+from flask_dbpool.drivers.base import ServerLimits
 from flask_dbpool.entry import Entry
 from flask_dbpool.errors import ConfigError, PoolClosed, PoolTimeout, one_line
 from flask_dbpool.keeper import Keeper, detached
@@ -424,6 +425,11 @@ class Pool:
         with self._lock:
             holders = self._state.holders()
         return checkouts_of(holders, _now())
+
+    def server_limits(self) -> ServerLimits | None:
+        """The server's ``max_connections``, reserved and open sessions, read on a connection
+        of its own (not the pool's); ``None`` without a server. Raises the driver's error."""
+        return self._keeper.life.server_limits()
 
     def reclaimed(self) -> list[Checkout]:
         """The last 64 checkouts dropped unreturned and reclaimed by maintenance, oldest first."""

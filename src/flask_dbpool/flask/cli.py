@@ -251,10 +251,19 @@ def _echo_status(data: dict[str, Any], where: str) -> None:
     click.echo(f"pool {data.get('pool')!r}: {data.get('target')}{closed}")
     click.echo(f"({where})")
     click.echo("")
+    workers = data.get("workers") or []
+    one = workers[0]["stats"] if len(workers) > 1 else stats
+
+    def setting(key: str) -> object:
+        # A server's totals add every worker's settings up: show one worker's, and the sum.
+        if one is stats:
+            return stats.get(key, 0)
+        return f"{one.get(key, 0)} per worker ({stats.get(key, 0)} in all)"
+
     rows: list[tuple[str, object]] = [
-        ("pool_size", stats["pool_size"]),
-        ("max_overflow", stats["max_overflow"]),
-        ("min_idle", stats.get("min_idle", 0)),
+        ("pool_size", setting("pool_size")),
+        ("max_overflow", setting("max_overflow")),
+        ("min_idle", setting("min_idle")),
     ]
     if settings:
         rows += [

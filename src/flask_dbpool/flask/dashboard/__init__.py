@@ -13,6 +13,7 @@ Passwords never appear: the pool's target is the redacted URL.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -65,29 +66,46 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
         return pool_report(pool, endpoint_histograms(app) if own else None)
 
     limits: dict[str, tuple[float, ServerLimits | None]] = {}
+    reading: set[str] = set()
 
     def limits_of(pool: MonitoredPool) -> ServerLimits | None:
-        # Read once per process (a retry after a minute if it failed): one round trip on a
-        # connection of the pool, with a short wait, never while the pool is exhausted.
+        """The database's connection limits, as last read (``None`` until then): read once
+        per process, in a thread of its own, on a connection of its own for a ``Pool``
+        (nothing counted in its stats), never waiting for one of the pool's."""
         known = limits.get(pool.name)
-        if known is not None and (known[1] is not None or time.monotonic() < known[0]):
-            return known[1]
+        due = known is None or (known[1] is None and time.monotonic() >= known[0])
+        if due and pool.name not in reading:
+            reading.add(pool.name)
+            threading.Thread(
+                target=read_limits, args=(pool,), name="flask-dbpool limits", daemon=True
+            ).start()
+        return None if known is None else known[1]
+
+    def read_limits(pool: MonitoredPool) -> None:
         found: ServerLimits | None = None
+        retry = 60.0  # a server without limits, or an error: not before a minute
         try:
-            with pool.connection(timeout=0.5) as conn:
-                raw = conn.driver_connection
-                found = driver_for_connection(raw).server_limits(raw)
+            own_connection = getattr(pool, "server_limits", None)
+            if own_connection is not None:  # a Pool: on a connection of its own
+                found = own_connection()
+            elif pool.stats().idle:  # else an idle one of the pool now, never a wait
+                with pool.connection(timeout=0) as conn:
+                    raw = conn.driver_connection
+                    found = driver_for_connection(raw).server_limits(raw)
+            else:
+                retry = 1.0  # nothing idle yet: look again soon
         except Exception:
             found = None
-        limits[pool.name] = (time.monotonic() + 60.0, found)
-        return found
+        finally:
+            limits[pool.name] = (time.monotonic() + retry, found)
+            reading.discard(pool.name)
 
     # Under a pre-forking server, every worker publishes its pools' reports (once a second,
     # from a thread of its own) for whichever worker answers /data.
     def publish() -> dict[str, dict[str, Any]]:
         reports = {}
         for pool in monitored_pools(app):
-            limits_of(pool)  # read here, off the request path, once per worker
+            limits_of(pool)  # starts the one read early, off the request path
             reports[pool.name] = report_of(pool)
         return reports
 
@@ -126,9 +144,7 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
         # The whole server: this worker's report, live, and the others' latest ones.
         report = combine([(os.getpid(), report_of(pool)), *fleet.others(pool.name)])
         report["pools"] = [pool.name for pool in pools]
-        # A server's worker reads the limits in its publishing thread; a lone process here.
-        known = limits.get(pool.name)
-        server = known[1] if fleet.directory is not None and known else limits_of(pool)
+        server = limits_of(pool)
         if server is not None:
             report["server"] = server_view(server, report)
         response = jsonify(report)
