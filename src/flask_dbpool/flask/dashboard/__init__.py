@@ -20,7 +20,6 @@ from typing import Any
 from flask import Blueprint, Flask, Response, abort, jsonify, request
 
 from flask_dbpool.display import asset, request_allowed
-from flask_dbpool.drivers import driver_for_connection
 from flask_dbpool.drivers.base import ServerLimits
 from flask_dbpool.flask.state import (
     EXTENSION_KEY,
@@ -70,8 +69,8 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
 
     def limits_of(pool: MonitoredPool) -> ServerLimits | None:
         """The database's connection limits, as last read (``None`` until then): read once
-        per process, in a thread of its own, on a connection of its own for a ``Pool``
-        (nothing counted in its stats), never waiting for one of the pool's."""
+        per process, in a thread of its own, on a connection of its own (nothing counted in
+        the pool's stats, nothing waits for one of its connections)."""
         known = limits.get(pool.name)
         due = known is None or (known[1] is None and time.monotonic() >= known[0])
         if due and pool.name not in reading:
@@ -83,21 +82,15 @@ def register_dashboard(app: Flask, path: str, token: str | None) -> None:
 
     def read_limits(pool: MonitoredPool) -> None:
         found: ServerLimits | None = None
-        retry = 60.0  # a server without limits, or an error: not before a minute
         try:
-            own_connection = getattr(pool, "server_limits", None)
-            if own_connection is not None:  # a Pool: on a connection of its own
-                found = own_connection()
-            elif pool.stats().idle:  # else an idle one of the pool now, never a wait
-                with pool.connection(timeout=0) as conn:
-                    raw = conn.driver_connection
-                    found = driver_for_connection(raw).server_limits(raw)
-            else:
-                retry = 1.0  # nothing idle yet: look again soon
+            # A Pool reads them on a connection of its own (nothing counted, nothing waits);
+            # other pools (SQLAlchemy engines') are not shown against the limit.
+            read = getattr(pool, "server_limits", None)
+            found = read() if read is not None else None
         except Exception:
             found = None
         finally:
-            limits[pool.name] = (time.monotonic() + retry, found)
+            limits[pool.name] = (time.monotonic() + 60.0, found)  # again in a minute if not
             reading.discard(pool.name)
 
     # Under a pre-forking server, every worker publishes its pools' reports (once a second,
