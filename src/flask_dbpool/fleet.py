@@ -121,6 +121,17 @@ class Publisher:
                 return
             threading.Thread(target=self._run, name="flask-dbpool fleet", daemon=True).start()
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: forked by the master (``gunicorn --preload``), a new worker
+        that publishes; forked by a publishing worker (a multiprocessing child), no worker
+        at all, which publishes nothing and leaves the worker's file alone."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        if self.directory is not None:
+            self.directory = None
+            self._pid = os.getpid()
+            return
+        self.follow()
+
     def _run(self) -> None:
         stop = self._stop
         while not stop.is_set():
@@ -258,13 +269,7 @@ def publisher(collect: Callable[[], Reports]) -> Publisher:
 
 def _after_fork_in_child() -> None:
     for made in list(_publishers):
-        if made.directory is not None:
-            # Forked by a worker (a multiprocessing child, say): that is no worker of the
-            # server, and must not publish (nor touch the worker's file).
-            made.directory = None
-            made._pid = os.getpid()
-            continue
-        made.follow()  # forked by the master (gunicorn --preload): a new worker
+        made.after_fork_in_child()
 
 
 def _at_exit() -> None:
