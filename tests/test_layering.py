@@ -202,14 +202,6 @@ _ALLOWED: dict[tuple[str, str], _Allowed] = {
         "reads out an unfinished SSCursor result before the rollback, as PyMySQL itself "
         "does before its next command (without its warning)",
     ),
-    ("flask_dbpool.drivers.mysql", "_execute_command"): _Allowed(
-        "PyMySQL",
-        "sends COM_RESET_CONNECTION for reset_on_return='discard' (no public call), the way "
-        "PyMySQL's own select_db() sends COM_INIT_DB",
-    ),
-    ("flask_dbpool.drivers.mysql", "_read_ok_packet"): _Allowed(
-        "PyMySQL", "reads the reply to COM_RESET_CONNECTION, as select_db() reads its own"
-    ),
     ("flask_dbpool.drivers.postgres", "_notifies_backlog"): _Allowed(
         "psycopg",
         "the notifications received for the previous borrower and not read: emptied by "

@@ -180,17 +180,17 @@ def test_mysql_discard_gives_the_next_borrower_the_session_as_opened(
 
 
 @pytest.mark.parametrize("backend", ["mysql"], indirect=True)
-def test_mysqlclient_discard_on_a_callable_target_discards_the_connection(
-    backend: Backend, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("module", ["MySQLdb", "pymysql"])
+def test_mysql_discard_on_a_callable_target_discards_the_connection(
+    backend: Backend, make_pool: MakePool, caplog: pytest.LogCaptureFixture, module: str
 ) -> None:
-    """mysqlclient resets by logging in again, which needs the password: a connection the
-    pool did not open from a URL is closed on return instead of going back unreset."""
-    mysqldb = pytest.importorskip(
-        "MySQLdb", reason="mysqlclient is not installed (extra: mysqlclient)"
-    )
+    """The MySQL reset restores the session the URL opened (mysqlclient's new login also
+    needs its password): a connection the pool did not open from a URL is closed on return
+    instead of going back unreset."""
+    driver = pytest.importorskip(module, reason=f"{module} is not installed")
 
     def connect() -> Any:
-        return mysqldb.connect(host="127.0.0.1", user="root", database="test")
+        return driver.connect(host="127.0.0.1", user="root", database="test")
 
     pool = make_pool(connect, pool_size=1, max_overflow=0, reset_on_return="discard")
     with caplog.at_level(logging.INFO, logger="flask_dbpool"), pool.connection() as conn:

@@ -42,6 +42,7 @@ __all__ = [
     "Publisher",
     "combine",
     "forget_worker",
+    "process_alive",
     "publisher",
     "server_directory",
     "server_view",
@@ -180,7 +181,7 @@ class Publisher:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # being replaced, or gone
-            if not _alive(pid):
+            if not process_alive(pid):
                 path.unlink(missing_ok=True)  # gone: its file too
                 continue
             if now - float(data.get("time", 0)) > STALE_AFTER:
@@ -243,7 +244,8 @@ def _private_directory(directory: Path) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0; another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

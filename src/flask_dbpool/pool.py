@@ -13,10 +13,7 @@ checkout stamps its time and thread so that "who holds the connections" can alwa
 answered. Features that need work at checkout (``pre_ping``, ``on_checkout``,
 ``leak_threshold``, checking connections suspected dead after a disconnect) switch the pool to
 a checked ``acquire``; features that need work on return route that entry's returns to the
-slow path.
-
-Health work runs in a background thread (:mod:`flask_dbpool.maintenance`) that calls
-:meth:`Pool.run_maintenance`.
+slow path. Health work runs in a thread (:mod:`flask_dbpool.maintenance`).
 """
 
 from __future__ import annotations
@@ -54,8 +51,7 @@ logger = logging.getLogger("flask_dbpool.pool")
 _new_proxy = object.__new__
 _bucket = bisect_left
 _now = time.monotonic
-# Every pool of this process, held weakly: what the pytest plugin (flask_dbpool.testing)
-# looks at after each test.
+# Every pool of this process, held weakly: the pytest plugin (flask_dbpool.testing) reads it.
 _LIVE: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -67,7 +63,6 @@ def live_pools() -> list[Pool]:
 _R = TypeVar("_R")
 _OPTION_NAMES = PoolConfig.option_names()
 _get_ident = threading.get_ident
-
 #: A checkout ping gets at least this long, even when the caller's timeout is nearly spent.
 _MIN_PING_TIMEOUT = 0.05
 
@@ -418,17 +413,15 @@ class Pool:
         entry.pinned_for = entry.lent_at
 
     def checkouts(self) -> list[Checkout]:
-        """The connections checked out right now, longest-held first: how long, by which
-        thread, their :meth:`label_checkout` label, and (with ``leak_threshold``) from where
-        and for which request. For dashboards and debugging; costs a scan of the pool's
-        connections."""
+        """The connections checked out now, longest-held first: how long, by which thread,
+        their :meth:`label_checkout` label, and (with ``leak_threshold``) from where and for
+        which request. For dashboards and debugging (a scan of the pool's connections)."""
         with self._lock:
             holders = self._state.holders()
         return checkouts_of(holders, _now())
 
     def server_limits(self) -> ServerLimits | None:
-        """The server's ``max_connections``, reserved and open sessions, read on a connection
-        of its own (not the pool's); ``None`` without a server. Raises the driver's error."""
+        """The server's limits, on a connection of its own (``None``: no server); may raise."""
         return self._keeper.life.server_limits()
 
     def reclaimed(self) -> list[Checkout]:

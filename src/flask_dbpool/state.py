@@ -327,54 +327,7 @@ class PoolState(Generic[T]):
         when the caller asked). Raises :class:`~flask_dbpool.PoolClosed` and
         :class:`~flask_dbpool.TooManyWaiters`.
         """
-        if self.closed:
-            raise PoolClosed(messages.closed(self.config.name))
-        if not self.waiters and self.idle:
-            return self.lend(self.take_idle(), now, ident)
-        failing = self.connect_failures
-        if (
-            self.rejection is not None
-            and not self.entries
-            and (self.probing or now < self.retry_at)
-        ):
-            # The server refused the last login and nothing is open that could come back:
-            # waiting would only wait out the timeout. Back-off still spaces the attempts.
-            return Refusal(self.rejection)
-        can_grow = self.open < self.max_open
-        connect_at = self.patience(now, deadline) if can_grow and not failing else FOREVER
-        if can_grow and (
-            # Nothing lent could come back first (or the caller will not wait): connect.
-            (not failing and not self.waiters and connect_at <= now)
-            # The database was unreachable: one caller at a time tries again once the
-            # back-off delay has passed; the others wait for its outcome.
-            # (This caller counts as waiting: it would wait for the attempt otherwise.)
-            or (failing and now >= self.next_attempt(waiting=True) and not self.probing)
-        ):
-            self.open += 1
-            self.connecting += 1
-            if failing:
-                self.probing = True
-                return PROBE
-            return CONNECT
-        max_waiting = self.config.max_waiting
-        # A limit on callers waiting for an exhausted pool: those the free slots will take
-        # (once their patience runs out) do not count.
-        free = self.max_open - self.open if connect_at < FOREVER else 0
-        if max_waiting and len(self.waiters) - free >= max_waiting:
-            self.rejected += 1
-            raise TooManyWaiters(
-                messages.too_many_waiters(
-                    self.config.name, self.target, max_waiting, self.describe()
-                )
-            )
-        waiter = new_waiter()
-        waiter.connect_at = connect_at
-        self.waiters.append(waiter)
-        if now >= deadline:
-            report = _timeout_report(self, now - start)  # with this caller counted as waiting
-            self.waiters.pop()
-            return report
-        return waiter
+        return _request(self, now, ident, start, deadline, new_waiter)
 
     def patience(self, now: float, deadline: float) -> float:
         """When a caller that finds nothing idle, below the maximum, should stop waiting for
@@ -408,32 +361,7 @@ class PoolState(Generic[T]):
         ``None`` (keep waiting). ``waited``: since the caller asked. A waiter past its
         ``connect_at`` below the maximum leaves the queue with :data:`NEW_SLOT` (reserved).
         """
-        item = waiter.item
-        if item is None and now < deadline:
-            if self.reconnect_due(now):
-                self.waiters.remove(waiter)
-                return CONNECT
-            if not self.connect_due(waiter, now):
-                return None
-            # Nothing came back in time: connect in a slot of its own.
-            self.waiters.remove(waiter)
-            self.open += 1
-            self.connecting += 1
-            item = waiter.item = NEW_SLOT  # as if handed: an interrupt gives it back
-        elif item is None:
-            # Timed out with nothing handed over: leave the queue.
-            self._count_wait(waited)
-            report = _timeout_report(self, waited)
-            self.waiters.remove(waiter)
-            self.notify("wait", waited)
-            return report
-        self._count_wait(waited)
-        if not isinstance(item, Token):
-            # Counted when taken, not when handed over: an acquisition counter must never go
-            # down, even for a waiter interrupted right after.
-            self.lend(item, now, ident)  # type: ignore[arg-type]
-        self.notify("wait", waited)  # last: an observer that raises finds the books done
-        return item  # type: ignore[return-value]
+        return _woken(self, waiter, now, ident, waited, deadline)
 
     def reconnect_due(self, now: float) -> bool:
         """Whether a waiter should leave the queue and try to reconnect itself: the
@@ -490,7 +418,8 @@ class PoolState(Generic[T]):
             return None
         return item  # type: ignore[return-value]
 
-    def _count_wait(self, waited: float) -> None:
+    def count_wait(self, waited: float) -> None:
+        """Count one wait of ``waited`` seconds (served or timed out)."""
         self.waits += 1
         self.wait_total += waited
         if waited > self.wait_max:
@@ -1059,3 +988,94 @@ def _timeout_report(state: PoolState[Any], waited: float) -> TimeoutReport:
         state.rejection is not None,
         state.holders(),
     )
+
+
+def _request(
+    state: PoolState[T],
+    now: float,
+    ident: int,
+    start: float,
+    deadline: float,
+    new_waiter: Callable[[], W],
+) -> T | Token | W | TimeoutReport:
+    """See :meth:`PoolState.request` (written out of the class to keep it short)."""
+    if state.closed:
+        raise PoolClosed(messages.closed(state.config.name))
+    if not state.waiters and state.idle:
+        return state.lend(state.take_idle(), now, ident)
+    failing = state.connect_failures
+    if (
+        state.rejection is not None
+        and not state.entries
+        and (state.probing or now < state.retry_at)
+    ):
+        # The server refused the last login and nothing is open that could come back:
+        # waiting would only wait out the timeout. Back-off still spaces the attempts.
+        return Refusal(state.rejection)
+    can_grow = state.open < state.max_open
+    connect_at = state.patience(now, deadline) if can_grow and not failing else FOREVER
+    if can_grow and (
+        # Nothing lent could come back first (or the caller will not wait): connect.
+        (not failing and not state.waiters and connect_at <= now)
+        # The database was unreachable: one caller at a time tries again once the
+        # back-off delay has passed; the others wait for its outcome.
+        # (This caller counts as waiting: it would wait for the attempt otherwise.)
+        or (failing and now >= state.next_attempt(waiting=True) and not state.probing)
+    ):
+        state.open += 1
+        state.connecting += 1
+        if failing:
+            state.probing = True
+            return PROBE
+        return CONNECT
+    max_waiting = state.config.max_waiting
+    # A limit on callers waiting for an exhausted pool: those the free slots will take
+    # (once their patience runs out) do not count.
+    free = state.max_open - state.open if connect_at < FOREVER else 0
+    if max_waiting and len(state.waiters) - free >= max_waiting:
+        state.rejected += 1
+        raise TooManyWaiters(
+            messages.too_many_waiters(
+                state.config.name, state.target, max_waiting, state.describe()
+            )
+        )
+    waiter = new_waiter()
+    waiter.connect_at = connect_at
+    state.waiters.append(waiter)
+    if now >= deadline:
+        report = _timeout_report(state, now - start)  # with this caller counted as waiting
+        state.waiters.pop()
+        return report
+    return waiter
+
+
+def _woken(
+    state: PoolState[T], waiter: W, now: float, ident: int, waited: float, deadline: float
+) -> T | Token | TimeoutReport | None:
+    """See :meth:`PoolState.woken` (written out of the class to keep it short)."""
+    item = waiter.item
+    if item is None and now < deadline:
+        if state.reconnect_due(now):
+            state.waiters.remove(waiter)
+            return CONNECT
+        if not state.connect_due(waiter, now):
+            return None
+        # Nothing came back in time: connect in a slot of its own.
+        state.waiters.remove(waiter)
+        state.open += 1
+        state.connecting += 1
+        item = waiter.item = NEW_SLOT  # as if handed: an interrupt gives it back
+    elif item is None:
+        # Timed out with nothing handed over: leave the queue.
+        state.count_wait(waited)
+        report = _timeout_report(state, waited)
+        state.waiters.remove(waiter)
+        state.notify("wait", waited)
+        return report
+    state.count_wait(waited)
+    if not isinstance(item, Token):
+        # Counted when taken, not when handed over: an acquisition counter must never go
+        # down, even for a waiter interrupted right after.
+        state.lend(item, now, ident)  # type: ignore[arg-type]
+    state.notify("wait", waited)  # last: an observer that raises finds the books done
+    return item  # type: ignore[return-value]

@@ -308,6 +308,12 @@ def _tracking_class(pymysql: Any) -> type:
             self.dbpool_statement_failed = False
             return result
 
+        def dbpool_reset_connection(self) -> None:
+            # COM_RESET_CONNECTION: PyMySQL has no public call for it; these are the two
+            # steps its own select_db() takes for COM_INIT_DB (send, read the OK packet).
+            self._execute_command(_COM_RESET_CONNECTION, b"")
+            self._read_ok_packet()
+
     TrackedConnection.__module__ = base.__module__  # still recognised as a PyMySQL connection
     _tracking_classes[id(base)] = TrackedConnection
     return TrackedConnection
@@ -566,21 +572,15 @@ class PyMySQLDriver(_MySQLDriver):
         character set if a borrower changed it, and the session as opened (see
         ``_restore_session``): three round trips without ``init_command``. Raises the
         driver's error if the server refuses (MySQL before 5.7.3, MariaDB before 10.2.4),
-        :class:`PoolError` if the session cannot be put back."""
+        :class:`PoolError` if the session cannot be put back, or for a connection the pool
+        did not open from a URL (a callable target's: it is then closed on return)."""
         opened = _OPENED.get(raw)
-        if opened is None:  # a callable target's connection: as it is set up now
-            opened = _Opened(
-                raw.db,
-                raw.charset,
-                raw.collation,
-                raw.autocommit_mode,
-                raw.sql_mode,
-                raw.init_command,
+        if opened is None:
+            raise PoolError(
+                "reset_on_return='discard' with PyMySQL needs the pool to open the "
+                "connection from a URL"
             )
-        # PyMySQL has no public call for this command: these are the two steps its own
-        # select_db() takes for COM_INIT_DB (send the command, read the OK packet).
-        raw._execute_command(_COM_RESET_CONNECTION, b"")
-        raw._read_ok_packet()
+        raw.dbpool_reset_connection()
         if raw.charset != opened.charset or raw.collation != opened.collation:
             raw.set_character_set(opened.charset, opened.collation)  # client and server
         _restore_session(raw, opened, init_command_first=False)

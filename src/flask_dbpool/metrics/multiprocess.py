@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flask_dbpool.fleet import process_alive
 from flask_dbpool.metrics.prometheus import PoolCollector, prometheus_core
 from flask_dbpool.stats import HistogramSnapshot
 
@@ -192,16 +193,6 @@ def shared_writer(directory: str | os.PathLike[str]) -> SnapshotWriter:
         return writer
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class MultiProcessCollector:
     """Reads every live worker's snapshot from ``directory``: the metrics of
     :class:`~flask_dbpool.metrics.prometheus.PoolCollector`, with a ``pid`` label."""
@@ -223,7 +214,7 @@ class MultiProcessCollector:
             except (OSError, ValueError):
                 continue
             pid = int(data["pid"])
-            if not _alive(pid):
+            if not process_alive(pid):
                 path.unlink(missing_ok=True)
                 continue
             found.extend((pid, pool) for pool in data["pools"])
